@@ -1,0 +1,39 @@
+# The two commands a new user needs: `make run` and `make test`.
+# Everything else here is what those two set up on a fresh Debian machine.
+
+PYTHON        ?= python3
+VENV          ?= .venv
+STATE_DIR     ?= var
+APT_PACKAGES  := softhsm2 poppler-utils qpdf openssl
+BIN           := $(VENV)/bin
+
+.PHONY: run test bench system-deps clean
+
+## Serve the box on 127.0.0.1:8080 with a dev token and dev PKI (created on first start).
+run: $(VENV)/.installed
+	$(BIN)/esignbox --state-dir $(STATE_DIR) serve --dev
+
+## Run the whole test suite (real SoftHSM2 token, real PKI servers on loopback).
+test: $(VENV)/.installed
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Print signing throughput, latency percentiles and PDF timings (not a test).
+bench: $(VENV)/.installed
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+## Install the Debian packages the box and its tests call (needs root; skipped when present).
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(STATE_DIR) .pytest_cache
