@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from asn1crypto import algos
+from asn1crypto import algos, core
 from pkcs11 import MGF, Mechanism
 from pkcs11.util.ec import encode_ecdsa_signature
 
@@ -58,8 +58,9 @@ def check_digest(digest: bytes, hash_algorithm: str) -> None:
 def sign_operation(scheme: SignatureScheme, hash_algorithm: str, digest: bytes) -> SignOperation:
     check_digest(digest, hash_algorithm)
     if scheme is SignatureScheme.RSA_PKCS1V15:
+        # PKCS#1 v1.5 requires the explicit NULL parameters; asn1crypto omits them for None.
         info = algos.DigestInfo(
-            {"digest_algorithm": {"algorithm": hash_algorithm, "parameters": None}, "digest": digest}
+            {"digest_algorithm": {"algorithm": hash_algorithm, "parameters": core.Null()}, "digest": digest}
         )
         return SignOperation(Mechanism.RSA_PKCS, None, info.dump(), False)
     if scheme is SignatureScheme.RSA_PSS:

@@ -282,6 +282,19 @@ class Token:
             "sessions": self._session_count,
         }
 
+    def close(self) -> None:
+        """Close every session; the login session last, since closing it logs the token out."""
+        with self._connect_lock:
+            self._generation += 1
+            while True:
+                try:
+                    self._idle.get_nowait().session.close()
+                except queue.Empty:
+                    break
+            if self._login is not None:
+                self._login.close()
+                self._login = None
+
     @staticmethod
     def _find(session: pkcs11.Session, object_class: ObjectClass, label: str) -> pkcs11.Object | None:
         for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.LABEL: label}):

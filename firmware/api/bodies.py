@@ -1,0 +1,49 @@
+"""Reading request bodies with size limits and turning JSON fields into typed values."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import falcon
+
+from ..errors import InvalidRequest
+from .errors import ApiError
+
+
+def check_length(req: falcon.Request, limit: int) -> None:
+    """Refuse an oversized body before reading it."""
+    if req.content_length is not None and req.content_length > limit:
+        raise ApiError(falcon.HTTP_413, "too_large", f"request body over {limit} bytes")
+
+
+def read_json(req: falcon.Request, limit: int) -> dict:
+    check_length(req, limit)
+    if req.content_type is None or not req.content_type.startswith("application/json"):
+        raise InvalidRequest("send a JSON body with Content-Type: application/json")
+    body = req.get_media()
+    if not isinstance(body, dict):
+        raise InvalidRequest("the JSON body must be an object")
+    return body
+
+
+def field(body: dict, name: str, kind: type, default=None, required: bool = True):
+    value = body.get(name, default)
+    if value is None and not required:
+        return None
+    if value is None:
+        raise InvalidRequest(f"missing field {name!r}")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidRequest(f"field {name!r} must be a {kind.__name__}")
+    return value
+
+
+def b64decode(value: str, name: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"field {name!r} is not valid base64") from exc
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,70 @@
+"""POST /v1/signatures and /v1/signatures/batch: hash in, detached CMS (+ LTV data) out."""
+
+from __future__ import annotations
+
+import falcon
+
+from ..errors import InvalidRequest
+from ..signing.hash_signing import HashSignature, HashSigningService, HashSignRequest
+from ..signing.levels import Level, Profile, parse_enum
+from .bodies import b64, b64decode, field, read_json
+
+_MAX_BODY = 1024 * 1024
+
+
+def _options(body: dict) -> tuple[str, Level, Profile]:
+    algorithm = field(body, "hash_algorithm", str)
+    level = parse_enum(Level, field(body, "level", str, default="B-T"), "level")
+    profile = parse_enum(Profile, field(body, "profile", str, default="PAdES"), "profile")
+    return algorithm, level, profile
+
+
+def _serialize(signature: HashSignature) -> dict:
+    out = {
+        "signature": b64(signature.cms.dump()),
+        "level": signature.level.value,
+        "profile": signature.profile.value,
+    }
+    if signature.validation_data is not None:
+        data = signature.validation_data
+        out["validation_info"] = {
+            "certificates": [b64(c.dump()) for c in data.certificates],
+            "crls": [b64(c.dump()) for c in data.crls],
+            "ocsps": [b64(o.dump()) for o in data.ocsps],
+        }
+    return out
+
+
+class SignatureResource:
+    def __init__(self, service: HashSigningService) -> None:
+        self._service = service
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, _MAX_BODY)
+        algorithm, level, profile = _options(body)
+        digest = b64decode(field(body, "hash", str), "hash")
+        [signature] = self._service.sign(
+            req.context.client.id, [HashSignRequest(algorithm, digest, level, profile)]
+        )
+        resp.status = falcon.HTTP_201
+        resp.media = _serialize(signature)
+
+
+class SignatureBatchResource:
+    """Many hashes in one call, for bulk jobs such as a month's bills."""
+
+    def __init__(self, service: HashSigningService) -> None:
+        self._service = service
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, _MAX_BODY)
+        algorithm, level, profile = _options(body)
+        hashes = field(body, "hashes", list)
+        if not all(isinstance(h, str) for h in hashes):
+            raise InvalidRequest("field 'hashes' must be a list of base64 strings")
+        requests = [
+            HashSignRequest(algorithm, b64decode(h, f"hashes[{i}]"), level, profile) for i, h in enumerate(hashes)
+        ]
+        signatures = self._service.sign(req.context.client.id, requests)
+        resp.status = falcon.HTTP_201
+        resp.media = {"signatures": [_serialize(s) for s in signatures]}

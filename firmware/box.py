@@ -1,0 +1,71 @@
+"""Assembling a running box from its configuration: token → signer → services → HTTP app.
+
+Data flows one way: an HTTP resource calls a service, the service calls the signer, the signer
+calls the token. This module is the only place that knows all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import falcon
+from asn1crypto import pem, x509
+
+from hsm import Token
+
+from .api import errors
+from .api.auth import ApiKeyAuth
+from .api.info import CertificateResource, HealthResource
+from .api.signatures import SignatureBatchResource, SignatureResource
+from .config import BoxConfig, ConfigError
+from .signing.hash_signing import HashSigningService
+from .signing.revocation import RevocationService
+from .signing.timestamps import FallbackTimeStamper
+from .signing.token_signer import TokenSigner
+from .store.clients import ClientRegistry
+from .store.db import Database
+from .store.ledger import SignatureLedger
+
+
+def load_certificates(path) -> list[x509.Certificate]:
+    if not path.exists():
+        raise ConfigError(f"certificate file {path} not found")
+    data = path.read_bytes()
+    if pem.detect(data):
+        return [x509.Certificate.load(der) for _, _, der in pem.unarmor(data, multiple=True)]
+    return [x509.Certificate.load(data)]
+
+
+@dataclass
+class Box:
+    config: BoxConfig
+    token: Token
+    signer: TokenSigner
+    timestamper: FallbackTimeStamper | None
+    revocation: RevocationService
+    db: Database
+    clients: ClientRegistry
+    ledger: SignatureLedger
+    hash_signing: HashSigningService
+
+    @classmethod
+    def open(cls, config: BoxConfig) -> "Box":
+        token = Token(config.token_config())
+        chain = load_certificates(config.chain_file)
+        signer = TokenSigner(token, config.key_label, chain, prefer_pss=config.prefer_pss)
+        timestamper = FallbackTimeStamper(config.tsa_urls) if config.tsa_urls else None
+        revocation = RevocationService(load_certificates(config.trust_roots_file))
+        db = Database(config.database)
+        clients = ClientRegistry(db)
+        ledger = SignatureLedger(db)
+        hash_signing = HashSigningService(signer, timestamper, revocation, ledger)
+        return cls(config, token, signer, timestamper, revocation, db, clients, ledger, hash_signing)
+
+    def app(self) -> falcon.App:
+        app = falcon.App(middleware=[ApiKeyAuth(self.clients)])
+        errors.register(app)
+        app.add_route("/v1/health", HealthResource(self.token, self.signer))
+        app.add_route("/v1/certificate", CertificateResource(self.signer))
+        app.add_route("/v1/signatures", SignatureResource(self.hash_signing))
+        app.add_route("/v1/signatures/batch", SignatureBatchResource(self.hash_signing))
+        return app

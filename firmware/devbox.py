@@ -1,0 +1,132 @@
+"""A development box in a state directory: SoftHSM2 token, key on it, dev PKI, configuration.
+
+`make run` and the tests call `init_dev`; it is idempotent, so a second start reuses the token,
+the key and the PKI. Nothing here is used on a field box, whose token, key and certificate come
+from the provisioning path instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+from asn1crypto import pem
+
+from hsm import KeyAlgorithm, KeyNotFound, Token, TokenConfig
+
+from .config import CONFIG_NAME, BoxConfig
+from .devpki import DevPki
+
+DEV_TOKEN_LABEL = "esignbox-dev"
+DEV_KEY_LABEL = "box-signing"
+DEFAULT_PKI_PORT = 9180
+SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+                   "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so")
+
+
+def softhsm_module() -> str:
+    for path in SOFTHSM_MODULES:
+        if Path(path).exists():
+            return path
+    raise FileNotFoundError("SoftHSM2 is not installed (Debian package softhsm2)")
+
+
+def _secret_file(path: Path, length: int) -> str:
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(length))
+    return path.read_text().strip()
+
+
+def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str) -> None:
+    path = state_dir / CONFIG_NAME
+    if path.exists():
+        return
+    path.write_text(
+        f"""# E-signature Box configuration (development box made by `esignbox init-dev`).
+[api]
+host = "127.0.0.1"
+port = {api_port}
+threads = 16
+max_pdf_mb = 64
+
+[token]
+module = "{softhsm_module()}"
+label = "{DEV_TOKEN_LABEL}"
+pin_file = "secrets/user.pin"
+sessions = 2
+
+[token.environment_files]
+SOFTHSM2_CONF = "softhsm2.conf"
+
+[signing]
+key_label = "{DEV_KEY_LABEL}"
+chain_file = "box-chain.pem"
+trust_roots_file = "trust-roots.pem"
+prefer_pss = false
+tsa_urls = ["{tsa_url}"]
+
+[dev]
+pki_port = {pki_port}
+"""
+    )
+
+
+def _init_softhsm(state_dir: Path) -> TokenConfig:
+    """A SoftHSM2 token for this state directory; returns how to log in to it."""
+    tokens = state_dir / "tokens"
+    tokens.mkdir(mode=0o700, parents=True, exist_ok=True)
+    conf = state_dir / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens.resolve()}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf.resolve())
+    user_pin = _secret_file(state_dir / "secrets" / "user.pin", 8)
+    so_pin = _secret_file(state_dir / "secrets" / "so.pin", 8)
+    util = shutil.which("softhsm2-util")
+    if util is None:
+        raise FileNotFoundError("softhsm2-util not found (Debian package softhsm2)")
+    listing = subprocess.run([util, "--show-slots"], capture_output=True, text=True, check=True)
+    if not re.search(rf"^\s*Label:\s+{re.escape(DEV_TOKEN_LABEL)}\s*$", listing.stdout, re.MULTILINE):
+        subprocess.run(
+            [util, "--init-token", "--free", "--label", DEV_TOKEN_LABEL, "--pin", user_pin, "--so-pin", so_pin],
+            check=True, capture_output=True,
+        )
+    return TokenConfig(softhsm_module(), DEV_TOKEN_LABEL, user_pin, sessions=1)
+
+
+def init_dev(
+    state_dir: Path,
+    pki_port: int | None = None,
+    api_port: int = 8080,
+    key_algorithm: KeyAlgorithm = KeyAlgorithm.RSA_2048,
+) -> BoxConfig:
+    """Create (or reuse) everything a development box needs in ``state_dir``.
+
+    An existing box keeps its PKI port unless another is asked for: the port is part of the
+    URLs inside the issued certificates.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if pki_port is None:
+        existing = state_dir / CONFIG_NAME
+        pki_port = BoxConfig.load(state_dir).pki_port if existing.exists() else None
+        pki_port = pki_port or DEFAULT_PKI_PORT
+    token = Token(_init_softhsm(state_dir))
+    try:
+        try:
+            key = token.key(DEV_KEY_LABEL)
+        except KeyNotFound:
+            key = token.generate_key(DEV_KEY_LABEL, key_algorithm)
+    finally:
+        token.close()
+    pki = DevPki(state_dir / "pki", f"http://127.0.0.1:{pki_port}")
+    pki.ensure(key.public_key_info)
+    _write_config(state_dir, pki_port, api_port, pki.tsa_url())
+    config = BoxConfig.load(state_dir)
+    config.chain_file.write_bytes(b"".join(pem.armor("CERTIFICATE", der) for der in pki.box_chain()))
+    config.trust_roots_file.write_bytes(pem.armor("CERTIFICATE", pki.root_cert()))
+    return config

@@ -1,0 +1,260 @@
+"""A development/test PKI for the box, described as a certomancer configuration.
+
+Certomancer does not store certificates: it re-issues them from the YAML
+configuration each time the configuration is loaded. Everything that goes into
+a certificate (dates, serial numbers, keys, URL prefix) is therefore fixed on
+disk once, so the box's stored chain and the PKI server's answers agree
+byte for byte across restarts. Issuing keys are RSA because PKCS#1 v1.5
+signatures are deterministic; ECDSA ones would differ on every load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+from certomancer.registry import (
+    ArchLabel,
+    CertLabel,
+    CertomancerConfig,
+    PKIArchitecture,
+    ServiceLabel,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+__all__ = ["ARCH", "ROOT_CRL_REPO", "DevPki", "SoftSigner"]
+
+ARCH = "esignbox-dev"
+"""Certomancer architecture label; the first path segment of every service URL."""
+
+ROOT_CRL_REPO = "root"
+INTERM_CRL_REPO = "interm"
+OCSP_SERVICE = "interm"
+TSA_SERVICE = "tsa"
+
+CONFIG_FILE = "certomancer.yml"
+STATE_FILE = "state.json"
+BOX_KEY_FILE = "box.pub.pem"
+
+# Back-dated so that a box whose clock lags a little still sees valid certs.
+BACKDATE = timedelta(days=1)
+CA_LIFETIME = timedelta(days=3652)
+SERVICE_LIFETIME = timedelta(days=1826)
+SIGNER_LIFETIME = timedelta(days=730)
+# A CRL lists revocations up to its thisUpdate, which certomancer puts a whole
+# number of update periods (one day) after the issuer's valid-from; revoking an
+# hour after valid-from ("yesterday") keeps the revoked signer on every CRL.
+REVOKED_AFTER = timedelta(hours=1)
+
+ALL_CERTS = ("root", "interm", "tsa", "interm-ocsp", "box-signer", "revoked-signer")
+BOX_CERT = "box-signer"
+
+_SOFTWARE_KEYS: dict[str, Callable[[], PrivateKeyTypes]] = {
+    "root": lambda: rsa.generate_private_key(public_exponent=65537, key_size=3072),
+    "interm": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    # These never sign certificates, so a randomised signature scheme is fine.
+    "tsa": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "interm-ocsp": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "revoked-signer": lambda: ec.generate_private_key(ec.SECP256R1()),
+}
+
+
+class SoftSigner(NamedTuple):
+    """A certificate whose private key is a plain PEM file (test signers)."""
+
+    cert: bytes
+    key_path: Path
+
+
+@dataclass(frozen=True)
+class _State:
+    """Everything variable that goes into the certificates, fixed on first use."""
+
+    url_prefix: str
+    ca_from: datetime
+    box_from: datetime
+    serials: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def fresh(cls, url_prefix: str, now: datetime) -> _State:
+        start = now - BACKDATE
+        return cls(url_prefix, start, start, {c: x509.random_serial_number() for c in ALL_CERTS})
+
+    @classmethod
+    def from_json(cls, text: str) -> _State:
+        raw = json.loads(text)
+        return cls(
+            url_prefix=raw["url_prefix"],
+            ca_from=datetime.fromisoformat(raw["ca_from"]),
+            box_from=datetime.fromisoformat(raw["box_from"]),
+            serials=raw["serials"],
+        )
+
+    def to_json(self) -> str:
+        raw = {
+            "url_prefix": self.url_prefix,
+            "ca_from": self.ca_from.isoformat(),
+            "box_from": self.box_from.isoformat(),
+            "serials": self.serials,
+        }
+        return json.dumps(raw, indent=2, sort_keys=True) + "\n"
+
+    def with_url_prefix(self, url_prefix: str) -> _State:
+        """Re-serial every cert carrying URLs: same issuer+serial must mean same bytes."""
+        serials = {
+            c: (s if c == "root" else x509.random_serial_number()) for c, s in self.serials.items()
+        }
+        return replace(self, url_prefix=url_prefix, serials=serials)
+
+    def with_new_box_cert(self, now: datetime) -> _State:
+        serials = {**self.serials, BOX_CERT: x509.random_serial_number()}
+        return replace(self, box_from=now - BACKDATE, serials=serials)
+
+    def render(self) -> str:
+        template = resources.files(__package__).joinpath("template.yml").read_text()
+        return string.Template(template).substitute(
+            arch=ARCH,
+            url_prefix=self.url_prefix,
+            ca_from=self.ca_from.isoformat(),
+            ca_to=(self.ca_from + CA_LIFETIME).isoformat(),
+            service_to=(self.ca_from + SERVICE_LIFETIME).isoformat(),
+            box_from=self.box_from.isoformat(),
+            box_to=(self.box_from + SIGNER_LIFETIME).isoformat(),
+            revoked_since=(self.ca_from + REVOKED_AFTER).isoformat(),
+            revoked_to=(self.ca_from + SIGNER_LIFETIME).isoformat(),
+            **{f"serial_{c.replace('-', '_')}": self.serials[c] for c in ALL_CERTS},
+        )
+
+
+class DevPki:
+    """The dev PKI stored in ``directory``; service URLs start with ``url_prefix``."""
+
+    def __init__(self, directory: Path, url_prefix: str) -> None:
+        self.directory = Path(directory)
+        self.url_prefix = url_prefix.rstrip("/")
+        self._arch_cache: PKIArchitecture | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / CONFIG_FILE
+
+    def ensure(self, box_public_key_der: bytes) -> None:
+        """Create the PKI, or bring it up to date; writes nothing if nothing changed.
+
+        A new box key gets a new box certificate (new serial); everything else
+        keeps its dates and serials so certificates stay byte-identical.
+        """
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name, generate in _SOFTWARE_KEYS.items():
+            key_path = self._key_path(name)
+            if not key_path.exists():
+                _write_file(key_path, _private_pem(generate()), mode=0o600)
+
+        now = datetime.now(UTC).replace(microsecond=0)
+        state_path = self.directory / STATE_FILE
+        if state_path.exists():
+            state = _State.from_json(state_path.read_text())
+        else:
+            state = _State.fresh(self.url_prefix, now)
+        if state.url_prefix != self.url_prefix:
+            state = state.with_url_prefix(self.url_prefix)
+
+        box_key_path = self.directory / BOX_KEY_FILE
+        box_pem = _public_pem(box_public_key_der)
+        if not box_key_path.exists() or box_key_path.read_bytes() != box_pem:
+            state = state.with_new_box_cert(now)
+            _write_file(box_key_path, box_pem)
+
+        _write_if_changed(state_path, state.to_json().encode())
+        _write_if_changed(self.config_path, state.render().encode())
+        self._arch_cache = None
+
+    def root_cert(self) -> bytes:
+        return self._cert_der("root")
+
+    def intermediate_cert(self) -> bytes:
+        return self._cert_der("interm")
+
+    def box_cert(self) -> bytes:
+        return self._cert_der(BOX_CERT)
+
+    def box_chain(self) -> list[bytes]:
+        """Box certificate, intermediate, root: the order a signer embeds them."""
+        return [self.box_cert(), self.intermediate_cert(), self.root_cert()]
+
+    def revoked_signer(self) -> SoftSigner:
+        return SoftSigner(self._cert_der("revoked-signer"), self._key_path("revoked-signer"))
+
+    def tsa_url(self) -> str:
+        return self._arch().service_registry.get_tsa_info(ServiceLabel(TSA_SERVICE)).url
+
+    def ocsp_url(self) -> str:
+        return self._arch().service_registry.get_ocsp_info(ServiceLabel(OCSP_SERVICE)).url
+
+    def crl_urls(self) -> list[str]:
+        """Latest-CRL URLs of the root and the intermediate, in that order."""
+        registry = self._arch().service_registry
+        return [
+            registry.get_crl_repo_info(ServiceLabel(repo)).latest_external_url
+            for repo in (ROOT_CRL_REPO, INTERM_CRL_REPO)
+        ]
+
+    def _key_path(self, name: str) -> Path:
+        return self.directory / f"{name}.key.pem"
+
+    def _cert_der(self, label: str) -> bytes:
+        der: bytes = self._arch().get_cert(CertLabel(label)).dump()
+        return der
+
+    def _arch(self) -> PKIArchitecture:
+        if self._arch_cache is None:
+            if not self.config_path.exists():
+                raise FileNotFoundError(f"{self.config_path} missing: call DevPki.ensure() first")
+            config = CertomancerConfig.from_file(str(self.config_path))
+            self._arch_cache = config.get_pki_arch(ArchLabel(ARCH))
+        return self._arch_cache
+
+
+def _private_pem(key: PrivateKeyTypes) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _public_pem(spki_der: bytes) -> bytes:
+    """Normalise the token's SubjectPublicKeyInfo so equal keys compare equal."""
+    key = serialization.load_der_public_key(spki_der)
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    if not path.exists() or path.read_bytes() != data:
+        _write_file(path, data)
+
+
+def _write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write atomically, so a PKI server loading the directory never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

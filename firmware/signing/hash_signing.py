@@ -1,0 +1,152 @@
+"""Hash in, detached CMS out: the E-sign API's core. The document never reaches the box.
+
+The client names the hash algorithm and sends the digest; the box builds the signed attributes
+(ESS signing-certificate-v2, message digest, content type), has the token sign them, adds the
+signature timestamp for B-T and gathers the LTV data for B-LT. The signature is recorded in the
+ledger before it is returned, so a released signature is always an accounted one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from asn1crypto import cms, x509
+
+from hsm import check_digest
+
+from ..errors import InvalidRequest
+
+from ..store.ledger import SignatureLedger, SignatureRecord
+from .levels import Level, Profile
+from .revocation import RevocationService, ValidationData
+from .timestamps import FallbackTimeStamper, TimestampUnavailable
+from .token_signer import TokenSigner
+
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class HashSignRequest:
+    hash_algorithm: str
+    digest: bytes
+    level: Level
+    profile: Profile
+
+
+@dataclass(frozen=True)
+class HashSignature:
+    cms: cms.ContentInfo
+    level: Level
+    profile: Profile
+    validation_data: ValidationData | None
+
+
+def _timestamp_signed_data(content: cms.ContentInfo) -> cms.SignedData:
+    signer_info = content["content"]["signer_infos"][0]
+    for attr in signer_info["unsigned_attrs"]:
+        if attr["type"].native == "signature_time_stamp_token":
+            return attr["values"][0]["content"]
+    raise TimestampUnavailable("the timestamp token is missing from the signature")
+
+
+def _tsa_path(tst: cms.SignedData) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    sid = tst["signer_infos"][0]["sid"].chosen
+    certs = [c.chosen for c in tst["certificates"] if c.name == "certificate"]
+    leaf = None
+    for cert in certs:
+        if cert.issuer == sid["issuer"] and cert.serial_number == sid["serial_number"].native:
+            leaf = cert
+    if leaf is None:
+        raise TimestampUnavailable("the TSA's certificate is not in its timestamp token")
+    return leaf, [c for c in certs if c is not leaf]
+
+
+def _embed_validation_data(content: cms.ContentInfo, data: ValidationData) -> None:
+    """CAdES B-LT: certificates and revocation values inside SignedData (RFC 5652/5940)."""
+    signed_data = content["content"]
+    known = {c.chosen.dump() for c in signed_data["certificates"]}
+    certs = list(signed_data["certificates"]) + [
+        cms.CertificateChoices(name="certificate", value=c) for c in data.certificates if c.dump() not in known
+    ]
+    signed_data["certificates"] = certs
+    revocation = [cms.RevocationInfoChoice(name="crl", value=c) for c in data.crls] + [
+        cms.RevocationInfoChoice(
+            name="other",
+            value=cms.OtherRevocationInfoFormat(
+                {"other_rev_info_format": "ocsp_response", "other_rev_info": o}
+            ),
+        )
+        for o in data.ocsps
+    ]
+    if revocation:
+        signed_data["crls"] = revocation
+
+
+class HashSigningService:
+    def __init__(
+        self,
+        signer: TokenSigner,
+        timestamper: FallbackTimeStamper | None,
+        revocation: RevocationService,
+        ledger: SignatureLedger,
+    ) -> None:
+        self._signer = signer
+        self._timestamper = timestamper
+        self._revocation = revocation
+        self._ledger = ledger
+        self._cert_serial = format(signer.signing_cert.serial_number, "x")
+
+    def sign(self, client_id: str, requests: list[HashSignRequest]) -> list[HashSignature]:
+        """Sign every request or none: a batch that fails part-way releases nothing."""
+        if not requests or len(requests) > MAX_BATCH:
+            raise InvalidRequest(f"a batch holds 1 to {MAX_BATCH} hashes")
+        for request in requests:
+            check_digest(request.digest, request.hash_algorithm)
+            if request.level is Level.B_LTA:
+                raise InvalidRequest("B-LTA needs the whole document; use the PDF endpoint")
+        if any(r.level.needs_timestamp for r in requests) and self._timestamper is None:
+            raise TimestampUnavailable("no TSA is configured; only B-B is available")
+        signatures = asyncio.run(self._sign_all(requests))
+        self._ledger.record(
+            [
+                SignatureRecord(
+                    client_id=client_id,
+                    kind="hash",
+                    hash_algorithm=r.hash_algorithm,
+                    document_hash=r.digest.hex(),
+                    key_label=self._signer.key_label,
+                    cert_serial=self._cert_serial,
+                    level=r.level.value,
+                    profile=r.profile.value,
+                )
+                for r in requests
+            ]
+        )
+        return signatures
+
+    async def _sign_all(self, requests: list[HashSignRequest]) -> list[HashSignature]:
+        # Timestamp round trips of a batch overlap; the token work itself is quick.
+        return list(await asyncio.gather(*(self._sign_one(r) for r in requests)))
+
+    async def _sign_one(self, request: HashSignRequest) -> HashSignature:
+        timestamper = self._timestamper if request.level.needs_timestamp else None
+        content = await self._signer.async_sign(
+            request.digest,
+            request.hash_algorithm,
+            use_pades=True,
+            timestamper=timestamper,
+            is_pdf_sig=request.profile is Profile.PADES,
+        )
+        data = None
+        if request.level.needs_revocation_data:
+            chain = list(self._signer.cert_registry)
+            data = await self._revocation.collect(
+                [
+                    (self._signer.signing_cert, chain),
+                    _tsa_path(_timestamp_signed_data(content)),
+                ]
+            )
+            if request.profile is Profile.CADES:
+                _embed_validation_data(content, data)
+        return HashSignature(content, request.level, request.profile, data)

@@ -1,0 +1,38 @@
+"""Signature levels and profiles the box offers, and what each level requires."""
+
+from __future__ import annotations
+
+import enum
+
+from ..errors import InvalidRequest
+
+
+class Level(str, enum.Enum):
+    """ETSI baseline levels. Each adds to the one before: timestamp, then LTV data, then archive TS."""
+
+    B_B = "B-B"
+    B_T = "B-T"
+    B_LT = "B-LT"
+    B_LTA = "B-LTA"
+
+    @property
+    def needs_timestamp(self) -> bool:
+        return self is not Level.B_B
+
+    @property
+    def needs_revocation_data(self) -> bool:
+        return self in (Level.B_LT, Level.B_LTA)
+
+
+class Profile(str, enum.Enum):
+    PADES = "PAdES"  # CMS for a PDF /Contents: no signing-time attribute, LTV data goes to the DSS
+    CADES = "CAdES"  # stand-alone detached CMS: signing-time, LTV data inside SignedData
+
+
+def parse_enum(enum_type: type[enum.Enum], value: object, what: str):
+    """The enum member for ``value``, or InvalidRequest listing the accepted values."""
+    for member in enum_type:
+        if member.value == value:
+            return member
+    accepted = ", ".join(m.value for m in enum_type)
+    raise InvalidRequest(f"unknown {what} {value!r}; use one of {accepted}")

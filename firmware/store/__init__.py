@@ -1,0 +1,1 @@
+"""Durable state in SQLite: API clients and the record of every signature."""
