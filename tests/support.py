@@ -1,0 +1,76 @@
+"""Helpers the tests share: free ports, an `esignbox serve` process, an API session."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ESIGNBOX = str(Path(sys.executable).with_name("esignbox"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class BoxProcess:
+    """An `esignbox serve` process on its own port, stopped with SIGTERM like systemd would."""
+
+    def __init__(self, state_dir: Path, port: int | None = None) -> None:
+        self.state_dir = state_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = state_dir / f"serve-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "BoxProcess":
+        log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [ESIGNBOX, "--state-dir", str(self.state_dir), "serve", "--port", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"esignbox exited early:\n{self.log_path.read_text()}")
+            try:
+                requests.get(f"{self.url}/v1/health", timeout=1)
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError(f"esignbox did not start:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+class Api:
+    """A requests session bound to one box and one API key."""
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        self.base_url = base_url
+        self.session = requests.Session()
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.session.post(self.base_url + path, timeout=60, **kwargs)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.session.get(self.base_url + path, timeout=60, **kwargs)
