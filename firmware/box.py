@@ -14,9 +14,10 @@ from asn1crypto import pem, x509
 from hsm import Token
 
 from .api import errors
-from .api.auth import ApiKeyAuth
+from .api.auth import ApiKeyAuth, RefusalAudit
 from .api.info import CertificateResource, HealthResource
 from .api.signatures import SignatureBatchResource, SignatureResource
+from .api.usage import UsageResource
 from .config import BoxConfig, ConfigError
 from .signing.hash_signing import HashSigningService
 from .signing.revocation import RevocationService
@@ -62,10 +63,11 @@ class Box:
         return cls(config, token, signer, timestamper, revocation, db, clients, ledger, hash_signing)
 
     def app(self) -> falcon.App:
-        app = falcon.App(middleware=[ApiKeyAuth(self.clients)])
+        app = falcon.App(middleware=[RefusalAudit(self.ledger), ApiKeyAuth(self.clients, self.ledger)])
         errors.register(app)
         app.add_route("/v1/health", HealthResource(self.token, self.signer))
         app.add_route("/v1/certificate", CertificateResource(self.signer))
         app.add_route("/v1/signatures", SignatureResource(self.hash_signing))
         app.add_route("/v1/signatures/batch", SignatureBatchResource(self.hash_signing))
+        app.add_route("/v1/usage", UsageResource(self.db, self.clients))
         return app

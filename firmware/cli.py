@@ -82,12 +82,20 @@ def cmd_serve(args) -> None:
             f"\"level\":\"B-T\"}}' http://{host}:{port}/v1/signatures\n",
             flush=True,
         )
+    anchoring = None
+    if box.timestamper is not None:
+        from .anchoring import PeriodicAnchor
+
+        anchoring = PeriodicAnchor(box.db, box.timestamper, config.anchor_interval_s)
+        anchoring.start()
     try:
         waitress.serve(
             box.app(), host=host, port=port, threads=config.threads,
             max_request_body_size=config.max_pdf_bytes + 1024 * 1024, ident="esignbox",
         )
     finally:
+        if anchoring is not None:
+            anchoring.stop()
         if pki_server is not None:
             pki_server.stop()
 
@@ -117,21 +125,92 @@ def cmd_import_chain(args) -> None:
     print(f"imported {len(chain)} certificate(s) for key {config.key_label!r}; restart the service")
 
 
-def cmd_clients(args) -> None:
+def _registry(args):
     from .store.clients import ClientRegistry
     from .store.db import Database
 
-    registry = ClientRegistry(Database(_config(args).database))
+    return ClientRegistry(Database(_config(args).database))
+
+
+def _scopes(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _show_client(client) -> str:
+    state = "active" if client.active else f"disabled {client.disabled_at}"
+    calls = "unlimited" if client.calls_purchased is None else f"{client.calls_used}/{client.calls_purchased} calls"
+    rates = ", ".join(f"{v}/{unit}" for v, unit in ((client.rate_per_minute, "min"), (client.rate_per_day, "day")) if v)
+    return f"{client.id}  {client.name:24}  {','.join(client.scopes):9}  {calls:20}  {rates or 'no rate limit':16}  {state}"
+
+
+def cmd_clients(args) -> None:
+    registry = _registry(args)
     if args.action == "add":
-        client, api_key = registry.add(args.name)
-        print(f"client {client.id} ({client.name}) created. Its API key, shown only now:\n{api_key}")
+        calls = None if args.unlimited else (args.calls if args.calls is not None else _config(args).free_calls)
+        client, api_key = registry.add(args.name, scopes=_scopes(args.scopes), calls=calls,
+                                       rate_per_minute=args.rate_per_minute, rate_per_day=args.rate_per_day)
+        print(f"{_show_client(client)}\nIts API key, shown only now:\n{api_key}")
     elif args.action == "list":
         for client in registry.list():
-            state = "active" if client.active else f"disabled {client.disabled_at}"
-            print(f"{client.id}  {client.name:30}  created {client.created_at}  {state}")
+            print(_show_client(client))
+    elif args.action == "rotate":
+        client, api_key = registry.rotate(args.client_id)
+        print(f"new key for {client.id}; the old one no longer works. Shown only now:\n{api_key}")
+    elif args.action == "limits":
+        changes = {}
+        if args.calls is not None:
+            changes["calls"] = args.calls
+        if args.unlimited:
+            changes["calls"] = None
+        if args.rate_per_minute is not None:
+            changes["rate_per_minute"] = args.rate_per_minute or None
+        if args.rate_per_day is not None:
+            changes["rate_per_day"] = args.rate_per_day or None
+        print(_show_client(registry.set_limits(args.client_id, add_calls=args.add_calls, **changes)))
+    elif args.action == "scopes":
+        print(_show_client(registry.set_scopes(args.client_id, _scopes(args.scopes))))
     else:
-        client = registry.disable(args.client_id)
-        print(f"client {client.id} disabled")
+        print(_show_client(getattr(registry, args.action)(args.client_id)))
+
+
+def cmd_usage(args) -> None:
+    import json
+
+    from .store import metering
+    from .store.db import Database
+
+    rows = metering.usage(Database(_config(args).database).connect(), args.client, args.days)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'day':10}  {'client':12}  {'endpoint':8}  signatures")
+    for row in rows:
+        print(f"{row['day']:10}  {row['client_id']:12}  {row['kind']:8}  {row['signatures']:>10}")
+
+
+def cmd_audit(args) -> None:
+    import json
+
+    from .anchoring import anchor, check_anchors
+    from .store import audit
+    from .store.db import Database
+
+    config = _config(args)
+    db = Database(config.database)
+    if args.action == "verify":
+        report = audit.verify(db.connect())
+        problems = ([report.problem] if report.problem else []) + check_anchors(db)
+        if problems:
+            raise SystemExit("audit chain BROKEN: " + "; ".join(problems))
+        print(f"audit chain intact: {report.checked} entries, head {report.head_seq} {report.head_hash}")
+    elif args.action == "export":
+        for item in audit.export(db.connect(), args.after):
+            print(json.dumps(item, sort_keys=True))
+    else:
+        from .signing.timestamps import FallbackTimeStamper
+
+        anchored = anchor(db, FallbackTimeStamper(config.tsa_urls))
+        print(f"anchored at entry {anchored}" if anchored else "nothing new to anchor")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -169,14 +248,42 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.set_defaults(func=cmd_import_chain)
 
-    s = sub.add_parser("clients", help="manage API clients")
+    s = sub.add_parser("clients", help="manage API clients, their scopes and quotas")
     csub = s.add_subparsers(dest="action", required=True)
-    c = csub.add_parser("add")
+    c = csub.add_parser("add", help="create a client and print its key (once)")
     c.add_argument("name")
+    c.add_argument("--scopes", default="hash,pdf", help="hash, pdf or both (default)")
+    c.add_argument("--calls", type=int, help="calls it may make (default: [metering] free_calls)")
+    c.add_argument("--unlimited", action="store_true", help="no total call limit")
+    c.add_argument("--rate-per-minute", type=int)
+    c.add_argument("--rate-per-day", type=int)
     csub.add_parser("list")
-    c = csub.add_parser("disable")
+    for action in ("disable", "enable", "rotate"):
+        csub.add_parser(action).add_argument("client_id")
+    c = csub.add_parser("limits", help="change quotas (0 removes a rate limit)")
     c.add_argument("client_id")
+    c.add_argument("--calls", type=int, help="set the total of purchased calls")
+    c.add_argument("--add-calls", type=int, default=0, help="top up the purchased calls")
+    c.add_argument("--unlimited", action="store_true")
+    c.add_argument("--rate-per-minute", type=int)
+    c.add_argument("--rate-per-day", type=int)
+    c = csub.add_parser("scopes")
+    c.add_argument("client_id")
+    c.add_argument("scopes", help="hash, pdf or hash,pdf")
     s.set_defaults(func=cmd_clients)
+
+    s = sub.add_parser("usage", help="signatures per client, endpoint and day")
+    s.add_argument("--client")
+    s.add_argument("--days", type=int, default=31)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_usage)
+
+    s = sub.add_parser("audit", help="verify, export or anchor the audit log")
+    asub = s.add_subparsers(dest="action", required=True)
+    asub.add_parser("verify", help="check the hash chain and its anchors; exit 1 on a break")
+    asub.add_parser("export", help="JSON lines on stdout").add_argument("--after", type=int, default=0)
+    asub.add_parser("anchor", help="timestamp the chain's head now")
+    s.set_defaults(func=cmd_audit)
     return p
 
 

@@ -52,6 +52,8 @@ class BoxConfig:
     prefer_pss: bool
     tsa_urls: list[str]
     pki_port: int | None
+    free_calls: int
+    anchor_interval_s: float
 
     @property
     def database(self) -> Path:
@@ -74,6 +76,7 @@ class BoxConfig:
             return None if value is None else (state_dir / value).resolve()
 
         api, token, signing = raw.get("api", {}), raw.get("token", {}), raw.get("signing", {})
+        metering, audit = raw.get("metering", {}), raw.get("audit", {})
         try:
             environment = {k: str(resolve(v)) for k, v in token.get("environment_files", {}).items()}
             return cls(
@@ -96,6 +99,8 @@ class BoxConfig:
                 prefer_pss=bool(signing.get("prefer_pss", False)),
                 tsa_urls=list(signing.get("tsa_urls", [])),
                 pki_port=raw.get("dev", {}).get("pki_port"),
+                free_calls=int(metering.get("free_calls", 100)),
+                anchor_interval_s=float(audit.get("anchor_interval_minutes", 60)) * 60,
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: missing setting {exc}") from exc

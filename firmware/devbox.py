@@ -72,6 +72,12 @@ trust_roots_file = "trust-roots.pem"
 prefer_pss = false
 tsa_urls = ["{tsa_url}"]
 
+[metering]
+free_calls = 100            # calls a new API client may make before an operator sets its quota
+
+[audit]
+anchor_interval_minutes = 60   # how often the audit chain's head is timestamped
+
 [dev]
 pki_port = {pki_port}
 """

@@ -1,18 +1,24 @@
-"""API-key authentication: ``Authorization: Bearer <key>`` on every non-public resource."""
+"""Who may call what: API-key authentication, then the client's scope and quota.
+
+Resources opt out of authentication with ``public = True`` and name the scope they need with
+``scope = "hash" | "pdf"``. The quota check here is the cheap early one (one signature), made
+before any token work; the ledger checks again, exactly, when it records the signatures.
+"""
 
 from __future__ import annotations
 
 import falcon
 
 from ..store.clients import ClientRegistry
+from ..store.ledger import SignatureLedger
+from ..store.metering import ScopeDenied
 from .errors import ApiError
 
 
 class ApiKeyAuth:
-    """Falcon middleware; resources opt out with a class attribute ``public = True``."""
-
-    def __init__(self, clients: ClientRegistry) -> None:
+    def __init__(self, clients: ClientRegistry, ledger: SignatureLedger) -> None:
         self._clients = clients
+        self._ledger = ledger
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
         if resource is None or getattr(resource, "public", False):
@@ -26,3 +32,27 @@ class ApiKeyAuth:
         if client is None:
             raise ApiError(falcon.HTTP_401, "invalid_api_key", "the API key is unknown or disabled", challenge)
         req.context.client = client
+        scope = getattr(resource, "scope", None)
+        if scope is None:
+            return
+        if scope not in client.scopes:
+            raise ScopeDenied(f"this client may not use {scope} signing (scopes: {', '.join(client.scopes)})")
+        self._ledger.admit(client.id, 1)
+
+
+class RefusalAudit:
+    """Every refused call on an authenticated endpoint becomes an audit entry."""
+
+    def __init__(self, ledger: SignatureLedger) -> None:
+        self._ledger = ledger
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
+        if resource is None or getattr(resource, "public", False) or int(resp.status[:3]) < 400:
+            return
+        client = getattr(req.context, "client", None)
+        body = resp.media if isinstance(resp.media, dict) else {}
+        self._ledger.refuse(
+            client.id if client else None,
+            {"method": req.method, "path": req.path, "status": int(resp.status[:3]),
+             "error": body.get("error"), "peer": req.remote_addr},
+        )

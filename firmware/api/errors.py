@@ -16,6 +16,8 @@ from hsm import KeyNotFound, TokenError, TokenUnavailable, UnsupportedDigest
 from ..errors import InvalidRequest
 from ..signing.revocation import CertificateRevoked, RevocationUnavailable
 from ..signing.timestamps import TimestampUnavailable
+from ..store.clients import ClientError
+from ..store.metering import QuotaExhausted, RateLimited, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,10 @@ class ApiError(falcon.HTTPError):
 # exception type -> (HTTP status, error code); the first matching entry wins.
 _MAPPING: list[tuple[type[Exception], str, str]] = [
     (InvalidRequest, falcon.HTTP_400, "invalid_request"),
+    (ClientError, falcon.HTTP_400, "invalid_request"),
+    (QuotaExhausted, falcon.HTTP_402, QuotaExhausted.code),
+    (RateLimited, falcon.HTTP_429, RateLimited.code),
+    (Refusal, falcon.HTTP_403, "scope_denied"),
     (UnsupportedDigest, falcon.HTTP_400, "invalid_hash"),
     (TimestampUnavailable, falcon.HTTP_503, "timestamp_unavailable"),
     (RevocationUnavailable, falcon.HTTP_503, "revocation_unavailable"),

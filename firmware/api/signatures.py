@@ -36,6 +36,8 @@ def _serialize(signature: HashSignature) -> dict:
 
 
 class SignatureResource:
+    scope = "hash"
+
     def __init__(self, service: HashSigningService) -> None:
         self._service = service
 
@@ -52,6 +54,8 @@ class SignatureResource:
 
 class SignatureBatchResource:
     """Many hashes in one call, for bulk jobs such as a month's bills."""
+
+    scope = "hash"
 
     def __init__(self, service: HashSigningService) -> None:
         self._service = service

@@ -107,6 +107,7 @@ class HashSigningService:
                 raise InvalidRequest("B-LTA needs the whole document; use the PDF endpoint")
         if any(r.level.needs_timestamp for r in requests) and self._timestamper is None:
             raise TimestampUnavailable("no TSA is configured; only B-B is available")
+        self._ledger.admit(client_id, len(requests))
         signatures = asyncio.run(self._sign_all(requests))
         self._ledger.record(
             [

@@ -1,36 +1,58 @@
 """SQLite with the settings that make a power cut lose nothing that was acknowledged.
 
 WAL lets readers run beside the single writer; synchronous=FULL makes every commit durable
-before it returns. Each thread gets its own connection (sqlite3 objects are not shareable).
+before it returns. Each thread gets its own connection (sqlite3 objects are not shareable), in
+autocommit mode: every write goes through `immediate()`, which takes the write lock up front so
+that the audit chain's head cannot change between reading it and appending to it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+SCHEMA_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
-    id          TEXT PRIMARY KEY,
-    name        TEXT NOT NULL UNIQUE,
-    key_hash    BLOB NOT NULL,
-    created_at  TEXT NOT NULL,
-    disabled_at TEXT
+    id              TEXT PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    key_hash        BLOB NOT NULL,
+    created_at      TEXT NOT NULL,
+    disabled_at     TEXT,
+    scopes          TEXT NOT NULL DEFAULT 'hash,pdf',
+    calls_purchased INTEGER,            -- NULL: no total limit
+    calls_used      INTEGER NOT NULL DEFAULT 0,
+    rate_per_minute INTEGER,            -- NULL: no rate limit
+    rate_per_day    INTEGER
 );
-CREATE TABLE IF NOT EXISTS signatures (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at     TEXT NOT NULL,
-    client_id      TEXT NOT NULL REFERENCES clients(id),
-    kind           TEXT NOT NULL,
-    hash_algorithm TEXT NOT NULL,
-    document_hash  TEXT NOT NULL,
-    key_label      TEXT NOT NULL,
-    cert_serial    TEXT NOT NULL,
-    level          TEXT NOT NULL,
-    profile        TEXT NOT NULL
+-- The append-only, hash-chained audit log: signatures, refusals, client and key changes.
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq        INTEGER PRIMARY KEY,
+    at         TEXT NOT NULL,
+    actor      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    client_id  TEXT,
+    details    TEXT NOT NULL,
+    prev_hash  TEXT NOT NULL,
+    entry_hash TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS signatures_by_client ON signatures(client_id, created_at);
+CREATE INDEX IF NOT EXISTS audit_by_client ON audit_log(client_id, action, at);
+CREATE INDEX IF NOT EXISTS audit_by_action ON audit_log(action, at);
+-- Signatures are audit entries; this view is the convenient shape for reports and metering.
+CREATE VIEW IF NOT EXISTS signatures AS
+    SELECT seq AS id, at AS created_at, client_id,
+           json_extract(details, '$.kind') AS kind,
+           json_extract(details, '$.hash_algorithm') AS hash_algorithm,
+           json_extract(details, '$.document_hash') AS document_hash,
+           json_extract(details, '$.key_label') AS key_label,
+           json_extract(details, '$.cert_serial') AS cert_serial,
+           json_extract(details, '$.level') AS level,
+           json_extract(details, '$.profile') AS profile
+    FROM audit_log WHERE action = 'signature';
 """
 
 
@@ -39,8 +61,9 @@ class Database:
         self.path = path
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self.connect() as conn:
-            conn.executescript(SCHEMA)
+        conn = self.connect()
+        conn.executescript(SCHEMA)  # idempotent: every statement is IF NOT EXISTS
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def connect(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
@@ -52,11 +75,22 @@ class Database:
 
 
 def open_connection(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=True)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.row_factory = sqlite3.Row
-    conn.isolation_level = "DEFERRED"
     return conn
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction holding the database's write lock from its first statement."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -1,0 +1,31 @@
+"""GET /v1/usage: a client's own quota and signatures per endpoint per day."""
+
+from __future__ import annotations
+
+import falcon
+
+from ..store import metering
+from ..store.clients import ClientRegistry
+from ..store.db import Database
+
+
+class UsageResource:
+    def __init__(self, db: Database, clients: ClientRegistry) -> None:
+        self._db = db
+        self._clients = clients
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        days = req.get_param_as_int("days", min_value=1, max_value=366, default=31)
+        client = self._clients.get(req.context.client.id)
+        resp.media = {
+            "client": {
+                "id": client.id, "name": client.name, "scopes": list(client.scopes),
+                "calls_purchased": client.calls_purchased, "calls_used": client.calls_used,
+                "calls_left": client.calls_left, "rate_per_minute": client.rate_per_minute,
+                "rate_per_day": client.rate_per_day,
+            },
+            "usage": [
+                {"endpoint": row["kind"], "day": row["day"], "signatures": row["signatures"]}
+                for row in metering.usage(self._db.connect(), client.id, days)
+            ],
+        }

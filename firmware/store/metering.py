@@ -1,0 +1,78 @@
+"""Quotas and rates per API client, counted in signatures produced.
+
+`check` runs twice for every signing request: once before the token is touched (so an
+over-quota client costs the box nothing) and again inside the transaction that records the
+signatures (so concurrent requests cannot overshoot the quota between check and record).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+SCOPES = ("hash", "pdf")
+
+
+class Refusal(Exception):
+    """A request the client is not allowed to make right now; nothing was signed or charged."""
+
+    status = "403 Forbidden"
+    code = "forbidden"
+
+
+class ScopeDenied(Refusal):
+    code = "scope_denied"
+
+
+class QuotaExhausted(Refusal):
+    status = "402 Payment Required"
+    code = "quota_exhausted"
+
+
+class RateLimited(Refusal):
+    status = "429 Too Many Requests"
+    code = "rate_limited"
+
+
+def _signed_since(conn: sqlite3.Connection, client_id: str, since: datetime) -> int:
+    return conn.execute(
+        "SELECT COUNT(*) FROM audit_log WHERE client_id = ? AND action = 'signature' AND at >= ?",
+        (client_id, since.isoformat(timespec="microseconds")),
+    ).fetchone()[0]
+
+
+def check(conn: sqlite3.Connection, client_id: str, count: int, now: datetime | None = None) -> None:
+    """Raise the Refusal that stops ``count`` more signatures for this client, if any."""
+    now = now or datetime.now(timezone.utc)
+    row = conn.execute(
+        "SELECT calls_purchased, calls_used, rate_per_minute, rate_per_day FROM clients WHERE id = ?",
+        (client_id,),
+    ).fetchone()
+    if row is None:
+        raise Refusal(f"unknown client {client_id!r}")
+    purchased, used, per_minute, per_day = row
+    if purchased is not None and used + count > purchased:
+        raise QuotaExhausted(
+            f"call quota exhausted: {max(purchased - used, 0)} of {purchased} calls left, this request needs {count}"
+        )
+    if per_minute is not None and _signed_since(conn, client_id, now - timedelta(minutes=1)) + count > per_minute:
+        raise RateLimited(f"rate limit of {per_minute} signatures per minute reached")
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if per_day is not None and _signed_since(conn, client_id, day_start) + count > per_day:
+        raise RateLimited(f"rate limit of {per_day} signatures per day reached")
+
+
+def charge(conn: sqlite3.Connection, client_id: str, count: int) -> None:
+    conn.execute("UPDATE clients SET calls_used = calls_used + ? WHERE id = ?", (count, client_id))
+
+
+def usage(conn: sqlite3.Connection, client_id: str | None = None, days: int = 31) -> list[dict]:
+    """Signatures per client, per endpoint (kind), per UTC day, newest day first."""
+    since = (datetime.now(timezone.utc) - timedelta(days=days)).date().isoformat()
+    query = (
+        "SELECT client_id, kind, substr(created_at, 1, 10) AS day, COUNT(*) AS signatures"
+        " FROM signatures WHERE created_at >= ?" + (" AND client_id = ?" if client_id else "") +
+        " GROUP BY client_id, kind, day ORDER BY day DESC, client_id, kind"
+    )
+    params = (since, client_id) if client_id else (since,)
+    return [dict(row) for row in conn.execute(query, params)]
