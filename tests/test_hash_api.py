@@ -276,4 +276,4 @@ def test_secrets_never_reach_the_log(api, box, box_config, api_key):
     Api(box.url, "esb_000000000000_" + "x" * 40).post("/v1/signatures", json={})
     log = box.log()
     assert box_config.token.read_pin() not in log
-    assert api_key not in log and api_key.split("_")[2] not in log
+    assert api_key not in log and api_key.split("_", 2)[2] not in log
