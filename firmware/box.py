@@ -16,10 +16,15 @@ from hsm import Token
 from .api import errors
 from .api.auth import ApiKeyAuth, RefusalAudit
 from .api.info import CertificateResource, HealthResource
+from .api.pdf import ERRORS as PDF_ERRORS
+from .api.pdf import PdfSignResource, PdfVerifyResource
 from .api.signatures import SignatureBatchResource, SignatureResource
 from .api.usage import UsageResource
 from .config import BoxConfig, ConfigError
+from .csc.routes import add_csc_routes
 from .signing.hash_signing import HashSigningService
+from .signing.pdf_signing import PdfSigningService
+from .signing.raw_signing import RawSigningService
 from .signing.revocation import RevocationService
 from .signing.timestamps import FallbackTimeStamper
 from .signing.token_signer import TokenSigner
@@ -48,6 +53,8 @@ class Box:
     clients: ClientRegistry
     ledger: SignatureLedger
     hash_signing: HashSigningService
+    pdf_signing: PdfSigningService
+    raw_signing: RawSigningService
 
     @classmethod
     def open(cls, config: BoxConfig) -> "Box":
@@ -60,14 +67,24 @@ class Box:
         clients = ClientRegistry(db)
         ledger = SignatureLedger(db)
         hash_signing = HashSigningService(signer, timestamper, revocation, ledger)
-        return cls(config, token, signer, timestamper, revocation, db, clients, ledger, hash_signing)
+        pdf_signing = PdfSigningService(signer, timestamper, revocation, ledger, config.max_pdf_bytes)
+        raw_signing = RawSigningService(token, signer, ledger)
+        return cls(
+            config, token, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing
+        )
 
     def app(self) -> falcon.App:
         app = falcon.App(middleware=[RefusalAudit(self.ledger), ApiKeyAuth(self.clients, self.ledger)])
-        errors.register(app)
+        errors.register(app, extra=PDF_ERRORS)
         app.add_route("/v1/health", HealthResource(self.token, self.signer))
         app.add_route("/v1/certificate", CertificateResource(self.signer))
         app.add_route("/v1/signatures", SignatureResource(self.hash_signing))
         app.add_route("/v1/signatures/batch", SignatureBatchResource(self.hash_signing))
+        app.add_route("/v1/pdf/sign", PdfSignResource(self.pdf_signing))
+        app.add_route("/v1/pdf/verify", PdfVerifyResource(self.revocation, self.config.max_pdf_bytes))
         app.add_route("/v1/usage", UsageResource(self.db, self.clients))
+        add_csc_routes(
+            app, signer=self.signer, raw_signing=self.raw_signing, hash_signing=self.hash_signing,
+            timestamper=self.timestamper, clients=self.clients,
+        )
         return app

@@ -41,13 +41,19 @@ class ApiKeyAuth:
 
 
 class RefusalAudit:
-    """Every refused call on an authenticated endpoint becomes an audit entry."""
+    """Every refused call on an authenticated endpoint becomes an audit entry.
+
+    Resources that authenticate callers themselves (CSC) are public to ApiKeyAuth but opt in
+    here with ``audit_refusals = True`` and put the caller in ``req.context.client``.
+    """
 
     def __init__(self, ledger: SignatureLedger) -> None:
         self._ledger = ledger
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
-        if resource is None or getattr(resource, "public", False) or int(resp.status[:3]) < 400:
+        if resource is None or int(resp.status[:3]) < 400:
+            return
+        if getattr(resource, "public", False) and not getattr(resource, "audit_refusals", False):
             return
         client = getattr(req.context, "client", None)
         body = resp.media if isinstance(resp.media, dict) else {}

@@ -1,0 +1,127 @@
+"""POST /v1/pdf/sign and /v1/pdf/verify: the raw PDF is the body, options are query parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from datetime import datetime
+
+import falcon
+
+from ..errors import InvalidRequest
+from ..signing.levels import Level, parse_enum
+from ..signing.pdf_signing import PdfSigningService, PdfSignOptions, Stamp
+from ..signing.pdf_verify import PdfInvalid, verify_pdf
+from ..signing.revocation import RevocationService
+from .bodies import check_length
+from .errors import ApiError
+
+# Extra rows for errors.register: a body that is no usable PDF is a 422, not a 400.
+ERRORS = [(PdfInvalid, falcon.HTTP_422, "invalid_pdf")]
+
+_SIGN_PARAMS = {"level", "reason", "location", "field", "certify", "docmdp", "stamp_page", "stamp_box", "stamp_text"}
+
+
+def _read_pdf_body(req: falcon.Request, limit: int) -> bytes:
+    """The body as bytes; 413 before reading if declared too large, or once it runs past ``limit``."""
+    check_length(req, limit)
+    if req.content_type is None or req.content_type.split(";")[0].strip() != "application/pdf":
+        raise ApiError(falcon.HTTP_415, "unsupported_media_type", "send the PDF as Content-Type: application/pdf")
+    data = req.bounded_stream.read(limit + 1)  # chunked bodies have no Content-Length to check
+    if len(data) > limit:
+        raise ApiError(falcon.HTTP_413, "too_large", f"request body over {limit} bytes")
+    return data
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer") from None
+
+
+def _bool(value: str | None, name: str) -> bool:
+    if value is None or value.lower() in ("false", "0", "no"):
+        return False
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    raise InvalidRequest(f"{name} must be true or false")
+
+
+def _box(value: str) -> tuple[float, float, float, float]:
+    parts = value.split(",")
+    try:
+        x1, y1, x2, y2 = (float(p) for p in parts)
+    except ValueError:
+        raise InvalidRequest("stamp_box must be four numbers x1,y1,x2,y2 (points)") from None
+    return x1, y1, x2, y2
+
+
+def _sign_options(params: dict[str, str]) -> PdfSignOptions:
+    unknown = sorted(set(params) - _SIGN_PARAMS)
+    if unknown:
+        raise InvalidRequest(f"unknown option(s) {', '.join(unknown)}; use {', '.join(sorted(_SIGN_PARAMS))}")
+    stamp = None
+    if "stamp_box" in params:
+        page = _int(params["stamp_page"], "stamp_page") if "stamp_page" in params else 1
+        stamp = Stamp(page=page, box=_box(params["stamp_box"]), text=params.get("stamp_text"))
+    elif "stamp_page" in params or "stamp_text" in params:
+        raise InvalidRequest("a visible stamp needs stamp_box=x1,y1,x2,y2")
+    return PdfSignOptions(
+        level=parse_enum(Level, params.get("level", Level.B_T.value), "level"),
+        reason=params.get("reason"),
+        location=params.get("location"),
+        field_name=params.get("field"),
+        certify=_bool(params.get("certify"), "certify"),
+        docmdp=_int(params["docmdp"], "docmdp") if "docmdp" in params else None,
+        stamp=stamp,
+    )
+
+
+def _params(req: falcon.Request) -> dict[str, str]:
+    params = {}
+    for name, value in req.params.items():
+        if isinstance(value, list):
+            raise InvalidRequest(f"option {name!r} is given more than once")
+        params[name] = value
+    return params
+
+
+def _jsonable(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class PdfSignResource:
+    scope = "pdf"
+
+    def __init__(self, service: PdfSigningService) -> None:
+        self._service = service
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        options = _sign_options(_params(req))
+        pdf = _read_pdf_body(req, self._service.max_pdf_bytes)
+        signed = self._service.sign(req.context.client.id, pdf, options)
+        resp.content_type = "application/pdf"
+        resp.set_header("X-Signature-Level", signed.level.value)
+        resp.set_header("X-Signature-Field", signed.field_name)
+        resp.data = signed.pdf
+
+
+class PdfVerifyResource:
+    """Authenticated but free: verifying signs nothing, so it has no scope and uses no quota."""
+
+    def __init__(self, revocation: RevocationService, max_pdf_bytes: int) -> None:
+        self._revocation = revocation
+        self._max_pdf_bytes = max_pdf_bytes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        report = verify_pdf(_read_pdf_body(req, self._max_pdf_bytes), self._revocation, self._max_pdf_bytes)
+        resp.media = _jsonable(dataclasses.asdict(report))
