@@ -1,0 +1,40 @@
+"""Mounting the CSC API on the box's Falcon app: /csc/v1/ (what pyHanko's CSCSigner speaks) and /csc/v2/."""
+
+from __future__ import annotations
+
+import falcon
+
+from ..signing.hash_signing import MAX_BATCH, HashSigningService
+from ..signing.raw_signing import RawSigningService
+from ..signing.timestamps import FallbackTimeStamper
+from ..signing.token_signer import TokenSigner
+from ..store.clients import ClientRegistry
+from .auth import CscAuth
+from .credential import Credential
+from .resources import CscServices, served
+from .sad import SadStore
+from .tokens import AccessTokens
+from .versions import V1, V2
+
+
+def add_csc_routes(
+    app: falcon.App,
+    *,
+    signer: TokenSigner,
+    raw_signing: RawSigningService,
+    hash_signing: HashSigningService,
+    timestamper: FallbackTimeStamper | None,
+    clients: ClientRegistry,
+) -> None:
+    """Both versions share one token and SAD store: a token from v1's login works on v2."""
+    services = CscServices(
+        auth=CscAuth(clients, AccessTokens()),
+        credential=Credential(signer, raw_signing, multisign=MAX_BATCH),
+        sads=SadStore(),
+        raw_signing=raw_signing,
+        hash_signing=hash_signing,
+        timestamper=timestamper,
+    )
+    for version in (V1, V2):
+        for name, resource in served(version).items():
+            app.add_route(f"/csc/{version.name}/{name}", resource(services, version))
