@@ -74,7 +74,7 @@ class Box:
         )
 
     def app(self) -> falcon.App:
-        app = falcon.App(middleware=[RefusalAudit(self.ledger), ApiKeyAuth(self.clients, self.ledger)])
+        app = falcon.App(middleware=[RefusalAudit(self.ledger), ApiKeyAuth(self.clients)])
         errors.register(app, extra=PDF_ERRORS)
         app.add_route("/v1/health", HealthResource(self.token, self.signer))
         app.add_route("/v1/certificate", CertificateResource(self.signer))

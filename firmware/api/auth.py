@@ -1,8 +1,8 @@
-"""Who may call what: API-key authentication, then the client's scope and quota.
+"""Who may call what: API-key authentication, then the client's scope.
 
 Resources opt out of authentication with ``public = True`` and name the scope they need with
-``scope = "hash" | "pdf"``. The quota check here is the cheap early one (one signature), made
-before any token work; the ledger checks again, exactly, when it records the signatures.
+``scope = "hash" | "pdf"``. Quotas are the services' business: only they know how many
+signatures a request asks for (they call ``SignatureLedger.admit`` before touching the token).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from .errors import ApiError
 
 
 class ApiKeyAuth:
-    def __init__(self, clients: ClientRegistry, ledger: SignatureLedger) -> None:
+    def __init__(self, clients: ClientRegistry) -> None:
         self._clients = clients
-        self._ledger = ledger
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
         if resource is None or getattr(resource, "public", False):
@@ -33,11 +32,8 @@ class ApiKeyAuth:
             raise ApiError(falcon.HTTP_401, "invalid_api_key", "the API key is unknown or disabled", challenge)
         req.context.client = client
         scope = getattr(resource, "scope", None)
-        if scope is None:
-            return
-        if scope not in client.scopes:
+        if scope is not None and scope not in client.scopes:
             raise ScopeDenied(f"this client may not use {scope} signing (scopes: {', '.join(client.scopes)})")
-        self._ledger.admit(client.id, 1)
 
 
 class RefusalAudit:
