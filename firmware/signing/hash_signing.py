@@ -9,6 +9,7 @@ ledger before it is returned, so a released signature is always an accounted one
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass
 
 from asn1crypto import cms, x509
@@ -18,6 +19,7 @@ from hsm import check_digest
 from ..errors import InvalidRequest
 
 from ..store.ledger import SignatureLedger, SignatureRecord
+from .cms_template import DetachedCmsTemplate
 from .levels import Level, Profile
 from .revocation import RevocationService, ValidationData
 from .timestamps import FallbackTimeStamper, TimestampUnavailable
@@ -40,14 +42,6 @@ class HashSignature:
     level: Level
     profile: Profile
     validation_data: ValidationData | None
-
-
-def _timestamp_signed_data(content: cms.ContentInfo) -> cms.SignedData:
-    signer_info = content["content"]["signer_infos"][0]
-    for attr in signer_info["unsigned_attrs"]:
-        if attr["type"].native == "signature_time_stamp_token":
-            return attr["values"][0]["content"]
-    raise TimestampUnavailable("the timestamp token is missing from the signature")
 
 
 def _tsa_path(tst: cms.SignedData) -> tuple[x509.Certificate, list[x509.Certificate]]:
@@ -95,6 +89,7 @@ class HashSigningService:
         self._timestamper = timestamper
         self._revocation = revocation
         self._ledger = ledger
+        self._template = DetachedCmsTemplate(signer)
         self._cert_serial = format(signer.signing_cert.serial_number, "x")
 
     def sign(self, client_id: str, requests: list[HashSignRequest]) -> list[HashSignature]:
@@ -131,22 +126,20 @@ class HashSigningService:
         return list(await asyncio.gather(*(self._sign_one(r) for r in requests)))
 
     async def _sign_one(self, request: HashSignRequest) -> HashSignature:
-        timestamper = self._timestamper if request.level.needs_timestamp else None
-        content = await self._signer.async_sign(
-            request.digest,
-            request.hash_algorithm,
-            use_pades=True,
-            timestamper=timestamper,
-            is_pdf_sig=request.profile is Profile.PADES,
-        )
+        algorithm = request.hash_algorithm
+        signed_attrs = self._template.signed_attributes(request.digest, algorithm, request.profile)
+        signature = await self._signer.async_sign_raw(signed_attrs.dump(), algorithm)
+        token = None
+        if request.level.needs_timestamp:
+            assert self._timestamper is not None  # checked in sign()
+            # RFC 3161 signature timestamp: the TSA signs a hash of the signature value.
+            token = await self._timestamper.async_timestamp(hashlib.new(algorithm, signature).digest(), algorithm)
+        content = self._template.package(algorithm, signed_attrs, signature, token)
         data = None
         if request.level.needs_revocation_data:
             chain = list(self._signer.cert_registry)
             data = await self._revocation.collect(
-                [
-                    (self._signer.signing_cert, chain),
-                    _tsa_path(_timestamp_signed_data(content)),
-                ]
+                [(self._signer.signing_cert, chain), _tsa_path(token["content"])]
             )
             if request.profile is Profile.CADES:
                 _embed_validation_data(content, data)
