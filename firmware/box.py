@@ -19,6 +19,7 @@ from .api.info import CertificateResource, HealthResource
 from .api.pdf import ERRORS as PDF_ERRORS
 from .api.pdf import PdfSignResource, PdfVerifyResource
 from .api.signatures import SignatureBatchResource, SignatureResource
+from .api.openapi import OpenApiResource
 from .api.usage import UsageResource
 from .config import BoxConfig, ConfigError
 from .csc.routes import add_csc_routes
@@ -83,6 +84,7 @@ class Box:
         app.add_route("/v1/pdf/sign", PdfSignResource(self.pdf_signing))
         app.add_route("/v1/pdf/verify", PdfVerifyResource(self.revocation, self.config.max_pdf_bytes))
         app.add_route("/v1/usage", UsageResource(self.db, self.clients))
+        app.add_route("/openapi.json", OpenApiResource())
         add_csc_routes(
             app, signer=self.signer, raw_signing=self.raw_signing, hash_signing=self.hash_signing,
             timestamper=self.timestamper, clients=self.clients,

@@ -1,0 +1,182 @@
+"""GET /openapi.json: the box's API described for integrators and for schema-driven testing.
+
+Written by hand next to the resources it describes (Falcon has no schema introspection); the
+schemathesis run in the tests keeps the two honest: any response that strays from this document
+fails CI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from ..csc.resources import served
+from ..csc.versions import V1, V2
+
+_ERROR = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+}
+_CSC_ERROR = {
+    "type": "object",
+    "required": ["error", "error_description"],
+    "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+}
+_B64 = {"type": "string", "format": "byte"}
+_LEVEL = {"type": "string", "enum": ["B-B", "B-T", "B-LT"], "default": "B-T"}
+_VALIDATION_INFO = {
+    "type": "object",
+    "properties": {k: {"type": "array", "items": _B64} for k in ("certificates", "crls", "ocsps")},
+}
+_SIGNATURE = {
+    "type": "object",
+    "required": ["signature", "level", "profile"],
+    "properties": {
+        "signature": {**_B64, "description": "detached CMS SignedData, DER"},
+        "level": _LEVEL,
+        "profile": {"type": "string", "enum": ["PAdES", "CAdES"]},
+        "validation_info": _VALIDATION_INFO,
+    },
+}
+_HASH_FIELDS = {
+    "hash_algorithm": {"type": "string", "enum": ["sha256", "sha384", "sha512"]},
+    "level": _LEVEL,
+    "profile": {"type": "string", "enum": ["PAdES", "CAdES"], "default": "PAdES"},
+}
+
+_MESSAGES = {
+    400: "invalid request", 401: "missing or invalid API key", 402: "call quota exhausted",
+    403: "scope not allowed", 404: "no such resource", 405: "method not allowed", 413: "body too large",
+    415: "wrong content type", 422: "not a usable PDF", 429: "rate limit reached",
+    500: "internal error", 503: "token, TSA or revocation service unavailable; nothing was signed",
+}
+
+
+def _errors(*codes: int, schema: dict = _ERROR) -> dict[str, Any]:
+    return {
+        str(code): {"description": _MESSAGES[code], "content": {"application/json": {"schema": schema}}}
+        for code in codes
+    }
+
+
+def _json(schema: dict, description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_SIGNING_ERRORS = (400, 401, 402, 403, 413, 429, 500, 503)
+
+
+def _native_paths() -> dict[str, Any]:
+    pdf_body = {"required": True, "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}}
+    query = lambda name, schema, description: {  # noqa: E731
+        "name": name, "in": "query", "required": False, "schema": schema, "description": description}
+    return {
+        "/v1/health": {"get": {
+            "summary": "Is the token present and the signing key usable?", "security": [],
+            "responses": {
+                "200": _json({"type": "object", "properties": {"status": {"type": "string"},
+                                                                 "token_present": {"type": "boolean"}}}),
+                **_errors(503, schema={"type": "object"}),
+            }}},
+        "/v1/certificate": {"get": {
+            "summary": "The signing certificate chain, leaf first", "security": [],
+            "responses": {"200": _json({"type": "object", "required": ["chain_pem"], "properties": {
+                "subject": {"type": "string"}, "serial": {"type": "string"}, "chain_pem": {"type": "string"}}})}}},
+        "/v1/signatures": {"post": {
+            "summary": "Sign a document hash: detached CMS with timestamp and LTV data",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["hash_algorithm", "hash"],
+                "properties": {**_HASH_FIELDS, "hash": _B64}}}}},
+            "responses": {"201": _json(_SIGNATURE, "signed"), **_errors(*_SIGNING_ERRORS)}}},
+        "/v1/signatures/batch": {"post": {
+            "summary": "Sign up to 1000 hashes in one call; all or none",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["hash_algorithm", "hashes"],
+                "properties": {**_HASH_FIELDS,
+                               "hashes": {"type": "array", "items": _B64, "minItems": 1, "maxItems": 1000}}}}}},
+            "responses": {"201": _json({"type": "object", "required": ["signatures"], "properties": {
+                "signatures": {"type": "array", "items": _SIGNATURE}}}, "signed"),
+                **_errors(*_SIGNING_ERRORS)}}},
+        "/v1/usage": {"get": {
+            "summary": "The calling client's quota and signatures per endpoint per day",
+            "parameters": [query("days", {"type": "integer", "minimum": 1, "maximum": 366}, "days back")],
+            "responses": {"200": _json({"type": "object", "required": ["client", "usage"], "properties": {
+                "client": {"type": "object"},
+                "usage": {"type": "array", "items": {"type": "object", "properties": {
+                    "endpoint": {"type": "string"}, "day": {"type": "string"},
+                    "signatures": {"type": "integer"}}}}}}),
+                **_errors(400, 401)}}},
+        "/v1/pdf/sign": {"post": {
+            "summary": "Sign a PDF (PAdES); the signed PDF comes back",
+            "parameters": [
+                query("level", {"type": "string", "enum": ["B-B", "B-T", "B-LT", "B-LTA"]}, "default B-T"),
+                query("reason", {"type": "string"}, "signature reason"),
+                query("location", {"type": "string"}, "signing location"),
+                query("field", {"type": "string"}, "signature field name"),
+                query("certify", {"type": "boolean"}, "certification (DocMDP) signature"),
+                query("docmdp", {"type": "integer", "enum": [1, 2, 3]}, "DocMDP permission level"),
+                query("stamp_page", {"type": "integer", "minimum": 1}, "page of the visible stamp"),
+                query("stamp_box", {"type": "string"}, "x1,y1,x2,y2 in points"),
+                query("stamp_text", {"type": "string"}, "stamp text (Latin-1)"),
+            ],
+            "requestBody": pdf_body,
+            "responses": {
+                "200": {"description": "the signed PDF", "content": {"application/pdf": {
+                    "schema": {"type": "string", "format": "binary"}}},
+                    "headers": {"X-Signature-Level": {"schema": {"type": "string"}},
+                                "X-Signature-Field": {"schema": {"type": "string"}}}},
+                **_errors(*_SIGNING_ERRORS, 415, 422)}}},
+        "/v1/pdf/verify": {"post": {
+            "summary": "Report on every signature in a PDF",
+            "requestBody": pdf_body,
+            "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 413, 415, 422, 500, 503)}}},
+    }
+
+
+def _csc_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for version in (V1, V2):
+        for name, resource in served(version).items():
+            operation = {
+                "summary": f"CSC {version.name} {name}",
+                "tags": [f"CSC {version.name}"],
+                "security": [] if not resource.requires_token else [{"cscToken": []}],
+                "requestBody": {"required": False, "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    **({"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}
+                       if name == "oauth2/token" else {})}},
+                "responses": {
+                    "200": _json({"type": "object"}), "204": {"description": "done"},
+                    **_errors(400, 401, 402, 403, 413, 429, 500, 503, schema=_CSC_ERROR),
+                },
+            }
+            paths[f"/csc/{version.name}/{name}"] = {"post": operation}
+    return paths
+
+
+def build_spec() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "E-signature Box API", "version": "1",
+                 "description": "Hash and PDF signing with a key that never leaves the box's token. "
+                                "Errors: {error, message} (CSC endpoints: {error, error_description})."},
+        "components": {"securitySchemes": {
+            "apiKey": {"type": "http", "scheme": "bearer", "description": "the client's API key"},
+            "cscToken": {"type": "http", "scheme": "bearer", "description": "access token from auth/login"}}},
+        "security": [{"apiKey": []}],
+        "paths": {**_native_paths(), **_csc_paths(),
+                  "/openapi.json": {"get": {"summary": "this document", "security": [],
+                                            "responses": {"200": _json({"type": "object"})}}}},
+    }
+
+
+class OpenApiResource:
+    public = True
+
+    def __init__(self) -> None:
+        self._spec = build_spec()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self._spec
