@@ -16,12 +16,14 @@ import argparse
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import math
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -151,16 +153,19 @@ def add_api_client(config: BoxConfig, stack: contextlib.ExitStack) -> str:
     return api_key
 
 
-def start_server(config: BoxConfig, stack: contextlib.ExitStack) -> tuple[str, int]:
-    """`esignbox serve` on a free port, stopped with SIGTERM like systemd would; returns (url, pid)."""
+def start_server(config: BoxConfig, stack: contextlib.ExitStack, metered: bool = True) -> tuple[str, int]:
+    """`esignbox serve` on a free port, stopped with SIGTERM like systemd would; returns (url, pid).
+
+    ``metered=False`` starts bench/serve_unmetered.py instead: the same API without the ledger.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = config.state_dir / f"bench-serve-{port}.log"
+    command = [ESIGNBOX, "--state-dir", str(config.state_dir), "serve", "--port", str(port)]
+    if not metered:
+        command = [sys.executable, str(Path(__file__).with_name("serve_unmetered.py")), str(config.state_dir), str(port)]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [ESIGNBOX, "--state-dir", str(config.state_dir), "serve", "--port", str(port)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     stack.callback(stop_process, process)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -642,12 +647,55 @@ def report_pdf(pdf: dict) -> list[str]:
     return lines
 
 
+# -- 6. wrk and metering/audit overhead -------------------------------------------------------------
+def bench_wrk(box: RunningBox, options: Options, stack: contextlib.ExitStack) -> dict | None:
+    """B-B through the API driven by wrk (C), so the load generator takes almost no CPU; then the
+    same against a server without metering and audit, for their overhead."""
+    if shutil.which("wrk") is None:
+        return None
+    unmetered_url, _ = start_server(box.config, stack, metered=False)
+    digest = base64.b64encode(hashlib.sha256(b"wrk").digest()).decode()
+    script = Path(tempfile.mkdtemp()) / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f'wrk.body = \'{{"hash_algorithm":"sha256","hash":"{digest}","level":"B-B"}}\'\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {box.api_key}"\n'
+    )
+    results = {}
+    for name, url, connections in (("1", box.url, 1), ("8", box.url, 8), ("8 unmetered", unmetered_url, 8)):
+        progress(f"wrk: B-B with {name} connection(s)")
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{max(3, int(options.seconds))}s", "--latency", "-s", str(script),
+             f"{url}/v1/signatures"], capture_output=True, text=True, check=True).stdout
+        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        p99 = re.search(r"99%\s+([\d.]+)(ms|s|us)", out)
+        scale = {"ms": 1, "s": 1000, "us": 0.001}[p99.group(2)]
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        results[name] = {"per_s": rate, "p99_ms": float(p99.group(1)) * scale,
+                                "errors": int(non2xx.group(1)) if non2xx else 0}
+    return results
+
+
+def report_extra(wrk: dict | None) -> list[str]:
+    lines = ["6. B-B through the API with wrk as the load generator (C, ~no CPU of its own)"]
+    if wrk is None:
+        return lines + ["   wrk not installed (apt-get install wrk)"]
+    for name, r in wrk.items():
+        lines.append(f"   {name:>11} connection(s): {r['per_s']:8.1f} signatures/s   p99 {r['p99_ms']:6.1f} ms"
+                     f"   non-2xx {r['errors']}")
+    overhead = 100 * (1 - wrk["8"]["per_s"] / wrk["8 unmetered"]["per_s"])
+    lines.append(f"   metering + audit log overhead at 8 connections: {overhead:.1f} %")
+    return lines
+
+
 def report(figures: dict) -> str:
     sections = [
         report_header(figures["machine"]),
         report_raw(figures["raw_token"]),
         report_api(figures["api"], figures["raw_token"]),
         report_pdf(figures["pdf"]),
+        report_extra(figures["wrk"]),
     ]
     return "\n\n".join("\n".join(lines) for lines in sections)
 
@@ -661,6 +709,7 @@ def run(options: Options) -> dict:
         box = start()
         figures["api"] = bench_api(box, options)
         figures["pdf"] = bench_pdf(box, options)
+        figures["wrk"] = bench_wrk(box, options, stack)
         progress("stopping servers")
     return figures
 

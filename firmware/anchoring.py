@@ -31,7 +31,7 @@ def anchor(db: Database, timestamper: FallbackTimeStamper) -> int | None:
     token = asyncio.run(timestamper.async_timestamp(bytes.fromhex(head_hash), "sha256"))
     details = {"head_seq": seq, "head_hash": head_hash, "timestamp_token": base64.b64encode(token.dump()).decode()}
     with immediate(conn):
-        [anchored] = audit.append(conn, [audit.AuditEntry("box", "anchor", None, details)])
+        anchored = audit.append(conn, [audit.AuditEntry("box", "anchor", None, details)])
     return anchored
 
 

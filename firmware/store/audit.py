@@ -47,8 +47,11 @@ def head(conn: sqlite3.Connection) -> tuple[int, str]:
     return (row[0], row[1]) if row else (0, GENESIS)
 
 
-def append(conn: sqlite3.Connection, entries: list[AuditEntry]) -> list[int]:
-    """Append inside the caller's `immediate()` transaction, so the change and its record are one."""
+def append(conn: sqlite3.Connection, entries: list[AuditEntry]) -> int:
+    """Append inside the caller's `immediate()` transaction, so the change and its record are one.
+
+    Returns the sequence number of the last entry.
+    """
     seq, prev = head(conn)
     at = now()
     rows = []
@@ -64,7 +67,7 @@ def append(conn: sqlite3.Connection, entries: list[AuditEntry]) -> list[int]:
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
-    return [row[0] for row in rows]
+    return seq
 
 
 @dataclass(frozen=True)

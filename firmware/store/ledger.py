@@ -1,23 +1,21 @@
 """The record of every signature the box released, written before the signature is released.
 
-Callers block until their record is durably committed. One writer thread commits whatever has
-queued up in a single transaction (group commit), so eight concurrent signers cost one fsync,
-not eight — durability without capping throughput at the disk's fsync rate. Inside that
-transaction each request's quota is checked again and charged, and its signatures become
-entries of the hash-chained audit log: a signature is released only if it is recorded and paid.
+Callers block until their record is durably committed. Commits are grouped: whichever waiting
+thread gets the commit lock first writes every record queued so far in one transaction, so eight
+concurrent signers cost one fsync, not eight — durability without capping throughput at the
+disk's fsync rate, and without a writer thread (handing work to one costs more GIL switches than
+the write itself). Inside that transaction each request's quota is checked again and charged,
+and its signatures become entries of the hash-chained audit log: a signature is released only if
+it is recorded and paid for.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 
 from . import audit, metering
-from .db import Database, immediate, open_connection
-
-_MAX_BATCH = 512
+from .db import Database, immediate
 
 
 @dataclass(frozen=True)
@@ -36,15 +34,16 @@ class SignatureRecord:
 class _Job:
     entries: list[audit.AuditEntry]
     charge_client: str | None  # signatures: check and charge this client's quota
-    done: Future | None  # None: fire and forget (refusals)
+    done: bool = False
+    outcome: BaseException | None = None
 
 
 class SignatureLedger:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._queue: queue.Queue[_Job] = queue.Queue()
-        self._writer = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
-        self._writer.start()
+        self._pending: list[_Job] = []
+        self._pending_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
 
     def record(self, records: list[SignatureRecord]) -> None:
         """Durably store ``records`` (one client's); raises metering.Refusal if over quota."""
@@ -54,14 +53,12 @@ class SignatureLedger:
         entries = [
             audit.AuditEntry(f"client:{client_id}", "signature", client_id, asdict(r)) for r in records
         ]
-        done: Future = Future()
-        self._queue.put(_Job(entries, client_id, done))
-        done.result()
+        self._commit(_Job(entries, client_id))
 
     def refuse(self, client_id: str | None, details: dict) -> None:
-        """Log a refused request; the caller does not wait for it."""
+        """Log a refused request."""
         actor = f"client:{client_id}" if client_id else "anonymous"
-        self._queue.put(_Job([audit.AuditEntry(actor, "refusal", client_id, details)], None, None))
+        self._commit(_Job([audit.AuditEntry(actor, "refusal", client_id, details)], None))
 
     def admit(self, client_id: str, count: int) -> None:
         """The pre-signing quota check: raises metering.Refusal without touching the token."""
@@ -73,40 +70,41 @@ class SignatureLedger:
             return conn.execute("SELECT COUNT(*) FROM signatures").fetchone()[0]
         return conn.execute("SELECT COUNT(*) FROM signatures WHERE client_id = ?", (client_id,)).fetchone()[0]
 
-    def _run(self) -> None:
-        conn = open_connection(self._db.path)
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            outcomes: list[BaseException | None] = []
-            try:
-                with immediate(conn):
-                    for job in batch:
-                        outcomes.append(self._apply(conn, job))
-            except Exception as exc:  # every waiter must learn that its record is not stored
-                for job in batch:
-                    if job.done is not None:
-                        job.done.set_exception(exc)
-                continue
+    def _commit(self, job: _Job) -> None:
+        with self._pending_lock:
+            self._pending.append(job)
+        with self._commit_lock:
+            if not job.done:  # nobody committed it while we waited: commit everything queued
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._write(batch)
+        if job.outcome is not None:
+            raise job.outcome
+
+    def _write(self, batch: list[_Job]) -> None:
+        """Commit ``batch``; every job ends marked done, and successful only if the commit was."""
+        conn = self._db.connect()
+        outcomes: list[BaseException | None] = [RuntimeError("the signature could not be recorded")] * len(batch)
+        try:
+            with immediate(conn):
+                results = [self._charge(conn, job) for job in batch]
+                entries = [e for job, result in zip(batch, results) if result is None for e in job.entries]
+                if entries:
+                    audit.append(conn, entries)
+            outcomes = results
+        except Exception as exc:
+            outcomes = [exc] * len(batch)
+        finally:
             for job, outcome in zip(batch, outcomes):
-                if job.done is None:
-                    continue
-                if outcome is None:
-                    job.done.set_result(None)
-                else:
-                    job.done.set_exception(outcome)
+                job.outcome, job.done = outcome, True
 
     @staticmethod
-    def _apply(conn, job: _Job) -> BaseException | None:
-        if job.charge_client is not None:
-            try:
-                metering.check(conn, job.charge_client, len(job.entries))
-            except metering.Refusal as refusal:
-                return refusal
+    def _charge(conn, job: _Job) -> metering.Refusal | None:
+        """Charge the job's client; a refused job's entries are not appended."""
+        if job.charge_client is None:
+            return None
+        try:
             metering.charge(conn, job.charge_client, len(job.entries))
-        audit.append(conn, job.entries)
+        except metering.Refusal as refusal:
+            return refusal
         return None

@@ -63,7 +63,20 @@ def check(conn: sqlite3.Connection, client_id: str, count: int, now: datetime | 
 
 
 def charge(conn: sqlite3.Connection, client_id: str, count: int) -> None:
-    conn.execute("UPDATE clients SET calls_used = calls_used + ? WHERE id = ?", (count, client_id))
+    """Check and charge in one statement; raise the exact Refusal if the quick path does not apply.
+
+    One statement, not three, because the caller holds the commit lock: every sqlite call gives
+    up the GIL, and winning it back under load is what a signature's record costs most.
+    """
+    charged = conn.execute(
+        "UPDATE clients SET calls_used = calls_used + ? WHERE id = ?"
+        " AND (calls_purchased IS NULL OR calls_used + ? <= calls_purchased)"
+        " AND rate_per_minute IS NULL AND rate_per_day IS NULL",
+        (count, client_id, count),
+    ).rowcount
+    if not charged:
+        check(conn, client_id, count)  # raises if over quota or rate
+        conn.execute("UPDATE clients SET calls_used = calls_used + ? WHERE id = ?", (count, client_id))
 
 
 def usage(conn: sqlite3.Connection, client_id: str | None = None, days: int = 31) -> list[dict]:
