@@ -36,7 +36,7 @@ class CertificateResource:
         chain = [signer.signing_cert, *(c for c in signer.cert_registry if c != signer.signing_cert)]
         self._pem = b"".join(pem.armor("CERTIFICATE", c.dump()) for c in chain)
         self._subject = signer.signing_cert.subject.human_friendly
-        self._serial = format(signer.signing_cert.serial_number, "x")
+        self._serial = signer.cert_serial
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.client_accepts("application/pem-certificate-chain") and not req.client_accepts_json:

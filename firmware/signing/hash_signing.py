@@ -90,7 +90,6 @@ class HashSigningService:
         self._revocation = revocation
         self._ledger = ledger
         self._template = DetachedCmsTemplate(signer)
-        self._cert_serial = format(signer.signing_cert.serial_number, "x")
 
     def sign(self, client_id: str, requests: list[HashSignRequest]) -> list[HashSignature]:
         """Sign every request or none: a batch that fails part-way releases nothing."""
@@ -112,7 +111,7 @@ class HashSigningService:
                     hash_algorithm=r.hash_algorithm,
                     document_hash=r.digest.hex(),
                     key_label=self._signer.key_label,
-                    cert_serial=self._cert_serial,
+                    cert_serial=self._signer.cert_serial,
                     level=r.level.value,
                     profile=r.profile.value,
                 )

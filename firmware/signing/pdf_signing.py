@@ -188,7 +188,6 @@ class PdfSigningService:
         self._revocation = revocation
         self._ledger = ledger
         self._max_pdf_bytes = max_pdf_bytes
-        self._cert_serial = format(signer.signing_cert.serial_number, "x")
 
     @property
     def max_pdf_bytes(self) -> int:
@@ -222,7 +221,7 @@ class PdfSigningService:
                     hash_algorithm=md_algorithm,
                     document_hash=digest.hex(),
                     key_label=self._signer.key_label,
-                    cert_serial=self._cert_serial,
+                    cert_serial=self._signer.cert_serial,
                     level=options.level.value,
                     profile=Profile.PADES.value,
                 )

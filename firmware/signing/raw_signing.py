@@ -91,7 +91,6 @@ class RawSigningService:
         self._key_type = signer.signing_cert.public_key.algorithm
         if self._key_type not in _SCHEMES:
             raise ValueError(f"unsupported key algorithm {self._key_type!r} in the signing certificate")
-        self._cert_serial = format(signer.signing_cert.serial_number, "x")
 
     def supported_algorithms(self) -> list[str]:
         """Signature algorithm OIDs the key can produce, for CSC ``key/algo``."""
@@ -143,7 +142,7 @@ class RawSigningService:
                     hash_algorithm=algorithm.hash_algorithm,
                     document_hash=digest.hex(),
                     key_label=label,
-                    cert_serial=self._cert_serial,
+                    cert_serial=self._signer.cert_serial,
                     level="raw",
                     profile=algorithm.scheme.value,
                 )

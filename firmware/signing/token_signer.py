@@ -56,6 +56,11 @@ class TokenSigner(Signer):
     def key_label(self) -> str:
         return self._key_label
 
+    @property
+    def cert_serial(self) -> str:
+        """The signing certificate's serial in hex, as the ledger and the API report it."""
+        return format(self.signing_cert.serial_number, "x")
+
     def get_signature_mechanism_for_digest(self, digest_algorithm: str | None) -> algos.SignedDigestAlgorithm:
         """State PSS parameters exactly as the token uses them (salt = digest length)."""
         if self._scheme is not SignatureScheme.RSA_PSS or digest_algorithm is None:
