@@ -67,7 +67,7 @@ def cmd_serve(args) -> None:
         from .devbox import init_dev
         from .devpki import DevPki, PkiServer
 
-        config = init_dev(state_dir)
+        config = init_dev(state_dir, pki_port=args.pki_port)
         pki_server = PkiServer(DevPki(config.state_dir / "pki", f"http://127.0.0.1:{config.pki_port}"), config.pki_port)
         pki_server.start()
     config = _config(args)
@@ -226,6 +226,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve the signing API")
     s.add_argument("--dev", action="store_true", help="set up and start the dev token and PKI first")
+    s.add_argument("--pki-port", type=int, help="with --dev, on a new state dir: port of the dev PKI (default 9180)")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.set_defaults(func=cmd_serve)

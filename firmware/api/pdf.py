@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import enum
 from datetime import datetime
 
@@ -112,7 +113,9 @@ class PdfSignResource:
         resp.content_type = "application/pdf"
         resp.set_header("X-Signature-Level", signed.level.value)
         resp.set_header("X-Signature-Field", signed.field_name)
-        resp.data = signed.pdf
+        # A stream lets waitress send from it directly (wsgi.file_wrapper) instead of copying
+        # a PDF of many megabytes into its output buffer first.
+        resp.set_stream(io.BytesIO(signed.pdf), len(signed.pdf))
 
 
 class PdfVerifyResource:
