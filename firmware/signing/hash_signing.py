@@ -102,7 +102,10 @@ class HashSigningService:
         if any(r.level.needs_timestamp for r in requests) and self._timestamper is None:
             raise TimestampUnavailable("no TSA is configured; only B-B is available")
         self._ledger.admit(client_id, len(requests))
-        signatures = asyncio.run(self._sign_all(requests))
+        if any(r.level.needs_timestamp for r in requests):
+            signatures = asyncio.run(self._sign_all(requests))
+        else:  # B-B waits for nobody: no event loop needed
+            signatures = [HashSignature(self._sign_b_b(r), r.level, r.profile, None) for r in requests]
         self._ledger.record(
             [
                 SignatureRecord(
@@ -121,18 +124,25 @@ class HashSigningService:
         return signatures
 
     async def _sign_all(self, requests: list[HashSignRequest]) -> list[HashSignature]:
-        # Timestamp round trips of a batch overlap; the token work itself is quick.
+        """Levels with a timestamp: the TSA round trips of a batch overlap; token work is quick."""
         return list(await asyncio.gather(*(self._sign_one(r) for r in requests)))
 
+    def _signature_value(self, request: HashSignRequest) -> tuple[cms.CMSAttributes, bytes]:
+        """The signed attributes for this hash and the token's signature over them."""
+        signed_attrs = self._template.signed_attributes(request.digest, request.hash_algorithm, request.profile)
+        return signed_attrs, self._signer.sign_data(signed_attrs.dump(), request.hash_algorithm)
+
+    def _sign_b_b(self, request: HashSignRequest) -> cms.ContentInfo:
+        return self._template.package(request.hash_algorithm, *self._signature_value(request))
+
     async def _sign_one(self, request: HashSignRequest) -> HashSignature:
+        if not request.level.needs_timestamp:
+            return HashSignature(self._sign_b_b(request), request.level, request.profile, None)
+        assert self._timestamper is not None  # checked in sign()
         algorithm = request.hash_algorithm
-        signed_attrs = self._template.signed_attributes(request.digest, algorithm, request.profile)
-        signature = await self._signer.async_sign_raw(signed_attrs.dump(), algorithm)
-        token = None
-        if request.level.needs_timestamp:
-            assert self._timestamper is not None  # checked in sign()
-            # RFC 3161 signature timestamp: the TSA signs a hash of the signature value.
-            token = await self._timestamper.async_timestamp(hashlib.new(algorithm, signature).digest(), algorithm)
+        signed_attrs, signature = self._signature_value(request)
+        # RFC 3161 signature timestamp: the TSA signs a hash of the signature value.
+        token = await self._timestamper.async_timestamp(hashlib.new(algorithm, signature).digest(), algorithm)
         content = self._template.package(algorithm, signed_attrs, signature, token)
         data = None
         if request.level.needs_revocation_data:

@@ -79,8 +79,12 @@ class TokenSigner(Signer):
             }
         )
 
+    def sign_data(self, data: bytes, digest_algorithm: str) -> bytes:
+        """Hash ``data`` here and have the token sign the digest."""
+        digest = hashlib.new(digest_algorithm, data).digest()
+        return self._token.sign_digest(self._key_label, digest, digest_algorithm, self._scheme)
+
     async def async_sign_raw(self, data: bytes, digest_algorithm: str, dry_run: bool = False) -> bytes:
         if dry_run:
             return bytes(_signature_size(self.signing_cert))
-        digest = hashlib.new(digest_algorithm, data).digest()
-        return self._token.sign_digest(self._key_label, digest, digest_algorithm, self._scheme)
+        return self.sign_data(data, digest_algorithm)
