@@ -4,7 +4,7 @@
 PYTHON        ?= python3
 VENV          ?= .venv
 STATE_DIR     ?= var
-APT_PACKAGES  := softhsm2 poppler-utils qpdf openssl wrk
+APT_PACKAGES  := softhsm2 poppler-utils qpdf openssl wrk nginx-light chromium
 BIN           := $(VENV)/bin
 
 .PHONY: run test bench system-deps clean

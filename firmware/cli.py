@@ -27,7 +27,7 @@ def cmd_init_dev(args) -> None:
     from .devbox import init_dev
 
     config = init_dev(Path(args.state_dir), pki_port=args.pki_port, api_port=args.port,
-                      key_algorithm=KeyAlgorithm(args.key_algorithm))
+                      key_algorithm=KeyAlgorithm(args.key_algorithm), console=True)
     print(f"development box ready in {config.state_dir}")
 
 
@@ -67,7 +67,7 @@ def cmd_serve(args) -> None:
         from .devbox import init_dev
         from .devpki import DevPki, PkiServer
 
-        config = init_dev(state_dir, pki_port=args.pki_port)
+        config = init_dev(state_dir, pki_port=args.pki_port, console=True)
         pki_server = PkiServer(DevPki(config.state_dir / "pki", f"http://127.0.0.1:{config.pki_port}"), config.pki_port)
         pki_server.start()
     config = _config(args)
@@ -82,6 +82,16 @@ def cmd_serve(args) -> None:
             f"\"level\":\"B-T\"}}' http://{host}:{port}/v1/signatures\n",
             flush=True,
         )
+    api_app, console = box.app(), None
+    if config.console.enabled and not args.no_console:
+        from webui import start_console
+        from webui.server import ConsoleError
+
+        try:
+            console = start_console(box, config, out=lambda text: print(text, flush=True))
+            api_app = console.signing_app  # key rollover restarts the signing service in-process
+        except Exception as exc:  # the signing API serves even if the console cannot start
+            log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleError))
     anchoring = None
     if box.timestamper is not None:
         from .anchoring import PeriodicAnchor
@@ -90,10 +100,12 @@ def cmd_serve(args) -> None:
         anchoring.start()
     try:
         waitress.serve(
-            box.app(), host=host, port=port, threads=config.threads,
+            api_app, host=host, port=port, threads=config.threads,
             max_request_body_size=config.max_pdf_bytes + 1024 * 1024, ident="esignbox",
         )
     finally:
+        if console is not None:
+            console.stop()
         if anchoring is not None:
             anchoring.stop()
         if pki_server is not None:
@@ -229,6 +241,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--pki-port", type=int, help="with --dev, on a new state dir: port of the dev PKI (default 9180)")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--no-console", action="store_true", help="do not start the admin console ([console] in box.toml)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("pki-serve", help="serve the dev PKI (TSA, OCSP, CRLs) in the foreground")
@@ -285,6 +298,10 @@ def parser() -> argparse.ArgumentParser:
     asub.add_parser("export", help="JSON lines on stdout").add_argument("--after", type=int, default=0)
     asub.add_parser("anchor", help="timestamp the chain's head now")
     s.set_defaults(func=cmd_audit)
+
+    from provisioning.cli import add_parser as add_provision_parser
+
+    add_provision_parser(sub)  # `esignbox provision …`: USB-stick bundles (provisioning/)
     return p
 
 

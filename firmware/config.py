@@ -39,6 +39,47 @@ class TokenSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """``[console]``: the LAN-only admin console (webui/). Off unless ``enabled = true``."""
+
+    enabled: bool = False
+    port: int = 8443  # the HTTPS port nginx listens on
+    listen: tuple[str, ...] = ("auto",)  # "auto": the box's LAN-facing addresses; 127.0.0.1 always
+    allow: tuple[str, ...] = ("auto",)  # peers allowed: "auto" = own subnets + loopback, or CIDRs
+    names: tuple[str, ...] = ()  # extra host names the box answers to (Host/Origin check)
+    session_idle_minutes: float = 15.0
+    max_failures: int = 5  # failed logins (per peer and per account) before a lockout
+    lockout_minutes: float = 10.0
+    internal_port: int = 0  # the console's waitress on 127.0.0.1; 0 picks a free port
+    nginx: str | None = None  # the nginx binary; None: found on PATH or /usr/sbin/nginx
+    tls_cert_file: Path | None = None  # the organisation's certificate chain (PEM), if uploaded
+    tls_key_file: Path | None = None
+
+    @classmethod
+    def from_toml(cls, raw: dict, resolve) -> "ConsoleSettings":
+        def strings(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+            value = raw.get(name, list(default))
+            if isinstance(value, str):
+                value = [value]
+            return tuple(str(v) for v in value)
+
+        return cls(
+            enabled=bool(raw.get("enabled", False)),
+            port=int(raw.get("port", 8443)),
+            listen=strings("listen", ("auto",)),
+            allow=strings("allow", ("auto",)),
+            names=strings("names", ()),
+            session_idle_minutes=float(raw.get("session_idle_minutes", 15)),
+            max_failures=int(raw.get("max_failures", 5)),
+            lockout_minutes=float(raw.get("lockout_minutes", 10)),
+            internal_port=int(raw.get("internal_port", 0)),
+            nginx=raw.get("nginx"),
+            tls_cert_file=resolve(raw.get("tls_cert_file")),
+            tls_key_file=resolve(raw.get("tls_key_file")),
+        )
+
+
+@dataclass(frozen=True)
 class BoxConfig:
     state_dir: Path
     api_host: str
@@ -54,6 +95,9 @@ class BoxConfig:
     pki_port: int | None
     free_calls: int
     anchor_interval_s: float
+    default_level: str = "B-T"  # [signing] default_level, set from the admin console
+    stamp_text: str = ""  # [signing] stamp_text: the default text of a visible PDF stamp
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     @property
     def database(self) -> Path:
@@ -101,6 +145,9 @@ class BoxConfig:
                 pki_port=raw.get("dev", {}).get("pki_port"),
                 free_calls=int(metering.get("free_calls", 100)),
                 anchor_interval_s=float(audit.get("anchor_interval_minutes", 60)) * 60,
+                default_level=str(signing.get("default_level", "B-T")),
+                stamp_text=str(signing.get("stamp_text", "")),
+                console=ConsoleSettings.from_toml(raw.get("console", {}), resolve),
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: missing setting {exc}") from exc

@@ -44,9 +44,23 @@ def _secret_file(path: Path, length: int) -> str:
     return path.read_text().strip()
 
 
-def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str) -> None:
+def _console_section(enabled: bool) -> str:
+    return f"""
+[console]                   # the LAN-only admin console (HTTPS via nginx; see README "Admin console")
+enabled = {"true" if enabled else "false"}
+port = 8443                 # HTTPS port on the LAN-facing addresses and 127.0.0.1
+listen = ["auto"]           # "auto": the box's LAN-facing (private) addresses; or a list of addresses
+allow = ["auto"]            # peers allowed: "auto" = the box's own subnets + loopback; or CIDRs
+session_idle_minutes = 15
+"""
+
+
+def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, console: bool = False) -> None:
     path = state_dir / CONFIG_NAME
     if path.exists():
+        if console and "[console]" not in path.read_text():  # a dev box made before the console existed
+            with path.open("a") as handle:
+                handle.write(_console_section(True))
         return
     path.write_text(
         f"""# E-signature Box configuration (development box made by `esignbox init-dev`).
@@ -80,7 +94,7 @@ anchor_interval_minutes = 60   # how often the audit chain's head is timestamped
 
 [dev]
 pki_port = {pki_port}
-"""
+""" + _console_section(console)
     )
 
 
@@ -110,11 +124,14 @@ def init_dev(
     pki_port: int | None = None,
     api_port: int = 8080,
     key_algorithm: KeyAlgorithm = KeyAlgorithm.RSA_2048,
+    console: bool = False,
 ) -> BoxConfig:
     """Create (or reuse) everything a development box needs in ``state_dir``.
 
     An existing box keeps its PKI port unless another is asked for: the port is part of the
-    URLs inside the issued certificates.
+    URLs inside the issued certificates. ``console=True`` (the CLI's choice) enables the admin
+    console in box.toml; library callers such as the tests get it disabled, so that a test box
+    does not listen on the LAN.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     if pki_port is None:
@@ -131,7 +148,7 @@ def init_dev(
         token.close()
     pki = DevPki(state_dir / "pki", f"http://127.0.0.1:{pki_port}")
     pki.ensure(key.public_key_info)
-    _write_config(state_dir, pki_port, api_port, pki.tsa_url())
+    _write_config(state_dir, pki_port, api_port, pki.tsa_url(), console=console)
     config = BoxConfig.load(state_dir)
     config.chain_file.write_bytes(b"".join(pem.armor("CERTIFICATE", der) for der in pki.box_chain()))
     config.trust_roots_file.write_bytes(pem.armor("CERTIFICATE", pki.root_cert()))

@@ -1,0 +1,134 @@
+"""The provisioning key pair: the administrator signs bundles with it, the box trusts only its public half.
+
+The private key stays on the administrator's PC (PKCS#8 PEM, encrypted when a passphrase is
+given). The box holds one public key in ``<state>/provisioning/trusted.pub``, put there when the
+image is built or by the first enrolment (`esignbox provision enroll`); a bundle signed by any
+other key is refused. Ed25519 is the default; ECDSA P-256 (SHA-256) is there for HSM-held or
+policy-bound keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from .errors import ProvisioningRefused
+from .fsutil import write_durable
+
+ALGORITHMS = ("ed25519", "ecdsa-p256")
+TRUSTED_KEY_NAME = "trusted.pub"
+
+PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+
+def generate(algorithm: str = "ed25519") -> PrivateKey:
+    if algorithm == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if algorithm == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    raise ValueError(f"unknown provisioning key algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+
+
+def private_pem(key: PrivateKey, passphrase: bytes | None) -> bytes:
+    encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
+                  else serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def public_pem(key: PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_private(data: bytes, passphrase: bytes | None) -> PrivateKey:
+    key = serialization.load_pem_private_key(data, password=passphrase or None)
+    _algorithm_of(key.public_key())
+    return key  # type: ignore[return-value]
+
+
+def load_public(data: bytes) -> PublicKey:
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise ValueError(f"not a PEM public key: {exc}") from exc
+    _algorithm_of(key)  # type: ignore[arg-type]
+    return key  # type: ignore[return-value]
+
+
+def _algorithm_of(key: PublicKey) -> str:
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ecdsa-p256"
+    raise ValueError("a provisioning key must be Ed25519 or ECDSA P-256")
+
+
+def algorithm(key: PublicKey) -> str:
+    return _algorithm_of(key)
+
+
+def key_id(key: PublicKey) -> str:
+    """SHA-256 of the SubjectPublicKeyInfo DER, hex: names the key in signatures and reports."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def sign(key: PrivateKey, data: bytes) -> bytes:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)
+    return key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+def verify(key: PublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, data)
+        else:
+            key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+# -- the box side: the one trusted key -------------------------------------------------------------
+
+def trusted_key_path(state_dir: Path) -> Path:
+    return state_dir / "provisioning" / TRUSTED_KEY_NAME
+
+
+def trusted_key(state_dir: Path) -> PublicKey:
+    path = trusted_key_path(state_dir)
+    if not path.exists():
+        raise ProvisioningRefused(
+            "no-trusted-key", "this box has no provisioning key enrolled (build it in or run `esignbox provision enroll`)"
+        )
+    try:
+        return load_public(path.read_bytes())
+    except ValueError as exc:
+        raise ProvisioningRefused("no-trusted-key", f"{path} is unusable: {exc}") from exc
+
+
+def enroll(state_dir: Path, public_key_pem: bytes, replace: bool = False) -> tuple[str, bool]:
+    """Trust ``public_key_pem`` for provisioning. Returns (key id, changed).
+
+    The first enrolment wins: a different key is refused unless ``replace`` is given (an operator
+    with a shell on the box). Enrolling the same key again is a no-op.
+    """
+    key = load_public(public_key_pem)
+    path = trusted_key_path(state_dir)
+    if path.exists():
+        current = load_public(path.read_bytes())
+        if key_id(current) == key_id(key):
+            return key_id(key), False
+        if not replace:
+            raise ProvisioningRefused(
+                "untrusted-signer",
+                f"a different provisioning key ({key_id(current)[:16]}…) is already enrolled; use --replace to change it",
+            )
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_durable(path, public_pem(key), mode=0o644)
+    return key_id(key), True

@@ -1,0 +1,282 @@
+"""The console's Falcon application: middleware in front of every page, then the pages.
+
+Order of the checks, for every request including static files:
+1. SecurityHeaders (on the way out): CSP without 'unsafe-inline', frame-ancestors 'none' and
+   X-Frame-Options DENY, nosniff, Referrer-Policy no-referrer, no-store on pages.
+2. NetworkGuard: the peer (from nginx's X-Forwarded-For, trusted by waitress from 127.0.0.1
+   only) must be in the allow-list; Host, and Origin when it names one, must be this box (a
+   defence against DNS rebinding). Both refusals are 403 pages that say why.
+3. SessionGuard: loads the session; every POST must carry the session's CSRF token (403
+   otherwise); pages other than login/set-up need a signed-in administrator; while the box has
+   no administrator every page leads to the first set-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import falcon
+import jinja2
+
+from firmware.config import BoxConfig
+from firmware.store.db import Database
+
+from . import boxtoml
+from .accounts import Accounts
+from .lan import LanPolicy, parse_peer
+from .probes import Prober
+from .sessions import COOKIE, Session, SessionStore
+from .state import record
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+MAX_FORM_BYTES = 2 * 1024 * 1024
+
+
+def version() -> str:
+    try:
+        return metadata.version("esignbox")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Form:
+    """A parsed form: text fields (several values per name allowed) and uploaded files."""
+
+    def __init__(self, values: list[tuple[str, str]] | None = None, files: dict[str, tuple[str, bytes]] | None = None):
+        self.values = values or []
+        self.files = files or {}
+
+    def get(self, name: str, default: str = "") -> str:
+        found = [v for k, v in self.values if k == name]
+        return found[-1] if found else default
+
+    def getall(self, name: str) -> list[str]:
+        return [v for k, v in self.values if k == name]
+
+    def file(self, name: str) -> bytes | None:
+        item = self.files.get(name)
+        return item[1] if item and item[1] else None
+
+
+def read_form(req: falcon.Request) -> Form:
+    content_type = (req.content_type or "").split(";")[0].strip().lower()
+    if content_type == "application/x-www-form-urlencoded":
+        body = req.bounded_stream.read(MAX_FORM_BYTES + 1)
+        if len(body) > MAX_FORM_BYTES:
+            raise falcon.HTTPContentTooLarge(title="Form too large")
+        return Form(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    if content_type == "multipart/form-data":
+        values, files = [], {}
+        try:
+            for part in req.get_media():
+                if part.filename is not None:
+                    files[part.name] = (part.filename, part.get_data())
+                else:
+                    values.append((part.name, part.get_text() or ""))
+        except falcon.MediaMalformedError as exc:
+            raise falcon.HTTPBadRequest(title="Unreadable form", description=str(exc)) from exc
+        return Form(values, files)
+    return Form()
+
+
+def host_name(value: str | None) -> str:
+    """'Box.lan:8443' -> 'box.lan'; '[fd00::2]:8443' -> 'fd00::2'."""
+    value = (value or "").strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+@dataclass
+class Console:
+    """Everything the pages share. ``signing`` is the swappable signing service (None in unit tests)."""
+
+    config: BoxConfig
+    db: Database
+    accounts: Accounts
+    sessions: SessionStore
+    lan: LanPolicy
+    hosts: set[str]
+    signing: Any = None
+    tls: Any = None
+    nginx: Any = None
+    prober: Prober = field(default_factory=Prober)
+    port: int = 8443
+    urls: list[str] = field(default_factory=list)
+    version: str = field(default_factory=version)
+    templates: jinja2.Environment = field(default_factory=lambda: jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True))
+    _config_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def box(self):
+        return self.signing.box
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.state_dir
+
+    # -- sessions and pages ---------------------------------------------------------------------
+    def session(self, req: falcon.Request, resp: falcon.Response) -> Session:
+        """The request's session; a new anonymous one (cookie set) if it has none."""
+        session = getattr(req.context, "session", None)
+        if session is None:
+            session = self.sessions.create(req.remote_addr)
+            self.set_cookie(req, resp, session)
+        return session
+
+    def set_cookie(self, req: falcon.Request, resp: falcon.Response, session: Session) -> None:
+        req.context.session = session
+        resp.set_cookie(COOKIE, session.cookie, secure=True, http_only=True, same_site="Strict", path="/")
+
+    def render(self, req: falcon.Request, resp: falcon.Response, template: str, **values: Any) -> None:
+        session = self.session(req, resp)
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = self.templates.get_template(template).render(
+            admin=session.admin, csrf=session.csrf, flash=self.sessions.pop_flash(session),
+            version=self.version, path=req.path, console=self, **values)
+
+    def flash(self, req: falcon.Request, kind: str, text: str) -> None:
+        session = getattr(req.context, "session", None)
+        if session is not None:
+            self.sessions.flash(session, kind, text)
+
+    def actor(self, req: falcon.Request) -> str:
+        return f"admin:{req.context.session.admin}"
+
+    # -- box.toml -----------------------------------------------------------------------------------
+    def change_config(self, req: falcon.Request, changes: dict, action: str, details: dict,
+                      restart_signing: bool = True) -> None:
+        """Write box.toml crash-safely, restart the signing service on it, audit; undo on failure."""
+        with self._config_lock:
+            old_text, _ = boxtoml.update(self.state_dir, changes)
+            try:
+                config = BoxConfig.load(self.state_dir)
+                if restart_signing and self.signing is not None:
+                    self.signing.reload(config)
+            except Exception:
+                boxtoml.restore(self.state_dir, old_text)
+                raise
+            self.config = config
+            record(self.db, self.actor(req), action, details)
+
+
+class SecurityHeaders:
+    def process_response(self, req, resp, resource, req_succeeded) -> None:
+        resp.set_header("Content-Security-Policy", CSP)
+        resp.set_header("X-Frame-Options", "DENY")
+        resp.set_header("X-Content-Type-Options", "nosniff")
+        resp.set_header("Referrer-Policy", "no-referrer")
+        resp.set_header("Cross-Origin-Opener-Policy", "same-origin")
+        resp.set_header("Cross-Origin-Resource-Policy", "same-origin")
+        resp.set_header("Permissions-Policy", "camera=(), microphone=(), geolocation=(), usb=()")
+        if not req.path.startswith("/static/"):
+            resp.set_header("Cache-Control", "no-store")
+
+
+class NetworkGuard:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        c = self.console
+        peer = req.remote_addr
+        if not c.lan.allows(peer):
+            log.warning("console: refused peer %s (not in the allow-list)", peer)
+            raise falcon.HTTPForbidden(
+                title="Not from this network",
+                description=f"This console only answers the box's own networks and loopback "
+                            f"({c.lan.describe()}). Your address {peer} is not in that list; "
+                            f"the allow-list is [console] allow in box.toml.")
+        host = host_name(req.get_header("Host"))
+        if host not in c.hosts:
+            raise falcon.HTTPForbidden(
+                title="Unknown host name",
+                description=f"This box does not answer to the name {host or '(none)'!r}. Open the console at "
+                            f"one of its own addresses or names ({', '.join(c.urls) or 'see the box console'}); "
+                            f"more names can be added with [console] names in box.toml.")
+        # With Referrer-Policy: no-referrer, browsers send "Origin: null" on their own form posts,
+        # so "null" says nothing (the CSRF token decides); a named foreign origin is refused.
+        origin = req.get_header("Origin")
+        if origin is not None and origin != "null":
+            parts = urllib.parse.urlsplit(origin)
+            if parts.scheme != "https" or host_name(parts.netloc) not in c.hosts:
+                raise falcon.HTTPForbidden(
+                    title="Cross-site request refused",
+                    description=f"The request came from a page of {origin!r}, not from this console.")
+
+
+class SessionGuard:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+        if resource is None or req.path.startswith("/static/"):
+            return
+        c = self.console
+        values = req.get_cookie_values(COOKIE) or []
+        session, expired = c.sessions.load(values[0] if values else None)
+        req.context.session, req.context.expired = session, expired
+        req.context.form = Form()
+        if req.method == "POST":
+            req.context.form = read_form(req)
+            if session is None or not session.csrf_ok(req.context.form.get("csrf")):
+                raise falcon.HTTPForbidden(
+                    title="Form refused",
+                    description="The form's security token is missing or out of date (CSRF protection). "
+                                "Go back, reload the page and send the form again.")
+        access = getattr(resource, "access", "admin")
+        if access == "public":
+            return
+        if access == "setup":
+            if session is None or not session.setup_nonce or c.accounts.admin_exists():
+                raise falcon.HTTPSeeOther("/setup")
+            return
+        if session is None or session.admin is None:
+            if not c.accounts.admin_exists():
+                raise falcon.HTTPSeeOther("/setup")
+            raise falcon.HTTPSeeOther("/login?expired=1" if expired else "/login")
+
+
+def create_app(console: Console) -> falcon.App:
+    from .pages import audit, auth, clients, dashboard, keys, settings
+
+    app = falcon.App(middleware=[SecurityHeaders(), NetworkGuard(console), SessionGuard(console)],
+                     independent_middleware=True)
+    app.req_options.strip_url_path_trailing_slash = True
+
+    def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = console.templates.get_template("error.html").render(
+            status=exc.status, title=exc.title, description=exc.description, version=console.version,
+            admin=None, console=console)
+
+    def internal_error(req, resp, exc, params) -> None:
+        if isinstance(exc, (falcon.HTTPError, falcon.HTTPStatus)):
+            raise exc
+        log.exception("console: internal error on %s %s", req.method, req.path)
+        raise falcon.HTTPInternalServerError(title="Internal error",
+                                             description="The box could not do that; its log has the details.")
+
+    app.set_error_serializer(serialize_error)
+    app.add_error_handler(Exception, internal_error)
+    app.add_static_route("/static", str(HERE / "static"))
+    for module in (auth, dashboard, keys, clients, audit, settings):
+        module.add_routes(app, console)
+    return app
+
+
+def peer_of(req: falcon.Request) -> str:
+    address = parse_peer(req.remote_addr)
+    return str(address) if address else (req.remote_addr or "?")

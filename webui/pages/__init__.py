@@ -1,0 +1,26 @@
+"""One module per console page. Each has ``add_routes(app, console)``.
+
+Pages follow post/redirect/get: a form's POST does the change, leaves a message for the next
+page and answers 303. Exceptions are the pages that show a secret once (a new API key) and
+downloads (a CSR).
+"""
+
+from __future__ import annotations
+
+import falcon
+
+from ..app import Console
+
+
+class Page:
+    access = "admin"
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def done(self, req: falcon.Request, location: str, message: str, kind: str = "ok") -> None:
+        self.console.flash(req, kind, message)
+        raise falcon.HTTPSeeOther(location)
+
+    def failed(self, req: falcon.Request, location: str, message: str) -> None:
+        self.done(req, location, message, "error")

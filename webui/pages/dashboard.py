@@ -1,0 +1,72 @@
+"""The dashboard: token, key, certificate, outside services, today's signatures, quotas, chart."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import falcon
+
+from firmware.store import metering
+from hsm import TokenError
+
+from .. import certinfo
+from ..charts import usage_chart
+from . import Page
+
+QUOTA_WARN_FRACTION = 0.1
+
+
+def signing_chain(signer) -> list:
+    return [signer.signing_cert, *(c for c in signer.cert_registry if c != signer.signing_cert)]
+
+
+def quota_warnings(clients, used_today: dict[str, int]) -> list[tuple[str, str, str]]:
+    """(level, client name, text) for active clients that are out of, or close to, their limits."""
+    warnings = []
+    for client in clients:
+        if not client.active:
+            continue
+        left = client.calls_left
+        if left is not None:
+            if left == 0:
+                warnings.append(("error", client.name, f"call quota exhausted ({client.calls_purchased} calls used)"))
+            elif left <= max(1, client.calls_purchased * QUOTA_WARN_FRACTION):
+                warnings.append(("warn", client.name, f"{left} of {client.calls_purchased} calls left"))
+        today = used_today.get(client.id, 0)
+        if client.rate_per_day and today >= client.rate_per_day * (1 - QUOTA_WARN_FRACTION):
+            warnings.append(("warn", client.name, f"{today} of {client.rate_per_day} signatures per day used today"))
+    return warnings
+
+
+class Dashboard(Page):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        c = self.console
+        box = c.box
+        token = {"label": box.config.token.label, "present": False, "detail": ""}
+        try:
+            box.token.key(box.signer.key_label)
+            token.update(present=True, label=box.token.info().get("label") or token["label"])
+        except TokenError as exc:
+            token["detail"] = str(exc)
+        chain = signing_chain(box.signer)
+        probes = c.prober.results(chain, box.config.tsa_urls)
+        conn = c.db.connect()
+        today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+        signed_today = conn.execute("SELECT COUNT(*) FROM signatures WHERE created_at >= ?", (today,)).fetchone()[0]
+        refused_today = conn.execute("SELECT COUNT(*) FROM audit_log WHERE action = 'refusal' AND at >= ?",
+                                     (today,)).fetchone()[0]
+        per_client_today = dict(conn.execute(
+            "SELECT client_id, COUNT(*) FROM signatures WHERE created_at >= ? GROUP BY client_id", (today,)).fetchall())
+        clients = box.clients.list()
+        rows = metering.usage(conn, None, 30)
+        c.render(
+            req, resp, "dashboard.html", nav="dashboard", token=token, key_label=box.signer.key_label,
+            cert=certinfo.facts(box.signer.signing_cert), probes=probes,
+            probe_ttl=int(c.prober.ttl_s), signed_today=signed_today, refused_today=refused_today,
+            signed_30=sum(r["signatures"] for r in rows), warnings=quota_warnings(clients, per_client_today),
+            chart=usage_chart(rows, {cl.id: cl.name for cl in clients}), clients=len(clients),
+        )
+
+
+def add_routes(app: falcon.App, console) -> None:
+    app.add_route("/", Dashboard(console))

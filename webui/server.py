@@ -1,0 +1,119 @@
+"""Starting the console inside `esignbox serve`: tables, TLS, waitress on 127.0.0.1, nginx in front.
+
+    signing API  ── waitress (its own listener, [api] host/port, as before)
+    console      ── nginx :8443 on the LAN-facing addresses + 127.0.0.1 (TLS)
+                      └─ waitress 127.0.0.1:<internal> in a thread of the same process
+                         (X-Forwarded-For trusted from 127.0.0.1 only)
+
+The signing API's app becomes a webui.signing.SigningService, so that a key rollover or a
+settings change restarts the signing service in the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import waitress
+
+from firmware.config import BoxConfig
+
+from . import tls
+from .accounts import Accounts
+from .app import Console, create_app
+from .lan import LanPolicy, allowed_networks, interface_addresses, listen_addresses
+from .nginx import NginxFront
+from .sessions import SessionStore
+from .signing import SigningService
+
+log = logging.getLogger(__name__)
+
+
+class ConsoleError(RuntimeError):
+    """The console could not start; the signing API is not affected."""
+
+
+def box_names(config: BoxConfig) -> list[str]:
+    hostname = socket.gethostname().lower()
+    return list(dict.fromkeys([hostname, f"{hostname}.local", "localhost", *(n.lower() for n in config.console.names)]))
+
+
+def console_tls(config: BoxConfig, state_dir: Path, addresses: list[str]) -> tls.ConsoleTls:
+    settings = config.console
+    if settings.tls_cert_file and settings.tls_key_file and settings.tls_cert_file.exists() \
+            and settings.tls_key_file.exists():
+        return tls.load_organisation(settings.tls_cert_file, settings.tls_key_file)
+    return tls.ensure_server_cert(state_dir / "console" / "tls", box_names(config), addresses)
+
+
+def _url(address: str, port: int) -> str:
+    return f"https://[{address}]:{port}/" if ":" in address else f"https://{address}:{port}/"
+
+
+@dataclass
+class ConsoleRuntime:
+    console: Console
+    signing_app: SigningService
+    server: object
+    thread: threading.Thread
+    nginx: NginxFront
+
+    def stop(self) -> None:
+        self.nginx.stop()
+        try:
+            self.server.close()
+        except Exception:  # closing a listener that is mid-poll; the process is exiting anyway
+            pass
+
+
+def start_console(box, config: BoxConfig, out: Callable[[str], None] = print) -> ConsoleRuntime:
+    """Start the console for a serving box; raises ConsoleError (nothing left running) on failure."""
+    settings = config.console
+    interfaces = interface_addresses()
+    try:
+        addresses = [str(a) for a in listen_addresses(settings.listen, interfaces)]
+        lan = LanPolicy(allowed_networks(settings.allow, interfaces))
+    except ValueError as exc:
+        raise ConsoleError(str(exc)) from exc
+    db = box.db
+    accounts = Accounts(db, settings.max_failures, settings.lockout_minutes * 60)
+    sessions = SessionStore(db, settings.session_idle_minutes * 60)
+    signing = SigningService(box)
+    console_cert = console_tls(config, config.state_dir, addresses)
+    hosts = {*box_names(config), *addresses, "127.0.0.1", "::1", *(n.lower() for n in console_cert.names)}
+    console = Console(config=config, db=db, accounts=accounts, sessions=sessions, lan=lan, hosts=hosts,
+                      signing=signing, tls=console_cert, port=settings.port,
+                      urls=[_url(a, settings.port) for a in addresses if a != "127.0.0.1"] +
+                           [_url("127.0.0.1", settings.port)])
+    server = waitress.create_server(
+        create_app(console), host="127.0.0.1", port=settings.internal_port, threads=4,
+        trusted_proxy="127.0.0.1", trusted_proxy_count=1,
+        trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"}, clear_untrusted_proxy_headers=True,
+        max_request_body_size=4 * 1024 * 1024, ident="esignbox-console",
+    )
+    thread = threading.Thread(target=server.run, name="console-waitress", daemon=True)
+    thread.start()
+    try:
+        nginx = NginxFront(config.state_dir / "console" / "nginx", addresses, settings.port, server.effective_port,
+                           console_cert.cert_file, console_cert.key_file, settings.nginx).start()
+    except Exception as exc:
+        server.close()
+        raise ConsoleError(str(exc)) from exc
+    console.nginx = nginx
+    code = accounts.ensure_setup_code()
+    lines = [f"Admin console (HTTPS): {'  '.join(console.urls)}",
+             f"  answers peers in: {lan.describe()}"]
+    if console_cert.ca is not None:
+        lines.append(f"  certificate from the box-local CA; CA SHA-256 fingerprint: {console_cert.ca_fingerprint}")
+    else:
+        lines.append(f"  organisation's certificate; SHA-256 fingerprint: {console_cert.leaf_fingerprint}")
+    if code:
+        lines.append(f"  ONE-TIME SET-UP CODE: {code}   (no administrator yet: open the console and enter it)")
+    elif not accounts.admin_exists():
+        lines.append("  no administrator yet: use the set-up code from the provisioning stick")
+    out("\n".join(lines))
+    return ConsoleRuntime(console, signing, server, thread, nginx)

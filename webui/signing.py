@@ -1,0 +1,64 @@
+"""The signing API's WSGI application, replaceable while the process serves.
+
+Key rollover and settings changes restart the signing service *inside* the process: a new Box
+is assembled from the new box.toml around the same token connection and database, checked with a
+test signature, and then swapped in. Requests already running finish on the old objects; the
+next request uses the new ones; the listener never closes, so no request is refused. In-memory
+state of the old app is dropped with it: CSC access tokens and SADs must be requested again.
+
+The token connection is shared, not reopened: closing the logged-in session of the old one
+would log every session of the token out (see the field notes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from firmware.box import Box, load_certificates
+from firmware.config import BoxConfig
+from firmware.keys import check_chain
+from firmware.signing.hash_signing import HashSigningService
+from firmware.signing.pdf_signing import PdfSigningService
+from firmware.signing.raw_signing import RawSigningService
+from firmware.signing.revocation import RevocationService
+from firmware.signing.timestamps import FallbackTimeStamper
+from firmware.signing.token_signer import TokenSigner
+
+
+def reassemble(old: Box, config: BoxConfig) -> Box:
+    """A Box for ``config`` sharing ``old``'s token, database, client registry and ledger."""
+    chain = load_certificates(config.chain_file)
+    check_chain(old.token, config.key_label, chain)
+    signer = TokenSigner(old.token, config.key_label, chain, prefer_pss=config.prefer_pss)
+    # One test signature on the real path: the key is there, usable and of the certificate's type.
+    asyncio.run(signer.async_sign_raw(b"esignbox rollover check", "sha256"))
+    timestamper = FallbackTimeStamper(config.tsa_urls) if config.tsa_urls else None
+    revocation = RevocationService(load_certificates(config.trust_roots_file))
+    hash_signing = HashSigningService(signer, timestamper, revocation, old.ledger)
+    pdf_signing = PdfSigningService(signer, timestamper, revocation, old.ledger, config.max_pdf_bytes)
+    raw_signing = RawSigningService(old.token, signer, old.ledger)
+    return Box(config, old.token, signer, timestamper, revocation, old.db, old.clients, old.ledger,
+               hash_signing, pdf_signing, raw_signing)
+
+
+class SigningService:
+    """A WSGI app that forwards to the current Box's app."""
+
+    def __init__(self, box: Box) -> None:
+        self._lock = threading.Lock()
+        self.box = box
+        self._app = box.app()
+        self.generation = 1
+
+    def __call__(self, environ, start_response):
+        return self._app(environ, start_response)
+
+    def reload(self, config: BoxConfig) -> Box:
+        """Restart the signing service on ``config``; raises (and keeps the old one) on failure."""
+        with self._lock:
+            box = reassemble(self.box, config)
+            app = box.app()
+            self.box, self._app = box, app
+            self.generation += 1
+            return box
