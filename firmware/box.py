@@ -59,14 +59,19 @@ class Box:
 
     @classmethod
     def open(cls, config: BoxConfig) -> "Box":
-        token = Token(config.token_config())
+        db = Database(config.database)
+        return cls.assemble(config, Token(config.token_config()), db, ClientRegistry(db), SignatureLedger(db))
+
+    @classmethod
+    def assemble(
+        cls, config: BoxConfig, token: Token, db: Database, clients: ClientRegistry, ledger: SignatureLedger
+    ) -> "Box":
+        """The signing services for ``config`` around an open token and database (the console's
+        key rollover reassembles them without closing the token's logged-in session)."""
         chain = load_certificates(config.chain_file)
         signer = TokenSigner(token, config.key_label, chain, prefer_pss=config.prefer_pss)
         timestamper = FallbackTimeStamper(config.tsa_urls) if config.tsa_urls else None
         revocation = RevocationService(load_certificates(config.trust_roots_file))
-        db = Database(config.database)
-        clients = ClientRegistry(db)
-        ledger = SignatureLedger(db)
         hash_signing = HashSigningService(signer, timestamper, revocation, ledger)
         pdf_signing = PdfSigningService(signer, timestamper, revocation, ledger, config.max_pdf_bytes)
         raw_signing = RawSigningService(token, signer, ledger)

@@ -12,34 +12,20 @@ would log every session of the token out (see the field notes).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 from firmware.box import Box, load_certificates
 from firmware.config import BoxConfig
 from firmware.keys import check_chain
-from firmware.signing.hash_signing import HashSigningService
-from firmware.signing.pdf_signing import PdfSigningService
-from firmware.signing.raw_signing import RawSigningService
-from firmware.signing.revocation import RevocationService
-from firmware.signing.timestamps import FallbackTimeStamper
-from firmware.signing.token_signer import TokenSigner
 
 
 def reassemble(old: Box, config: BoxConfig) -> Box:
     """A Box for ``config`` sharing ``old``'s token, database, client registry and ledger."""
-    chain = load_certificates(config.chain_file)
-    check_chain(old.token, config.key_label, chain)
-    signer = TokenSigner(old.token, config.key_label, chain, prefer_pss=config.prefer_pss)
+    check_chain(old.token, config.key_label, load_certificates(config.chain_file))
+    box = Box.assemble(config, old.token, old.db, old.clients, old.ledger)
     # One test signature on the real path: the key is there, usable and of the certificate's type.
-    asyncio.run(signer.async_sign_raw(b"esignbox rollover check", "sha256"))
-    timestamper = FallbackTimeStamper(config.tsa_urls) if config.tsa_urls else None
-    revocation = RevocationService(load_certificates(config.trust_roots_file))
-    hash_signing = HashSigningService(signer, timestamper, revocation, old.ledger)
-    pdf_signing = PdfSigningService(signer, timestamper, revocation, old.ledger, config.max_pdf_bytes)
-    raw_signing = RawSigningService(old.token, signer, old.ledger)
-    return Box(config, old.token, signer, timestamper, revocation, old.db, old.clients, old.ledger,
-               hash_signing, pdf_signing, raw_signing)
+    box.signer.sign_data(b"esignbox rollover check", "sha256")
+    return box
 
 
 class SigningService:
