@@ -32,7 +32,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(box, clients
          "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                      "response_schema_conformance",
          "--phases", "examples,coverage,fuzzing", "--max-examples", "15", "--workers", "2",
-         "--seed", "1", "--no-color"],
+         "--seed", "1", "--no-color", "--request-timeout", "60"],
         capture_output=True, text=True, timeout=600, env=env,
     )
     output = result.stdout + result.stderr
