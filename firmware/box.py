@@ -84,9 +84,10 @@ class Box:
         errors.register(app, extra=PDF_ERRORS)
         app.add_route("/v1/health", HealthResource(self.token, self.signer))
         app.add_route("/v1/certificate", CertificateResource(self.signer))
-        app.add_route("/v1/signatures", SignatureResource(self.hash_signing))
-        app.add_route("/v1/signatures/batch", SignatureBatchResource(self.hash_signing))
-        app.add_route("/v1/pdf/sign", PdfSignResource(self.pdf_signing))
+        level, stamp_text = self.config.default_level, self.config.stamp_text
+        app.add_route("/v1/signatures", SignatureResource(self.hash_signing, level))
+        app.add_route("/v1/signatures/batch", SignatureBatchResource(self.hash_signing, level))
+        app.add_route("/v1/pdf/sign", PdfSignResource(self.pdf_signing, level, stamp_text))
         app.add_route("/v1/pdf/verify", PdfVerifyResource(self.revocation, self.config.max_pdf_bytes))
         app.add_route("/v1/usage", UsageResource(self.db, self.clients))
         app.add_route("/openapi.json", OpenApiResource())

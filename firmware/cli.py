@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -59,57 +60,52 @@ def cmd_serve(args) -> None:
     from .box import Box
 
     # systemd and the tests stop the box with SIGTERM; turn it into an orderly exit so the
-    # dev PKI child process is stopped too.
+    # dev PKI and nginx child processes are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    state_dir = Path(args.state_dir)
-    pki_server = None
-    if args.dev:
-        from .devbox import init_dev
-        from .devpki import DevPki, PkiServer
+    with contextlib.ExitStack() as running:  # whatever was started is stopped, whatever fails
+        pki_server = None
+        if args.dev:
+            from .devbox import init_dev
+            from .devpki import DevPki, PkiServer
 
-        config = init_dev(state_dir, pki_port=args.pki_port, console=True)
-        pki_server = PkiServer(DevPki(config.state_dir / "pki", f"http://127.0.0.1:{config.pki_port}"), config.pki_port)
-        pki_server.start()
-    config = _config(args)
-    box = Box.open(config)
-    host, port = args.host or config.api_host, args.port or config.api_port
-    if args.dev:
-        key_file = _dev_client_key(box, config.state_dir)
-        print(
-            f"\nE-signature Box serving on http://{host}:{port}  (dev PKI on {pki_server.base_url})\n"
-            f"Try:\n  curl -s -H \"Authorization: Bearer $(cat {key_file})\" -H 'Content-Type: application/json' \\\n"
-            f"    -d '{{\"hash_algorithm\":\"sha256\",\"hash\":\"'$(printf hello | openssl dgst -sha256 -binary | base64)'\","
-            f"\"level\":\"B-T\"}}' http://{host}:{port}/v1/signatures\n",
-            flush=True,
-        )
-    api_app, console = box.app(), None
-    if config.console.enabled and not args.no_console:
-        from webui import start_console
-        from webui.server import ConsoleError
+            config = init_dev(Path(args.state_dir), pki_port=args.pki_port, console=True)
+            pki_server = PkiServer(DevPki(config.state_dir / "pki", f"http://127.0.0.1:{config.pki_port}"),
+                                   config.pki_port)
+            pki_server.start()
+            running.callback(pki_server.stop)
+        config = _config(args)
+        box = Box.open(config)
+        host, port = args.host or config.api_host, args.port or config.api_port
+        if pki_server is not None:
+            key_file = _dev_client_key(box, config.state_dir)
+            print(
+                f"\nE-signature Box serving on http://{host}:{port}  (dev PKI on {pki_server.base_url})\n"
+                f"Try:\n  curl -s -H \"Authorization: Bearer $(cat {key_file})\" -H 'Content-Type: application/json' \\\n"
+                f"    -d '{{\"hash_algorithm\":\"sha256\",\"hash\":\"'$(printf hello | openssl dgst -sha256 -binary | base64)'\","
+                f"\"level\":\"B-T\"}}' http://{host}:{port}/v1/signatures\n",
+                flush=True,
+            )
+        api_app = box.app()
+        if config.console.enabled and not args.no_console:
+            from webui import start_console
+            from webui.server import ConsoleError
 
-        try:
-            console = start_console(box, config, out=lambda text: print(text, flush=True))
-            api_app = console.signing_app  # key rollover restarts the signing service in-process
-        except Exception as exc:  # the signing API serves even if the console cannot start
-            log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleError))
-    anchoring = None
-    if box.timestamper is not None:
-        from .anchoring import PeriodicAnchor
+            try:
+                console = start_console(box, config, out=lambda text: print(text, flush=True))
+                running.callback(console.stop)
+                api_app = console.signing_app  # key rollover restarts the signing service in-process
+            except Exception as exc:  # the signing API serves even if the console cannot start
+                log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleError))
+        if box.timestamper is not None:
+            from .anchoring import PeriodicAnchor
 
-        anchoring = PeriodicAnchor(box.db, box.timestamper, config.anchor_interval_s)
-        anchoring.start()
-    try:
+            anchoring = PeriodicAnchor(box.db, box.timestamper, config.anchor_interval_s)
+            anchoring.start()
+            running.callback(anchoring.stop)
         waitress.serve(
             api_app, host=host, port=port, threads=config.threads,
             max_request_body_size=config.max_pdf_bytes + 1024 * 1024, ident="esignbox",
         )
-    finally:
-        if console is not None:
-            console.stop()
-        if anchoring is not None:
-            anchoring.stop()
-        if pki_server is not None:
-            pki_server.stop()
 
 
 def cmd_keygen(args) -> None:

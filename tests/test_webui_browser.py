@@ -376,17 +376,24 @@ def test_settings_page_writes_box_toml(admin: Admin, console_box: ConsoleBox):
     assert "127.0.0.1" in text and "lo" in text and page.inner_text("#version") not in ("", "unknown")
     old_urls = page.input_value("textarea[name=tsa_urls]")
     page.fill("textarea[name=tsa_urls]", old_urls + "\nhttp://127.0.0.1:9/backup-tsa")
-    page.select_option("select[name=default_level]", "B-LT")
+    page.select_option("select[name=default_level]", "B-B")
     page.fill("input[name=stamp_text]", "Signed by the E-signature Box")
     page.click("text=Save")
     assert "Settings saved" in flash(page)
     raw = tomllib.loads((console_box.state_dir / "box.toml").read_text())
     assert raw["signing"]["tsa_urls"] == [old_urls, "http://127.0.0.1:9/backup-tsa"]
-    assert raw["signing"]["default_level"] == "B-LT" and raw["signing"]["stamp_text"] == "Signed by the E-signature Box"
+    assert raw["signing"]["default_level"] == "B-B" and raw["signing"]["stamp_text"] == "Signed by the E-signature Box"
     assert raw["token"]["environment_files"] == {"SOFTHSM2_CONF": "softhsm2.conf"}  # the rest is kept
     shot(page, "settings")
     entry = [e for e in audit_entries(console_box, admin) if e["action"] == "settings.change"][-1]
-    assert entry["actor"] == "admin:admin" and entry["details"]["default_level"] == {"from": "B-T", "to": "B-LT"}
+    assert entry["actor"] == "admin:admin" and entry["details"]["default_level"] == {"from": "B-T", "to": "B-B"}
+    # The signing service was restarted on the new settings: a request naming no level gets B-B.
+    api_key = create_client(page, console_box, "defaults-check")
+    digest = base64.b64encode(hashlib.sha256(b"default level").digest()).decode()
+    signed = requests.post(console_box.api_url + "/v1/signatures", timeout=60,
+                           headers={"Authorization": f"Bearer {api_key}"},
+                           json={"hash_algorithm": "sha256", "hash": digest})
+    assert signed.status_code == 201 and signed.json()["level"] == "B-B", signed.text
 
 
 def test_peer_outside_the_allow_list_is_refused(console_box: ConsoleBox):

@@ -58,18 +58,18 @@ def _box(value: str) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
-def _sign_options(params: dict[str, str]) -> PdfSignOptions:
+def _sign_options(params: dict[str, str], default_level: str, default_stamp_text: str) -> PdfSignOptions:
     unknown = sorted(set(params) - _SIGN_PARAMS)
     if unknown:
         raise InvalidRequest(f"unknown option(s) {', '.join(unknown)}; use {', '.join(sorted(_SIGN_PARAMS))}")
     stamp = None
     if "stamp_box" in params:
         page = _int(params["stamp_page"], "stamp_page") if "stamp_page" in params else 1
-        stamp = Stamp(page=page, box=_box(params["stamp_box"]), text=params.get("stamp_text"))
+        stamp = Stamp(page=page, box=_box(params["stamp_box"]), text=params.get("stamp_text") or default_stamp_text or None)
     elif "stamp_page" in params or "stamp_text" in params:
         raise InvalidRequest("a visible stamp needs stamp_box=x1,y1,x2,y2")
     return PdfSignOptions(
-        level=parse_enum(Level, params.get("level", Level.B_T.value), "level"),
+        level=parse_enum(Level, params.get("level", default_level), "level"),
         reason=params.get("reason"),
         location=params.get("location"),
         field_name=params.get("field"),
@@ -103,11 +103,13 @@ def _jsonable(value):
 class PdfSignResource:
     scope = "pdf"
 
-    def __init__(self, service: PdfSigningService) -> None:
+    def __init__(self, service: PdfSigningService, default_level: str, default_stamp_text: str) -> None:
+        """The defaults come from box.toml's [signing] section (set in the admin console)."""
         self._service = service
+        self._defaults = (default_level, default_stamp_text)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        options = _sign_options(_params(req))
+        options = _sign_options(_params(req), *self._defaults)
         pdf = _read_pdf_body(req, self._service.max_pdf_bytes)
         signed = self._service.sign(req.context.client.id, pdf, options)
         resp.content_type = "application/pdf"

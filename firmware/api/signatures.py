@@ -12,9 +12,9 @@ from .bodies import b64, b64decode, field, read_json
 _MAX_BODY = 1024 * 1024
 
 
-def _options(body: dict) -> tuple[str, Level, Profile]:
+def _options(body: dict, default_level: str) -> tuple[str, Level, Profile]:
     algorithm = field(body, "hash_algorithm", str)
-    level = parse_enum(Level, field(body, "level", str, default="B-T"), "level")
+    level = parse_enum(Level, field(body, "level", str, default=default_level), "level")
     profile = parse_enum(Profile, field(body, "profile", str, default="PAdES"), "profile")
     return algorithm, level, profile
 
@@ -38,12 +38,14 @@ def _serialize(signature: HashSignature) -> dict:
 class SignatureResource:
     scope = "hash"
 
-    def __init__(self, service: HashSigningService) -> None:
+    def __init__(self, service: HashSigningService, default_level: str) -> None:
+        """``default_level``: the level of requests that name none ([signing] default_level)."""
         self._service = service
+        self._default_level = default_level if default_level != Level.B_LTA.value else Level.B_LT.value
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, _MAX_BODY)
-        algorithm, level, profile = _options(body)
+        algorithm, level, profile = _options(body, self._default_level)
         digest = b64decode(field(body, "hash", str), "hash")
         [signature] = self._service.sign(
             req.context.client.id, [HashSignRequest(algorithm, digest, level, profile)]
@@ -57,12 +59,14 @@ class SignatureBatchResource:
 
     scope = "hash"
 
-    def __init__(self, service: HashSigningService) -> None:
+    def __init__(self, service: HashSigningService, default_level: str) -> None:
+        """``default_level``: the level of requests that name none ([signing] default_level)."""
         self._service = service
+        self._default_level = default_level if default_level != Level.B_LTA.value else Level.B_LT.value
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, _MAX_BODY)
-        algorithm, level, profile = _options(body)
+        algorithm, level, profile = _options(body, self._default_level)
         hashes = field(body, "hashes", list)
         if not all(isinstance(h, str) for h in hashes):
             raise InvalidRequest("field 'hashes' must be a list of base64 strings")
