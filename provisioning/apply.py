@@ -39,6 +39,7 @@ from firmware.config import BoxConfig, ConfigError
 from firmware.errors import InvalidRequest
 from firmware.keys import build_csr, check_chain, parse_subject
 from firmware.store import audit
+from firmware.store import clients as client_store
 from firmware.store.db import immediate
 from firmware.store.metering import SCOPES
 from hsm import KeyAlgorithm, KeyNotFound, Token, TokenError
@@ -334,44 +335,26 @@ def _check_client_ids(conn, clients: tuple[ClientSpec, ...]) -> None:
 
 
 def _apply_clients(conn, clients: tuple[ClientSpec, ...], free_calls: int) -> tuple[list[audit.AuditEntry], list[str]]:
-    """Create or update clients by name (keys of existing clients are left alone). Mirrors ClientRegistry."""
+    """Create or update clients by name (keys of existing clients are left alone)."""
     entries, actions = [], []
     for spec in clients:
         s = spec.settings
         row = conn.execute("SELECT * FROM clients WHERE name = ?", (spec.name,)).fetchone()
         if row is None:
-            scopes = ",".join(s.get("scopes", SCOPES))
-            calls = s["calls"] if "calls" in s else free_calls
-            per_minute, per_day = s.get("rate_per_minute"), s.get("rate_per_day")
-            conn.execute(
-                "INSERT INTO clients(id, name, key_hash, created_at, scopes, calls_purchased,"
-                " rate_per_minute, rate_per_day) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (spec.id, spec.name, bytes.fromhex(spec.key_sha256), audit.now(), scopes, calls, per_minute, per_day),
-            )
-            entries.append(audit.AuditEntry(ACTOR, "client.add", spec.id, {
-                "name": spec.name, "scopes": scopes, "calls": calls,
-                "rate_per_minute": per_minute, "rate_per_day": per_day}))
+            entries.append(client_store.insert_client(
+                conn, spec.id, spec.name, bytes.fromhex(spec.key_sha256), ACTOR, tuple(s.get("scopes", SCOPES)),
+                s["calls"] if "calls" in s else free_calls, s.get("rate_per_minute"), s.get("rate_per_day")))
             actions.append(f"API client {spec.name!r} created (id {spec.id}); its key is the one make-bundle printed")
             continue
         client_id, changed = row["id"], []
         if "scopes" in s and ",".join(s["scopes"]) != row["scopes"]:
-            text = ",".join(s["scopes"])
-            conn.execute("UPDATE clients SET scopes = ? WHERE id = ?", (text, client_id))
-            entries.append(audit.AuditEntry(ACTOR, "client.scopes", client_id, {"scopes": text}))
-            changed.append(f"scopes {text}")
-        limits = {
-            "calls": s.get("calls", row["calls_purchased"]),
-            "rate_per_minute": s.get("rate_per_minute", row["rate_per_minute"]),
-            "rate_per_day": s.get("rate_per_day", row["rate_per_day"]),
-        }
-        if (limits["calls"], limits["rate_per_minute"], limits["rate_per_day"]) != (
-                row["calls_purchased"], row["rate_per_minute"], row["rate_per_day"]):
-            conn.execute(
-                "UPDATE clients SET calls_purchased = ?, rate_per_minute = ?, rate_per_day = ? WHERE id = ?",
-                (limits["calls"], limits["rate_per_minute"], limits["rate_per_day"], client_id),
-            )
-            entries.append(audit.AuditEntry(ACTOR, "client.limits", client_id, limits))
-            changed.append("limits " + ", ".join(f"{k}={v}" for k, v in limits.items()))
+            entries.append(client_store.update_scopes(conn, client_id, tuple(s["scopes"]), ACTOR))
+            changed.append(f"scopes {entries[-1].details['scopes']}")
+        limits = (s.get("calls", row["calls_purchased"]), s.get("rate_per_minute", row["rate_per_minute"]),
+                  s.get("rate_per_day", row["rate_per_day"]))
+        if limits != (row["calls_purchased"], row["rate_per_minute"], row["rate_per_day"]):
+            entries.append(client_store.update_limits(conn, client_id, ACTOR, *limits))
+            changed.append("limits " + ", ".join(f"{k}={v}" for k, v in entries[-1].details.items()))
         note = "" if client_id == spec.id else f"; it keeps id {client_id} and its key (the bundle's new key is unused)"
         actions.append(f"API client {spec.name!r} " + (f"updated: {'; '.join(changed)}" if changed else "unchanged") + note)
     return entries, actions

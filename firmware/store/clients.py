@@ -72,6 +72,54 @@ def _check_limit(value: int | None, what: str) -> int | None:
     return value
 
 
+# The writes below run inside the caller's `immediate()` transaction and return the audit entry
+# that records them, so that callers applying many changes at once (a provisioning bundle)
+# commit the changes and their record together.
+
+def insert_client(
+    conn: sqlite3.Connection, client_id: str, name: str, key_hash: bytes, actor: str,
+    scopes: tuple[str, ...] = SCOPES, calls: int | None = None,
+    rate_per_minute: int | None = None, rate_per_day: int | None = None,
+) -> audit.AuditEntry:
+    if not name or len(name) > 100:
+        raise ClientError("client name must be 1–100 characters")
+    scope_text = _check_scopes(scopes)
+    try:
+        conn.execute(
+            "INSERT INTO clients(id, name, key_hash, created_at, scopes, calls_purchased,"
+            " rate_per_minute, rate_per_day) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (client_id, name, key_hash, audit.now(), scope_text, _check_limit(calls, "calls"),
+             _check_limit(rate_per_minute, "rate_per_minute"), _check_limit(rate_per_day, "rate_per_day")),
+        )
+    except sqlite3.IntegrityError as exc:
+        raise ClientError(f"a client named {name!r} exists") from exc
+    return audit.AuditEntry(actor, "client.add", client_id, {
+        "name": name, "scopes": scope_text, "calls": calls,
+        "rate_per_minute": rate_per_minute, "rate_per_day": rate_per_day})
+
+
+def update_scopes(conn: sqlite3.Connection, client_id: str, scopes: tuple[str, ...], actor: str) -> audit.AuditEntry:
+    text = _check_scopes(scopes)
+    if conn.execute("UPDATE clients SET scopes = ? WHERE id = ?", (text, client_id)).rowcount != 1:
+        raise ClientError(f"no client {client_id!r}")
+    return audit.AuditEntry(actor, "client.scopes", client_id, {"scopes": text})
+
+
+def update_limits(
+    conn: sqlite3.Connection, client_id: str, actor: str,
+    calls: int | None, rate_per_minute: int | None, rate_per_day: int | None,
+) -> audit.AuditEntry:
+    limits = {"calls": _check_limit(calls, "calls"), "rate_per_minute": _check_limit(rate_per_minute, "rate_per_minute"),
+              "rate_per_day": _check_limit(rate_per_day, "rate_per_day")}
+    changed = conn.execute(
+        "UPDATE clients SET calls_purchased = ?, rate_per_minute = ?, rate_per_day = ? WHERE id = ?",
+        (limits["calls"], limits["rate_per_minute"], limits["rate_per_day"], client_id),
+    ).rowcount
+    if changed != 1:
+        raise ClientError(f"no client {client_id!r}")
+    return audit.AuditEntry(actor, "client.limits", client_id, limits)
+
+
 class ClientRegistry:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -86,25 +134,12 @@ class ClientRegistry:
         rate_per_day: int | None = None,
     ) -> tuple[Client, str]:
         """Create a client; returns it and its API key, which is not stored and cannot be shown again."""
-        if not name or len(name) > 100:
-            raise ClientError("client name must be 1–100 characters")
-        scope_text = _check_scopes(scopes)
         client_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         conn = self._db.connect()
-        try:
-            with immediate(conn):
-                conn.execute(
-                    "INSERT INTO clients(id, name, key_hash, created_at, scopes, calls_purchased,"
-                    " rate_per_minute, rate_per_day) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (client_id, name, _hash(secret), audit.now(), scope_text, _check_limit(calls, "calls"),
-                     _check_limit(rate_per_minute, "rate_per_minute"), _check_limit(rate_per_day, "rate_per_day")),
-                )
-                audit.append(conn, [audit.AuditEntry(actor, "client.add", client_id, {
-                    "name": name, "scopes": scope_text, "calls": calls,
-                    "rate_per_minute": rate_per_minute, "rate_per_day": rate_per_day})])
-        except sqlite3.IntegrityError as exc:
-            raise ClientError(f"a client named {name!r} exists") from exc
+        with immediate(conn):
+            audit.append(conn, [insert_client(conn, client_id, name, _hash(secret), actor, scopes, calls,
+                                              rate_per_minute, rate_per_day)])
         return self.get(client_id), f"{KEY_PREFIX}_{client_id}_{secret}"
 
     def get(self, client_id: str) -> Client:
@@ -142,9 +177,10 @@ class ClientRegistry:
         return client, f"{KEY_PREFIX}_{client_id}_{secret}"
 
     def set_scopes(self, client_id: str, scopes: tuple[str, ...], actor: str = "operator") -> Client:
-        text = _check_scopes(scopes)
-        return self._change(client_id, actor, "client.scopes",
-                            "UPDATE clients SET scopes = ? WHERE id = ?", (text,), {"scopes": text})
+        conn = self._db.connect()
+        with immediate(conn):
+            audit.append(conn, [update_scopes(conn, client_id, scopes, actor)])
+        return self.get(client_id)
 
     def set_limits(
         self,
@@ -157,19 +193,17 @@ class ClientRegistry:
     ) -> Client:
         """Change quotas; arguments left out keep their value, None removes a limit."""
         current = self.get(client_id)
-        purchased = current.calls_purchased if calls is _UNSET else _check_limit(calls, "calls")
+        purchased = current.calls_purchased if calls is _UNSET else calls
         if add_calls:
             if purchased is None:
                 raise ClientError("the client has no call limit to add to; set one with calls=")
             purchased += _check_limit(add_calls, "add_calls")
-        per_minute = current.rate_per_minute if rate_per_minute is _UNSET else _check_limit(rate_per_minute, "rate_per_minute")
-        per_day = current.rate_per_day if rate_per_day is _UNSET else _check_limit(rate_per_day, "rate_per_day")
-        details = {"calls": purchased, "rate_per_minute": per_minute, "rate_per_day": per_day}
-        return self._change(
-            client_id, actor, "client.limits",
-            "UPDATE clients SET calls_purchased = ?, rate_per_minute = ?, rate_per_day = ? WHERE id = ?",
-            (purchased, per_minute, per_day), details,
-        )
+        per_minute = current.rate_per_minute if rate_per_minute is _UNSET else rate_per_minute
+        per_day = current.rate_per_day if rate_per_day is _UNSET else rate_per_day
+        conn = self._db.connect()
+        with immediate(conn):
+            audit.append(conn, [update_limits(conn, client_id, actor, purchased, per_minute, per_day)])
+        return self.get(client_id)
 
     def authenticate(self, api_key: str) -> Client | None:
         """The active client owning ``api_key``, or None. Constant-time on the secret."""
