@@ -46,7 +46,9 @@ from hsm import KeyAlgorithm, KeyNotFound, Token, TokenError
 
 from .bundle import FILES, MANIFEST, SIGNATURE
 from .errors import ProvisioningRefused
-from .fsutil import fsync_dir, write_durable, write_new
+from firmware.durable import fsync_dir, write_durable
+
+from .fsutil import write_new
 from .manifest import ClientSpec, Manifest
 from .state import ProvisioningState, Record, box_id_path, test_hook
 from .verify import VerifiedBundle, load_pem_certificates

@@ -1,7 +1,7 @@
 """Durable, no-follow file operations: what a power cut or a hostile stick cannot subvert.
 
-Every file the box writes for provisioning goes through a temporary file, fsync, os.replace and
-an fsync of its directory, so after a power cut a name holds either the old or the new bytes.
+Every file the box writes for provisioning goes through firmware.durable (temporary file, fsync,
+os.replace, fsync of the directory).
 Reads from a stick open each path component relative to its parent's descriptor with
 O_NOFOLLOW, so a symlink on the stick is refused rather than followed.
 """
@@ -12,32 +12,11 @@ import os
 import stat
 from pathlib import Path
 
+from firmware.durable import fsync_dir
+
 _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename, fsync dir."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:

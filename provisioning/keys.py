@@ -16,8 +16,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from firmware.durable import write_durable
+
 from .errors import ProvisioningRefused
-from .fsutil import write_durable
 
 ALGORITHMS = ("ed25519", "ecdsa-p256")
 TRUSTED_KEY_NAME = "trusted.pub"

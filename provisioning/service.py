@@ -33,7 +33,8 @@ from . import keys as pkeys
 from .apply import ACTOR, TokenAccess, apply_bundle, recover
 from .bundle import DEFAULT_LIMITS, Limits, RawBundle, read_source
 from .errors import ProvisioningRefused
-from .fsutil import write_durable
+from firmware.durable import write_durable
+
 from .report import Report
 from .state import ProvisioningState
 from .verify import AlreadyApplied, verify

@@ -39,7 +39,9 @@ from typing import Callable, Iterator
 
 from firmware.store.db import Database
 
-from .fsutil import fsync_dir, replace_symlink, write_durable
+from firmware.durable import fsync_dir, write_durable
+
+from .fsutil import replace_symlink
 
 log = logging.getLogger("esignbox.provisioning")
 

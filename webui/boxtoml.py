@@ -1,15 +1,12 @@
 """Changing box.toml from the console: merge, write crash-safely, never half a file.
 
-The new text goes to a temporary file in the same directory, is fsync'ed, renamed over box.toml
-(atomic on POSIX) and the directory is fsync'ed: after a power cut the file is either the old
+The new text is written through firmware.durable: after a power cut box.toml is either the old
 or the new one. tomli-w writes the file, so comments of a hand-written box.toml are not kept; a
 header says so.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -17,29 +14,10 @@ from typing import Any
 import tomli_w
 
 from firmware.config import CONFIG_NAME
+from firmware.durable import write_durable
 
 HEADER = ("# E-signature Box configuration. Last written by the admin console, which keeps no comments;\n"
           "# every setting is described in README.md (\"Configuration\").\n\n")
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def merged(raw: dict[str, Any], changes: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -64,9 +42,9 @@ def update(state_dir: Path, changes: dict[str, dict[str, Any]]) -> tuple[str, st
     path = state_dir / CONFIG_NAME
     old = path.read_text()
     new = render(merged(tomllib.loads(old), changes))
-    write_atomic(path, new.encode())
+    write_durable(path, new.encode())
     return old, new
 
 
 def restore(state_dir: Path, text: str) -> None:
-    write_atomic(state_dir / CONFIG_NAME, text.encode())
+    write_durable(state_dir / CONFIG_NAME, text.encode())

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .boxtoml import write_atomic
+from firmware.durable import write_durable
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 SERVER_CERT, SERVER_KEY = "console.pem", "console.key"
@@ -44,7 +44,7 @@ def _now() -> dt.datetime:
 def _write_key(path: Path, key) -> None:
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-    write_atomic(path, data, mode=0o600)
+    write_durable(path, data, mode=0o600)
 
 
 def _load_key(path: Path):
@@ -101,7 +101,7 @@ def ensure_ca(directory: Path, box_name: str) -> tuple[x509.Certificate, object]
         .sign(key, hashes.SHA256())
     )
     _write_key(key_path, key)
-    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_durable(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert, key
 
 
@@ -152,7 +152,7 @@ def ensure_server_cert(directory: Path, names: list[str], addresses: list[str]) 
         .sign(ca_key, hashes.SHA256())
     )
     _write_key(key_path, key)
-    write_atomic(cert_path, leaf.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_durable(cert_path, leaf.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM))
     return ConsoleTls(cert_path, key_path, leaf, ca_cert, False)
 
 
@@ -185,7 +185,7 @@ def install_organisation(directory: Path, cert_pem: bytes, key_pem: bytes) -> tu
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     cert_path, key_path = directory / ORG_CERT, directory / ORG_KEY
     _write_key(key_path, key)
-    write_atomic(cert_path, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
+    write_durable(cert_path, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
     return cert_path, key_path, chain[0]
 
 

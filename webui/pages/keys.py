@@ -21,7 +21,7 @@ from firmware.keys import build_csr, check_chain, parse_subject
 from hsm import KeyAlgorithm, KeyExists, KeyNotFound, TokenError
 
 from .. import certinfo
-from ..boxtoml import write_atomic
+from firmware.durable import write_durable
 from ..state import record
 from . import Page
 
@@ -124,7 +124,7 @@ class Chain(Page):
         except KeyNotFound:
             self.failed(req, "/keys", f"There is no key {label!r} on the token.")
         path.parent.mkdir(exist_ok=True)
-        write_atomic(path, certinfo.chain_pem(chain))
+        write_durable(path, certinfo.chain_pem(chain))
         record(c.db, c.actor(req), "chain.import", {"label": label, "subject": leaf.subject, "serial": leaf.serial,
                                                       "not_after": leaf.not_after.isoformat(), "certificates": len(chain)})
         self.done(req, "/keys", f"Chain for key {label!r} checked and installed ({leaf.subject}, valid until "
@@ -145,7 +145,7 @@ class Activate(Page):
         kept = chain_path(c.state_dir, previous) if LABEL.match(previous) else None
         if kept is not None and not kept.exists() and c.box.config.chain_file.exists():
             kept.parent.mkdir(exist_ok=True)
-            write_atomic(kept, c.box.config.chain_file.read_bytes())
+            write_durable(kept, c.box.config.chain_file.read_bytes())
         try:
             c.change_config(req, {"signing": {"key_label": label, "chain_file": f"{CHAINS}/{label}.pem"}},
                             "key.activate", {"label": label, "previous": previous})
