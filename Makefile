@@ -37,3 +37,15 @@ $(VENV)/.installed: pyproject.toml | system-deps
 
 clean:
 	rm -rf $(VENV) $(STATE_DIR) .pytest_cache
+
+# Appliance images (root, slow, downloads Debian packages; not part of `make test`): image/README.md.
+.PHONY: image test-image
+IMAGE_ARCHS ?= amd64 arm64
+
+## Bootable disk images (x86-64 UEFI, Raspberry Pi 4 arm64) and signed RAUC bundles in image/build/.
+image:
+	bash image/build-images.sh $(IMAGE_ARCHS)
+
+## Build the x86-64 root filesystem and check it: firmware self-test inside it, systemd-analyze verify.
+test-image:
+	bash image/test-image.sh

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# `make test-image`: build the x86-64 root filesystem and check it without booting it.
+#   1. image/build-rootfs.sh amd64 (debootstrap of Debian bookworm, cached; firmware venv)
+#   2. the firmware self-test inside the rootfs, as the esignbox user, in a private network
+#      namespace: init-dev, serve, /v1/health, POST /v1/signatures, openssl cms -verify;
+#      then the same through the image's nginx with the box-made TLS certificate
+#   3. systemd-analyze verify of the box's units (--root on the rootfs)
+#   4. the read-only-root, user, udev, RAUC and nginx wiring the units rely on
+# Nothing the checks write stays in the rootfs: they run on tmpfs mounts in their own namespace.
+source "$(dirname "$0")/lib.sh"
+# The whole script is one function, parsed before it runs: editing the file meanwhile is safe.
+main() {
+need_root
+ARCH=${1:-amd64}    # `make test-image` checks amd64; arm64 works too (slower: qemu-user)
+check_arch "$ARCH"
+ROOT=$BUILD_DIR/$ARCH/rootfs
+start=$SECONDS
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); printf '  ok    %s\n' "$*"; }
+bad() { failed=$((failed + 1)); printf '  FAIL  %s\n' "$*"; }
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+    "$IMAGE_DIR/build-rootfs.sh" "$ARCH"
+fi
+[ -x "$ROOT/opt/esignbox/venv/bin/esignbox" ] || die "no rootfs at $ROOT (run without SKIP_BUILD)"
+build_s=$((SECONDS - start))
+
+log "test: firmware self-test inside the rootfs (chroot, private network namespace)"
+# The self-test starts nginx on ports 80/443, and the box on 18080/19180: free in the
+# private network namespace whatever the host runs.
+# A PID namespace too: whatever the test starts ends with it.
+if unshare --mount --net --pid --fork --mount-proc --propagation private -- bash -c '
+        set -e
+        root=$1
+        ip link set lo up
+        mount -t proc proc "$root/proc"
+        mount -t sysfs sysfs "$root/sys"
+        mount --rbind /dev "$root/dev"
+        for d in tmp run var/lib/esignbox var/lib/nginx var/log var/cache; do
+            mount -t tmpfs tmpfs "$root/$d" -o mode=0755
+        done
+        chmod 1777 "$root/tmp"
+        exec env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/root \
+            SELFTEST_NGINX=1 SELFTEST_TIMEOUT=300 \
+            chroot "$root" /usr/lib/esignbox/selftest
+    ' selftest "$ROOT"; then
+    ok "firmware self-test in the rootfs (init-dev, serve, health, sign + verify, via nginx/TLS)"
+else
+    bad "firmware self-test in the rootfs"
+fi
+
+log "test: systemd-analyze verify"
+UNITS=(esignbox.service esignbox-tls.service esignbox-health.service esignbox-provision@sdz1.service nginx.service)
+verify_out=$BUILD_DIR/$ARCH/systemd-analyze-verify.txt
+( cd "$ROOT/etc/systemd/system" && SYSTEMD_LOG_LEVEL=notice systemd-analyze --root="$ROOT" --man=no verify "${UNITS[@]}" ) \
+    >"$verify_out" 2>&1
+rc=$?
+# Lines about units the box does not ship (host-only) are not the image's problem; anything
+# mentioning our units, or a non-zero exit, is.
+if [ $rc -eq 0 ] && ! grep -E 'esignbox|nginx' "$verify_out" | grep -vE '^$' >/dev/null; then
+    ok "systemd-analyze verify ${UNITS[*]}"
+else
+    bad "systemd-analyze verify (exit $rc):"; sed 's/^/        /' "$verify_out"
+fi
+security_out=$BUILD_DIR/$ARCH/systemd-analyze-security.txt
+if systemd-analyze --root="$ROOT" security --offline=yes --no-pager esignbox.service >"$security_out" 2>&1; then :; fi
+exposure=$(grep -oE 'Overall exposure level for esignbox.service: [0-9.]+ [A-Z]+' "$security_out" || true)
+[ -n "$exposure" ] && ok "systemd-analyze security (offline): ${exposure#Overall }"
+
+log "test: image wiring"
+check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else bad "$what"; fi; }
+svc=$ROOT/etc/systemd/system/esignbox.service
+for d in 'User=esignbox' 'ProtectSystem=strict' 'NoNewPrivileges=yes' 'PrivateTmp=yes' 'Restart=on-failure' \
+         'StateDirectory=esignbox/box' 'SupplementaryGroups=esignbox-token'; do
+    check "esignbox.service has $d" grep -qx "$d" "$svc"
+done
+for u in esignbox esignbox-tls esignbox-health nginx systemd-networkd systemd-resolved; do
+    check "$u.service enabled" bash -c "ls $ROOT/etc/systemd/system/*.target.wants/$u.service"
+done
+check "user esignbox exists, no login shell" grep -qE '^esignbox:[^:]*:[0-9]+:[0-9]+:[^:]*:/var/lib/esignbox/box:/usr/sbin/nologin$' "$ROOT/etc/passwd"
+check "esignbox is in group esignbox-token" grep -qE '^esignbox-token:[^:]*:[0-9]+:esignbox$' "$ROOT/etc/group"
+check "root password locked" grep -qE '^root:[!*]' "$ROOT/etc/shadow"
+check "machine-id empty (transient id on a read-only root)" test ! -s "$ROOT/etc/machine-id"
+check "resolv.conf points into /run" test "$(readlink "$ROOT/etc/resolv.conf")" = ../run/systemd/resolve/stub-resolv.conf
+check "fstab: state partition on /var/lib/esignbox" grep -qE '^LABEL=esignbox-data[[:space:]]+/var/lib/esignbox[[:space:]]' "$ROOT/etc/fstab"
+for m in /tmp /var/log /var/lib/nginx /var/lib/systemd; do
+    check "fstab: tmpfs on $m" grep -qE "^tmpfs[[:space:]]+$m[[:space:]]" "$ROOT/etc/fstab"
+done
+for m in apt-daily.timer apt-daily-upgrade.timer systemd-networkd-wait-online.service; do
+    check "$m masked" test "$(readlink "$ROOT/etc/systemd/system/$m")" = /dev/null
+done
+rules=$(sed -e ':a' -e '/\\$/N; s/\\\n//; ta' "$ROOT/etc/udev/rules.d/70-esignbox.rules")
+check "udev: YubiHSM2 1050:0030 -> group esignbox-token, mode 0660" \
+    grep -qE 'idVendor\}=="1050".*idProduct\}=="0030".*GROUP="esignbox-token", MODE="0660"' <<<"$rules"
+check "udev: USB stick labelled ESIGNBOX -> esignbox-provision@<dev>.service" \
+    grep -qE 'ID_FS_LABEL\}=="ESIGNBOX.*SYSTEMD_WANTS\}\+="esignbox-provision@%k.service"' <<<"$rules"
+# udevadm (the rootfs's own) loads every rule file for a device and reports lines it cannot parse.
+udev_out=$BUILD_DIR/$ARCH/udevadm-test.txt
+mount_chroot "$ROOT"
+in_root "$ROOT" env SYSTEMD_LOG_LEVEL=debug udevadm test --action=add /sys/class/net/lo >"$udev_out" 2>&1 || true
+umount_chroot "$ROOT"
+check "udev: 70-esignbox.rules loads without errors (udevadm test)" \
+    bash -c "grep -q '70-esignbox.rules' '$udev_out' && ! grep -iE '70-esignbox.rules.*(invalid|error|unknown|ignor)' '$udev_out'"
+conf=$ROOT/etc/rauc/system.conf
+check "RAUC keyring is a certificate" openssl x509 -in "$ROOT/etc/rauc/keyring.pem" -noout
+check "rauc + D-Bus service present" test -x "$ROOT/usr/bin/rauc" -a -f "$ROOT/usr/share/dbus-1/system-services/de.pengutronix.rauc.service"
+if [ "$ARCH" = amd64 ]; then
+    check "RAUC system.conf: grub backend, two ext4 slots" \
+        bash -c "grep -qx 'bootloader=grub' '$conf' && [ \$(grep -c '^type=ext4' '$conf') = 2 ]"
+    check "grub-editenv present (RAUC grub backend)" test -x "$ROOT/usr/bin/grub-editenv"
+else
+    check "RAUC system.conf: custom (tryboot) backend, two ext4 + two vfat slots" \
+        bash -c "grep -qx 'bootloader=custom' '$conf' && [ \$(grep -c '^type=ext4' '$conf') = 2 ] && [ \$(grep -c '^type=vfat' '$conf') = 2 ]"
+    check "Pi backend + post-install hook present, mtools present" \
+        test -x "$ROOT/usr/lib/esignbox/rauc-rpi-backend" -a -x "$ROOT/usr/lib/esignbox/rauc-post-install.platform" -a -x "$ROOT/usr/bin/mcopy"
+    check "Pi boot firmware and device tree" bash -c "ls $ROOT/boot/firmware/start4.elf $ROOT/usr/lib/linux-image-*/broadcom/bcm2711-rpi-4-b.dtb"
+fi
+check "kernel + initrd at /boot/vmlinuz, /boot/initrd.img" test -e "$ROOT/boot/vmlinuz" -a -e "$ROOT/boot/initrd.img"
+check "SoftHSM2 module and softhsm2-util" bash -c "ls $ROOT/usr/lib/softhsm/libsofthsm2.so $ROOT/usr/lib/*/softhsm/libsofthsm2.so 2>/dev/null | grep -q . && test -x $ROOT/usr/bin/softhsm2-util"
+check "YubiHSM2 PKCS#11 configuration (yhusb://)" grep -qx 'connector = yhusb://' "$ROOT/etc/esignbox/yubihsm_pkcs11.conf"
+check "nginx site enabled, default site gone" test -L "$ROOT/etc/nginx/sites-enabled/esignbox.conf" -a ! -e "$ROOT/etc/nginx/sites-enabled/default"
+check "no apt lists or .debs left in the image" bash -c "[ -z \"\$(ls -A $ROOT/var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)\" ] && ! ls $ROOT/var/cache/apt/archives/*.deb"
+
+size=$(du -sh --one-file-system "$ROOT" | cut -f1)
+venv=$(du -sh "$ROOT/opt/esignbox/venv" | cut -f1)
+echo
+echo "rootfs $ROOT: $size (firmware venv $venv); version $(cat "$BUILD_DIR/$ARCH/version")"
+echo "time: $((SECONDS - start)) s (build $build_s s, checks $((SECONDS - start - build_s)) s)"
+echo "image: $passed passed, $failed failed"
+[ $failed -eq 0 ]
+}
+main "$@"
