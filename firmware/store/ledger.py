@@ -12,10 +12,14 @@ it is recorded and paid for.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict, dataclass
 
 from . import audit, metering
 from .db import Database, immediate
+
+
+_UNLIMITED_RECHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class SignatureLedger:
         self._pending: list[_Job] = []
         self._pending_lock = threading.Lock()
         self._commit_lock = threading.Lock()
+        self._unlimited: dict[str, float] = {}  # client id -> until when admit() may skip it
 
     def record(self, records: list[SignatureRecord]) -> None:
         """Durably store ``records`` (one client's); raises metering.Refusal if over quota."""
@@ -61,8 +66,15 @@ class SignatureLedger:
         self._commit(_Job([audit.AuditEntry(actor, "refusal", client_id, details)], None))
 
     def admit(self, client_id: str, count: int) -> None:
-        """The pre-signing quota check: raises metering.Refusal without touching the token."""
-        metering.check(self._db.connect(), client_id, count)
+        """The pre-signing quota check: raises metering.Refusal without touching the token.
+
+        A client found without any limit is not looked up again for a second: this check only
+        saves token work, the exact one runs when the signatures are recorded.
+        """
+        if self._unlimited.get(client_id, 0.0) > time.monotonic():
+            return
+        if metering.check(self._db.connect(), client_id, count):
+            self._unlimited[client_id] = time.monotonic() + _UNLIMITED_RECHECK_S
 
     def count(self, client_id: str | None = None) -> int:
         conn = self._db.connect()

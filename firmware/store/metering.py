@@ -41,8 +41,11 @@ def _signed_since(conn: sqlite3.Connection, client_id: str, since: datetime) -> 
     ).fetchone()[0]
 
 
-def check(conn: sqlite3.Connection, client_id: str, count: int, now: datetime | None = None) -> None:
-    """Raise the Refusal that stops ``count`` more signatures for this client, if any."""
+def check(conn: sqlite3.Connection, client_id: str, count: int, now: datetime | None = None) -> bool:
+    """Raise the Refusal that stops ``count`` more signatures for this client, if any.
+
+    Returns whether the client has no limits at all (callers may then skip the next checks).
+    """
     now = now or datetime.now(timezone.utc)
     row = conn.execute(
         "SELECT calls_purchased, calls_used, rate_per_minute, rate_per_day FROM clients WHERE id = ?",
@@ -60,6 +63,7 @@ def check(conn: sqlite3.Connection, client_id: str, count: int, now: datetime | 
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if per_day is not None and _signed_since(conn, client_id, day_start) + count > per_day:
         raise RateLimited(f"rate limit of {per_day} signatures per day reached")
+    return purchased is None and per_minute is None and per_day is None
 
 
 def charge(conn: sqlite3.Connection, client_id: str, count: int) -> None:
