@@ -538,7 +538,7 @@ def test_key_request_then_issued_chain(pbox: ProvBox, tmp_path: Path, box_config
 
 
 def test_setup_code_for_the_admin_console(pbox: ProvBox, tmp_path: Path):
-    accounts = pytest.importorskip("webui.accounts")
+    from webui import accounts
     code = "ABCD-EFGH-JKMN"
     report = pbox.provision(make_bundle(tmp_path / "b", pbox.key, 1, admin={"setup_code": code}))
     assert report.result == "applied", report.message
@@ -551,7 +551,6 @@ def test_setup_code_for_the_admin_console(pbox: ProvBox, tmp_path: Path):
     assert oct(generation_bundle.stat().st_mode & 0o777) == "0o700"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
 def test_root_copies_the_stick_then_applies_as_the_state_owner(box_config: BoxConfig, tmp_path: Path, admin_key):
     nobody = 65534
     base = Path(tempfile.mkdtemp(prefix="esb-owner-", dir="/tmp"))  # traversable by that user, unlike tmp_path

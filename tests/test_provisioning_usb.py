@@ -299,7 +299,7 @@ def test_a_symlinked_report_directory_on_the_stick_is_not_followed(pbox: ProvBox
 # -- real block devices: a loop device, kernel uevents, real mounts ---------------------------------------
 
 def _filesystem_for_loop_tests() -> str | None:
-    """vfat if the kernel and dosfstools have it (as on a real stick), else ext4; None: skip."""
+    """vfat if the kernel and dosfstools have it (as on a real stick), else ext4; None: unusable."""
     if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("losetup", "mount", "umount", "blkid")):
         return None
     try:
@@ -314,17 +314,27 @@ def _filesystem_for_loop_tests() -> str | None:
 
 
 LOOP_FS = _filesystem_for_loop_tests()
-needs_loop = pytest.mark.skipif(LOOP_FS is None, reason="needs root, losetup and a vfat/ext4 filesystem in the kernel")
+
+
+@pytest.fixture
+def loop_support() -> str:
+    """These tests are part of the proof, not optional: fail (never skip) where they cannot run."""
+    if LOOP_FS is None:
+        pytest.fail("needs root, losetup, mount, blkid and a vfat/ext4 filesystem in the kernel")
+    return LOOP_FS
+
+
+needs_loop = pytest.mark.usefixtures("loop_support")
 
 
 def _run(*command: str) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True, timeout=60).stdout.strip()
 
 
-def make_image(image: Path, label: str, content: Path) -> None:
+def make_image(image: Path, label: str, content: Path, filesystem: str | None = None) -> None:
     with open(image, "wb") as handle:
         handle.truncate(16 * 1024 * 1024)
-    if LOOP_FS == "ext4":
+    if (filesystem or LOOP_FS) == "ext4":
         _run("mkfs.ext4", "-q", "-F", "-L", label, "-d", str(content), str(image))
         return
     _run("mkfs.vfat", "-n", label, str(image))
@@ -415,7 +425,6 @@ def test_real_stick_on_a_loop_device_with_kernel_uevents(pbox: ProvBox, tmp_path
 
 
 @needs_loop
-@pytest.mark.skipif(LOOP_FS != "ext4", reason="symlinks need a filesystem that has them (ext4 image)")
 def test_real_stick_with_planted_symlinks(pbox: ProvBox, tmp_path: Path):
     label = "ESB" + secrets.token_hex(3).upper()
     content = tmp_path / "content"
@@ -426,7 +435,7 @@ def test_real_stick_with_planted_symlinks(pbox: ProvBox, tmp_path: Path):
     victim.mkdir()
     (content / REPORT_DIR).symlink_to(victim)
     image = tmp_path / "stick.img"
-    make_image(image, label, content)
+    make_image(image, label, content, filesystem="ext4")  # symlinks need a filesystem that has them
 
     watcher = StickWatcher(pbox.state_dir, labels=(label,), filesystems=(LOOP_FS,), require_usb=False,
                            mount_root=tmp_path / "media")
