@@ -36,6 +36,9 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(box, clients
         capture_output=True, text=True, timeout=600, env=env,
     )
     output = result.stdout + result.stderr
+    artifacts = Path(__file__).parent / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "schemathesis.txt").write_text(output)  # the whole run, for whoever reads a failure
     assert result.returncode == 0, output[-6000:]
     generated = re.search(r"(\d+) generated, (\d+) passed", output)
     assert generated and int(generated.group(1)) > 500 and generated.group(1) == generated.group(2), output[-3000:]
