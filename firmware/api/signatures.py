@@ -35,7 +35,9 @@ def _serialize(signature: HashSignature) -> dict:
     return out
 
 
-class SignatureResource:
+class _HashSigningResource:
+    """What the single and the batch endpoint share: options, signing, the 201 response."""
+
     scope = "hash"
 
     def __init__(self, service: HashSigningService, default_level: str) -> None:
@@ -46,33 +48,34 @@ class SignatureResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, _MAX_BODY)
         algorithm, level, profile = _options(body, self._default_level)
-        digest = b64decode(field(body, "hash", str), "hash")
-        [signature] = self._service.sign(
-            req.context.client.id, [HashSignRequest(algorithm, digest, level, profile)]
-        )
+        requests = [HashSignRequest(algorithm, digest, level, profile) for digest in self._digests(body)]
+        signatures = self._service.sign(req.context.client.id, requests)
         resp.status = falcon.HTTP_201
-        resp.media = _serialize(signature)
+        resp.media = self._response([_serialize(s) for s in signatures])
+
+    def _digests(self, body: dict) -> list[bytes]:
+        raise NotImplementedError
+
+    def _response(self, signatures: list[dict]) -> dict:
+        raise NotImplementedError
 
 
-class SignatureBatchResource:
+class SignatureResource(_HashSigningResource):
+    def _digests(self, body: dict) -> list[bytes]:
+        return [b64decode(field(body, "hash", str), "hash")]
+
+    def _response(self, signatures: list[dict]) -> dict:
+        return signatures[0]
+
+
+class SignatureBatchResource(_HashSigningResource):
     """Many hashes in one call, for bulk jobs such as a month's bills."""
 
-    scope = "hash"
-
-    def __init__(self, service: HashSigningService, default_level: str) -> None:
-        """``default_level``: the level of requests that name none ([signing] default_level)."""
-        self._service = service
-        self._default_level = default_level if default_level != Level.B_LTA.value else Level.B_LT.value
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json(req, _MAX_BODY)
-        algorithm, level, profile = _options(body, self._default_level)
+    def _digests(self, body: dict) -> list[bytes]:
         hashes = field(body, "hashes", list)
         if not all(isinstance(h, str) for h in hashes):
             raise InvalidRequest("field 'hashes' must be a list of base64 strings")
-        requests = [
-            HashSignRequest(algorithm, b64decode(h, f"hashes[{i}]"), level, profile) for i, h in enumerate(hashes)
-        ]
-        signatures = self._service.sign(req.context.client.id, requests)
-        resp.status = falcon.HTTP_201
-        resp.media = {"signatures": [_serialize(s) for s in signatures]}
+        return [b64decode(h, f"hashes[{i}]") for i, h in enumerate(hashes)]
+
+    def _response(self, signatures: list[dict]) -> dict:
+        return {"signatures": signatures}
