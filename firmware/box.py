@@ -22,7 +22,7 @@ from .api.signatures import SignatureBatchResource, SignatureResource
 from .api.openapi import OpenApiResource
 from .api.usage import UsageResource
 from .config import BoxConfig, ConfigError
-from .csc.routes import add_csc_routes
+from .csc.routes import CscSessions, add_csc_routes
 from .signing.hash_signing import HashSigningService
 from .signing.pdf_signing import PdfSigningService
 from .signing.raw_signing import RawSigningService
@@ -56,6 +56,7 @@ class Box:
     hash_signing: HashSigningService
     pdf_signing: PdfSigningService
     raw_signing: RawSigningService
+    csc_sessions: CscSessions
 
     @classmethod
     def open(cls, config: BoxConfig) -> "Box":
@@ -64,7 +65,8 @@ class Box:
 
     @classmethod
     def assemble(
-        cls, config: BoxConfig, token: Token, db: Database, clients: ClientRegistry, ledger: SignatureLedger
+        cls, config: BoxConfig, token: Token, db: Database, clients: ClientRegistry, ledger: SignatureLedger,
+        csc_sessions: CscSessions | None = None,
     ) -> "Box":
         """The signing services for ``config`` around an open token and database (the console's
         key rollover reassembles them without closing the token's logged-in session)."""
@@ -76,7 +78,8 @@ class Box:
         pdf_signing = PdfSigningService(signer, timestamper, revocation, ledger, config.max_pdf_bytes)
         raw_signing = RawSigningService(token, signer, ledger)
         return cls(
-            config, token, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing
+            config, token, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing,
+            csc_sessions or CscSessions(),
         )
 
     def app(self) -> falcon.App:
@@ -92,7 +95,7 @@ class Box:
         app.add_route("/v1/usage", UsageResource(self.db, self.clients))
         app.add_route("/openapi.json", OpenApiResource())
         add_csc_routes(
-            app, signer=self.signer, raw_signing=self.raw_signing, hash_signing=self.hash_signing,
+            app, sessions=self.csc_sessions, signer=self.signer, raw_signing=self.raw_signing, hash_signing=self.hash_signing,
             timestamper=self.timestamper, clients=self.clients,
         )
         return app

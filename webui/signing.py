@@ -3,8 +3,8 @@
 Key rollover and settings changes restart the signing service *inside* the process: a new Box
 is assembled from the new box.toml around the same token connection and database, checked with a
 test signature, and then swapped in. Requests already running finish on the old objects; the
-next request uses the new ones; the listener never closes, so no request is refused. In-memory
-state of the old app is dropped with it: CSC access tokens and SADs must be requested again.
+next request uses the new ones; the listener never closes, so no request is refused. CSC access
+tokens carry over; a SAD names its credential (the key), so one issued for the old key is refused.
 
 The token connection is shared, not reopened: closing the logged-in session of the old one
 would log every session of the token out (see the field notes).
@@ -20,9 +20,9 @@ from firmware.keys import check_chain
 
 
 def reassemble(old: Box, config: BoxConfig) -> Box:
-    """A Box for ``config`` sharing ``old``'s token, database, client registry and ledger."""
+    """A Box for ``config`` sharing ``old``'s token, database, clients, ledger and CSC sessions."""
     check_chain(old.token, config.key_label, load_certificates(config.chain_file))
-    box = Box.assemble(config, old.token, old.db, old.clients, old.ledger)
+    box = Box.assemble(config, old.token, old.db, old.clients, old.ledger, old.csc_sessions)
     # One test signature on the real path: the key is there, usable and of the certificate's type.
     box.signer.sign_data(b"esignbox rollover check", "sha256")
     return box

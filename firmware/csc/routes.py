@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import falcon
 
 from ..signing.hash_signing import MAX_BATCH, HashSigningService
@@ -17,9 +19,19 @@ from .tokens import AccessTokens
 from .versions import V1, V2
 
 
+@dataclass
+class CscSessions:
+    """Access tokens and SADs: process state that outlives a reassembly of the signing services
+    (the console's key rollover), so CSC clients stay logged in across it."""
+
+    tokens: AccessTokens = field(default_factory=AccessTokens)
+    sads: SadStore = field(default_factory=SadStore)
+
+
 def add_csc_routes(
     app: falcon.App,
     *,
+    sessions: CscSessions,
     signer: TokenSigner,
     raw_signing: RawSigningService,
     hash_signing: HashSigningService,
@@ -28,9 +40,9 @@ def add_csc_routes(
 ) -> None:
     """Both versions share one token and SAD store: a token from v1's login works on v2."""
     services = CscServices(
-        auth=CscAuth(clients, AccessTokens()),
+        auth=CscAuth(clients, sessions.tokens),
         credential=Credential(signer, raw_signing, multisign=MAX_BATCH),
-        sads=SadStore(),
+        sads=sessions.sads,
         raw_signing=raw_signing,
         hash_signing=hash_signing,
         timestamper=timestamper,
