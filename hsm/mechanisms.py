@@ -55,7 +55,10 @@ def check_digest(digest: bytes, hash_algorithm: str) -> None:
         raise UnsupportedDigest(f"a {hash_algorithm} digest is {size} bytes, got {len(digest)}")
 
 
-def sign_operation(scheme: SignatureScheme, hash_algorithm: str, digest: bytes) -> SignOperation:
+def sign_operation(
+    scheme: SignatureScheme, hash_algorithm: str, digest: bytes, salt_length: int | None = None
+) -> SignOperation:
+    """``salt_length`` (PSS only) defaults to the digest length, the usual choice."""
     check_digest(digest, hash_algorithm)
     if scheme is SignatureScheme.RSA_PKCS1V15:
         # PKCS#1 v1.5 requires the explicit NULL parameters; asn1crypto omits them for None.
@@ -66,7 +69,8 @@ def sign_operation(scheme: SignatureScheme, hash_algorithm: str, digest: bytes) 
     if scheme is SignatureScheme.RSA_PSS:
         # python-pkcs11 defaults PSS to SHA-1; always state hash, MGF and salt (= digest length).
         hash_mech, mgf = _PSS_PARAMS[hash_algorithm]
-        return SignOperation(Mechanism.RSA_PKCS_PSS, (hash_mech, mgf, len(digest)), digest, False)
+        salt = len(digest) if salt_length is None else salt_length
+        return SignOperation(Mechanism.RSA_PKCS_PSS, (hash_mech, mgf, salt), digest, False)
     if scheme is SignatureScheme.ECDSA:
         return SignOperation(Mechanism.ECDSA, None, digest, True)
     raise ValueError(f"unknown signature scheme {scheme!r}")

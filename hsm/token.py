@@ -195,9 +195,12 @@ class Token:
         raise AssertionError("unreachable")
 
     # -- signing ----------------------------------------------------------------------------
-    def sign_digest(self, key_label: str, digest: bytes, hash_algorithm: str, scheme: SignatureScheme) -> bytes:
+    def sign_digest(
+        self, key_label: str, digest: bytes, hash_algorithm: str, scheme: SignatureScheme,
+        salt_length: int | None = None,
+    ) -> bytes:
         """Sign a precomputed digest. ECDSA signatures come back DER-encoded, as CMS wants them."""
-        op = sign_operation(scheme, hash_algorithm, digest)
+        op = sign_operation(scheme, hash_algorithm, digest, salt_length)
 
         def sign(worker: _Worker) -> bytes:
             raw = worker.private_key(key_label).sign(op.payload, mechanism=op.mechanism, mechanism_param=op.param)

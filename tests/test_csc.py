@@ -148,11 +148,11 @@ class _BoxAuthorization(CSCAuthorizationManager):
             return self.parse_csc_auth_response(await response.json())
 
 
-async def _sign_pdf_through_csc(box_url: str, token: str, box_config, pdf: bytes) -> bytes:
+async def _sign_pdf_through_csc(box_url: str, token: str, box_config, pdf: bytes, prefer_pss: bool = False) -> bytes:
     async with aiohttp.ClientSession() as session:
         session_info = CSCServiceSessionInfo(box_url, box_config.key_label, oauth_token=token)
         credential_info = await fetch_certs_in_csc_credential(session, session_info)
-        signer = CSCSigner(session, _BoxAuthorization(session_info, credential_info, session))
+        signer = CSCSigner(session, _BoxAuthorization(session_info, credential_info, session), prefer_pss=prefer_pss)
         metadata = PdfSignatureMetadata(
             field_name="Signature1", md_algorithm="sha256", subfilter=SigSeedSubFilter.PADES,
             embed_validation_info=True,
@@ -171,9 +171,10 @@ async def _validate_offline(signed: bytes, box_config):
     return await async_validate_pdf_signature(reader.embedded_signatures[0], signer_validation_context=context)
 
 
-def test_pyhanko_csc_signer_signs_a_pades_b_lt_pdf_through_the_box(csc, box, box_config, tmp_path):
+@pytest.mark.parametrize("prefer_pss", [False, True], ids=["pkcs1v15", "pss"])
+def test_pyhanko_csc_signer_signs_a_pades_b_lt_pdf_through_the_box(csc, box, box_config, tmp_path, prefer_pss):
     before = _raw_count(box_config, csc.client_id)
-    signed = asyncio.run(_sign_pdf_through_csc(box.url, csc.token, box_config, make_pdf(pages=2)))
+    signed = asyncio.run(_sign_pdf_through_csc(box.url, csc.token, box_config, make_pdf(pages=2), prefer_pss))
     (tmp_path / "signed.pdf").write_bytes(signed)
 
     pdfsig = subprocess.run(["pdfsig", str(tmp_path / "signed.pdf")], capture_output=True, text=True)
@@ -347,7 +348,14 @@ def test_v2_sign_hash_with_pss_and_clear_errors_for_algorithms_the_key_cannot_do
     public_key.verify(base64.b64decode(response.json()["signatures"][0]), b"v2 document",
                       padding.PKCS1v15(), hashes.SHA256())
 
-    wrong_salt = algos.RSASSAPSSParams({**pss.native, "salt_length": 222})
+    # pyHanko's CSCSigner asks for the largest salt the key allows: 256 - 32 - 2 for RSA-2048/SHA-256.
+    largest = algos.RSASSAPSSParams({**pss.native, "salt_length": 222})
+    response = sign(signAlgo=RSASSA_PSS, signAlgoParams=_b64(largest.dump()))
+    assert response.status_code == 200, response.text
+    public_key.verify(base64.b64decode(response.json()["signatures"][0]), b"v2 document",
+                      padding.PSS(padding.MGF1(hashes.SHA256()), 222), hashes.SHA256())
+
+    wrong_salt = algos.RSASSAPSSParams({**pss.native, "salt_length": 223})
     for fields, needle in [
         ({"signAlgo": ECDSA_SHA256}, "RSA key"),
         ({"signAlgo": RSA_ENCRYPTION}, "needs the hash algorithm"),

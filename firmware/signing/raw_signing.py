@@ -39,6 +39,7 @@ class RawAlgorithm:
 
     scheme: SignatureScheme
     hash_algorithm: str
+    salt_length: int | None = None  # RSASSA-PSS only; None: the digest length
 
 
 def digest_algorithm(oid: str) -> str:
@@ -49,11 +50,11 @@ def digest_algorithm(oid: str) -> str:
     return name
 
 
-def _pss_hash(params_der: bytes | None) -> str:
-    """The hash of RSASSA-PSS parameters the token can honour exactly.
+def _pss_parameters(params_der: bytes | None, key_bits: int) -> tuple[str, int]:
+    """Hash and salt length of RSASSA-PSS parameters the token can honour exactly.
 
-    The token signs PSS with MGF1 over the same hash and a salt as long as the digest; parameters
-    that say otherwise would describe a signature the box did not make.
+    The token signs PSS with MGF1 over the signature's own hash; any salt length the key size
+    allows (RFC 8017: at most emLen - hLen - 2) is fine — pyHanko's CSCSigner asks for the maximum.
     """
     if params_der is None:
         raise InvalidRequest("RSASSA-PSS needs signAlgoParams (DER RSASSA-PSS-params, base64)")
@@ -67,14 +68,14 @@ def _pss_hash(params_der: bytes | None) -> str:
     mgf = params["mask_gen_algorithm"]
     if mgf["algorithm"] != "mgf1" or mgf["parameters"]["algorithm"] != name:
         raise InvalidRequest(f"RSASSA-PSS must use MGF1 with {name}, the signature's own hash")
-    if params["salt_length"] != DIGEST_SIZES[name]:
+    largest = (key_bits - 1 + 7) // 8 - DIGEST_SIZES[name] - 2
+    if not 0 <= params["salt_length"] <= largest:
         raise InvalidRequest(
-            f"RSASSA-PSS salt length must be {DIGEST_SIZES[name]} (the digest length) for {name}; "
-            f"got {params['salt_length']}"
+            f"RSASSA-PSS salt length must be 0 to {largest} for {name} with this key; got {params['salt_length']}"
         )
     if params["trailer_field"] != "trailer_field_bc":
         raise InvalidRequest("RSASSA-PSS trailer field must be 1")
-    return name
+    return name, params["salt_length"]
 
 
 def _same_hash(implied: str, hash_oid: str | None) -> str:
@@ -107,7 +108,8 @@ class RawSigningService:
                 raise InvalidRequest(f"signAlgo {RSA_ENCRYPTION} (rsaEncryption) needs the hash algorithm OID")
             return RawAlgorithm(SignatureScheme.RSA_PKCS1V15, digest_algorithm(hash_algo))
         if self._key_type == "rsa" and sign_algo == RSASSA_PSS:
-            return RawAlgorithm(SignatureScheme.RSA_PSS, _same_hash(_pss_hash(params), hash_algo))
+            name, salt = _pss_parameters(params, self._signer.signing_cert.public_key.bit_size)
+            return RawAlgorithm(SignatureScheme.RSA_PSS, _same_hash(name, hash_algo), salt)
         raise InvalidRequest(
             f"signAlgo {sign_algo!r} cannot be made with the box's {self._key_type.upper()} key; "
             f"use one of {', '.join(self.supported_algorithms())}"
@@ -132,7 +134,8 @@ class RawSigningService:
         self._ledger.admit(client_id, len(digests))
         label = self._signer.key_label
         signatures = [
-            self._token.sign_digest(label, digest, algorithm.hash_algorithm, algorithm.scheme) for digest in digests
+            self._token.sign_digest(label, digest, algorithm.hash_algorithm, algorithm.scheme, algorithm.salt_length)
+            for digest in digests
         ]
         self._ledger.record(
             [
