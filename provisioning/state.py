@@ -235,12 +235,6 @@ class ProvisioningState:
             if number not in keep:
                 shutil.rmtree(self.generation_dir(number), ignore_errors=True)
 
-    def read_generation_state(self, number: int | None) -> dict | None:
-        if number is None:
-            return None
-        path = self.generation_dir(number) / "state.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
 
 def box_id_path(state_dir: Path) -> Path:
     return Path(state_dir) / "box-id"

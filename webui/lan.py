@@ -103,10 +103,6 @@ class LanPolicy:
     def __init__(self, networks: list[IPNetwork]) -> None:
         self.networks = networks
 
-    @classmethod
-    def from_settings(cls, allow: Iterable[str], interfaces: list[InterfaceAddress] | None = None) -> "LanPolicy":
-        return cls(allowed_networks(allow, interface_addresses() if interfaces is None else interfaces))
-
     def allows(self, peer: str | None) -> bool:
         address = parse_peer(peer)
         if address is None:

@@ -27,10 +27,6 @@ class FallbackTimeStamper(TimeStamper):
         super().__init__()
         self._stampers = [RequestsHTTPTimeStamper(url, timeout=timeout_s) for url in urls]
 
-    @property
-    def urls(self) -> list[str]:
-        return [stamper.url for stamper in self._stampers]
-
     async def async_request_tsa_response(self, req: tsp.TimeStampReq) -> tsp.TimeStampResp:
         failures = []
         for stamper in self._stampers:

@@ -76,12 +76,6 @@ class SignatureLedger:
         if metering.check(self._db.connect(), client_id, count):
             self._unlimited[client_id] = time.monotonic() + _UNLIMITED_RECHECK_S
 
-    def count(self, client_id: str | None = None) -> int:
-        conn = self._db.connect()
-        if client_id is None:
-            return conn.execute("SELECT COUNT(*) FROM signatures").fetchone()[0]
-        return conn.execute("SELECT COUNT(*) FROM signatures WHERE client_id = ?", (client_id,)).fetchone()[0]
-
     def _commit(self, job: _Job) -> None:
         with self._pending_lock:
             self._pending.append(job)
