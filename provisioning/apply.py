@@ -414,7 +414,7 @@ def apply_bundle(state: ProvisioningState, verified: VerifiedBundle, tokens: Tok
             result.actions.extend(client_actions)
             entries.append(audit.AuditEntry(ACTOR, "provision.apply", None, {
                 "counter": m.counter, "bundle": raw.digest, "key_id": verified.key_id, "generation": number,
-                "previous": result.previous, "sections": m.sections(), "source": source,
+                "previous": result.previous, "sections": m.sections(), "source": source, "any_box": m.any_box,
             }))
             audit.append(conn, entries)
         committed = True

@@ -72,8 +72,13 @@ def cmd_make_bundle(args) -> None:
         "expires_at": (now + timedelta(days=args.valid_days)).isoformat(),
     })
     files: dict[str, bytes] = {}
+    if bool(args.box_serial) == bool(args.any_box):
+        raise SystemExit("name the box the bundle is for with --box-serial, or make it apply to every box"
+                         " trusting the key with --any-box (one of the two)")
     if args.box_serial:
         manifest["box_serial"] = args.box_serial
+    else:
+        manifest["any_box"] = True
     if args.box_name:
         manifest["box_name"] = args.box_name
     network = manifest.get("network", {})
@@ -275,7 +280,9 @@ def add_parser(sub) -> None:
     c.add_argument("--settings", help="JSON with manifest sections (box_name, network, services, clients, …)")
     c.add_argument("--counter", type=int, help="replay counter, above the last one applied (default: Unix time)")
     c.add_argument("--valid-days", type=float, default=7, help="the bundle expires after this (default 7)")
-    c.add_argument("--box-serial", help="bind the bundle to one box (its token serial or box-id)")
+    c.add_argument("--box-serial", help="bind the bundle to one box (its token serial or box-id); or --any-box")
+    c.add_argument("--any-box", action="store_true",
+                   help="let every box that trusts the key apply the bundle (the report and audit log say so)")
     c.add_argument("--box-name")
     c.add_argument("--hostname")
     c.add_argument("--dhcp", action="store_true")

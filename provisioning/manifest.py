@@ -9,7 +9,9 @@ exist. Sections that are absent leave that part of the box as it is.
       "counter": 1732612345,                       # > the last applied counter (replay guard)
       "created_at": "2025-11-26T10:00:00+00:00",
       "expires_at": "2025-12-03T10:00:00+00:00",   # refused afterwards
-      "box_serial": "9f3c…",                       # optional: only this box applies it
+      "box_serial": "9f3c…",                       # only this box applies it, or instead:
+      "any_box": true,                             # any box trusting the key applies it (said on
+                                                   # the report and in the audit log)
       "box_name": "signing-box-hq",
       "network": {"hostname": "esign-hq", "mode": "static", "address": "192.0.2.10/24",
                   "gateway": "192.0.2.1", "dns": ["192.0.2.53"], "ntp": ["ntp.example"],
@@ -89,7 +91,8 @@ class Manifest:
     counter: int
     created_at: datetime
     expires_at: datetime
-    box_serial: str | None
+    box_serial: str | None  # None only when any_box is set: the binding is always explicit
+    any_box: bool
     box_name: str | None
     network: Network | None
     admin_setup_code: str | None
@@ -273,7 +276,7 @@ def parse(data: bytes, files: set[str]) -> Manifest:
 
 
 def _parse(data: bytes, files: set[str]) -> Manifest:
-    top = {"format", "counter", "created_at", "expires_at", "box_serial", "box_name", "network", "admin",
+    top = {"format", "counter", "created_at", "expires_at", "box_serial", "any_box", "box_name", "network", "admin",
            "services", "clients", "trust_roots", "signing_chain", "key_request"}
     m = _object(_strict_json(data), "manifest", top, {"format", "counter", "created_at", "expires_at"})
     if m["format"] != FORMAT:
@@ -281,6 +284,16 @@ def _parse(data: bytes, files: set[str]) -> Manifest:
     created, expires = _time(m["created_at"], "created_at"), _time(m["expires_at"], "expires_at")
     if expires <= created:
         _fail("expires_at", "must be after created_at")
+    box_serial = _text(m.get("box_serial"), "box_serial", 128, nullable=True)
+    any_box = m.get("any_box", False)
+    if not isinstance(any_box, bool):
+        _fail("any_box", "must be true or false")
+    if box_serial is None and not any_box:
+        # A stick that any box trusting the key applies is a choice to make on purpose, not the
+        # default of a forgotten field: a lost stick could otherwise reconfigure every box.
+        _fail("box_serial", "required: name the box this bundle is for, or set any_box: true")
+    if box_serial is not None and any_box:
+        _fail("any_box", "give box_serial or any_box: true, not both")
     used: set[str] = set()
 
     setup_code = None
@@ -329,7 +342,7 @@ def _parse(data: bytes, files: set[str]) -> Manifest:
     return Manifest(
         counter=_int(m["counter"], "counter", 1, MAX_COUNTER),
         created_at=created, expires_at=expires,
-        box_serial=_text(m.get("box_serial"), "box_serial", 128, nullable=True),
+        box_serial=box_serial, any_box=any_box,
         box_name=_text(m["box_name"], "box_name", 64) if "box_name" in m else None,
         network=_network(m["network"]) if "network" in m else None,
         admin_setup_code=setup_code, services=services, clients=clients,

@@ -32,6 +32,7 @@ class Report:
     code: str | None = None
     time: str = field(default_factory=_now)
     box_serial: str | None = None
+    any_box: bool | None = None  # the bundle was made for any box trusting its key, not this one
     box_name: str | None = None
     trusted_key_id: str | None = None
     bundle_digest: str | None = None
@@ -58,6 +59,8 @@ class Report:
                              ("generation", self.generation)):
             if value is not None:
                 lines.append(f"{label + ':':17}{value}")
+        if self.any_box:
+            lines.append(f"{'binding:':17}any box trusting the provisioning key (any_box), not this box's serial")
         lines += [f"  - {action}" for action in self.actions]
         if self.files:
             lines.append("files written next to this report: " + ", ".join(self.files))

@@ -135,7 +135,7 @@ def _attempt(state, tokens, source, limits, now, copy) -> Outcome:
             last = state.record()
             report.last_counter = last.counter if last else None
             verified = verify(raw, trusted, last, tokens.serial, now)
-            report.counter = verified.manifest.counter
+            report.counter, report.any_box = verified.manifest.counter, verified.manifest.any_box
             result = apply_bundle(state, verified, tokens, str(source))
         except AlreadyApplied as exc:
             report.result, report.code, report.message = "already-applied", exc.code, exc.reason

@@ -1,7 +1,7 @@
 """Every check a bundle must pass before any of it is applied; the first failure is the reason.
 
 Order: signed at all → by the trusted key → signature over the digest list → manifest valid →
-meant for this box → not a replay → not expired → its files parse. The manifest is parsed only
+meant for this box → not a replay → not created in the future → not expired → its files parse. The manifest is parsed only
 after the signature checked out, so nothing unauthenticated is interpreted beyond the framing.
 """
 
@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from asn1crypto import pem, x509
@@ -23,7 +23,11 @@ from .errors import ProvisioningRefused
 from .manifest import Manifest
 from .state import Record
 
-__all__ = ["AlreadyApplied", "ProvisioningRefused", "VerifiedBundle", "load_pem_certificates", "verify"]
+__all__ = ["AlreadyApplied", "CLOCK_SKEW", "ProvisioningRefused", "VerifiedBundle", "load_pem_certificates", "verify"]
+
+# How far the admin PC's clock may run ahead of the box's. A bundle "created" further in the future
+# is refused: a forged date would otherwise stretch its validity window at will.
+CLOCK_SKEW = timedelta(minutes=10)
 
 
 class AlreadyApplied(ProvisioningRefused):
@@ -105,6 +109,13 @@ def verify(
             "replay", f"counter {manifest.counter} is not above the last applied counter {last.counter}"
         )
     now = now or datetime.now(timezone.utc)
+    if manifest.created_at > now + CLOCK_SKEW:
+        raise ProvisioningRefused(
+            "not-yet-valid",
+            f"the bundle says it was created at {manifest.created_at.isoformat()}, but the box clock reads "
+            f"{now.isoformat(timespec='seconds')}: either the bundle is forged in time or the box clock is wrong "
+            "(set the clock, e.g. let it synchronise by NTP, then try again)",
+        )
     if now >= manifest.expires_at:
         raise ProvisioningRefused("expired", f"the bundle expired at {manifest.expires_at.isoformat()}")
 

@@ -48,10 +48,15 @@ BOX_ID = "BOX-TEST-0001"
 
 # -- helpers --------------------------------------------------------------------------------------
 
-def new_manifest(counter: int, valid: timedelta = timedelta(days=7), **sections) -> dict:
-    now = datetime.now(timezone.utc).replace(microsecond=0)
-    return {"format": "esignbox-bundle/1", "counter": counter, "created_at": now.isoformat(),
-            "expires_at": (now + valid).isoformat(), **sections}
+def new_manifest(counter: int, valid: timedelta = timedelta(days=7), created_in: timedelta = timedelta(0),
+                 **sections) -> dict:
+    """A manifest bound to the test box (BOX_ID) unless the test names another binding."""
+    created = datetime.now(timezone.utc).replace(microsecond=0) + created_in
+    if "any_box" not in sections:
+        sections.setdefault("box_serial", BOX_ID)
+    sections = {name: value for name, value in sections.items() if value is not None}
+    return {"format": "esignbox-bundle/1", "counter": counter, "created_at": created.isoformat(),
+            "expires_at": (created + valid).isoformat(), **sections}
 
 
 def make_bundle(path: Path, key, counter: int, files: dict[str, bytes] | None = None, **sections) -> Path:
@@ -359,6 +364,30 @@ def test_box_serial_is_the_token_serial_without_a_box_id_file(pbox: ProvBox, tmp
     assert report.result == "applied" and report.box_serial == serial
 
 
+def test_bundle_without_a_box_binding_is_refused(pbox: ProvBox, tmp_path: Path):
+    report = refused(pbox, make_bundle(tmp_path / "b", pbox.key, 1, box_serial=None), "invalid-content")
+    assert "box_serial" in report.message and "any_box" in report.message
+    both = make_bundle(tmp_path / "both", pbox.key, 1, box_serial=BOX_ID, any_box=True)
+    assert "not both" in refused(pbox, both, "invalid-content").message
+    refused(pbox, make_bundle(tmp_path / "false", pbox.key, 1, box_serial=None, any_box=False), "invalid-content")
+
+
+def test_bundle_for_any_box_applies_and_says_so(pbox: ProvBox, tmp_path: Path):
+    report = pbox.provision(make_bundle(tmp_path / "b", pbox.key, 1, box_serial=None, any_box=True))
+    assert report.result == "applied" and report.any_box is True
+    assert "any box" in report.to_text()
+    applied = [details for _, action, details in pbox.audit_actions() if action == "provision.apply"]
+    assert applied[-1]["any_box"] is True
+
+
+def test_bundle_created_in_the_future_is_refused(pbox: ProvBox, tmp_path: Path):
+    future = make_bundle(tmp_path / "future", pbox.key, 1, created_in=timedelta(days=30), valid=timedelta(days=7))
+    report = refused(pbox, future, "not-yet-valid")
+    assert "created" in report.message and "clock" in report.message
+    # a few minutes of skew between the admin PC and the box is normal
+    assert pbox.provision(make_bundle(tmp_path / "skew", pbox.key, 1, created_in=timedelta(minutes=3))).result == "applied"
+
+
 def test_no_trusted_key_refuses_everything(pbox: ProvBox, tmp_path: Path):
     pkeys.trusted_key_path(pbox.state_dir).unlink()
     refused(pbox, make_bundle(tmp_path / "b", pbox.key, 1, box_name="x"), "no-trusted-key")
@@ -650,6 +679,8 @@ def test_cli_keygen_make_sign_apply(pbox: ProvBox, tmp_path: Path, box_config: B
     assert enrolled.returncode == 1 and "already enrolled" in enrolled.stderr
     esignbox("--state-dir", str(pbox.state_dir), "provision", "enroll", "--replace", "prov.pub")
 
+    unbound = esignbox("provision", "make-bundle", "--out", "unbound", "--box-name", "x", check=False)
+    assert unbound.returncode != 0 and "--box-serial" in unbound.stderr and "--any-box" in unbound.stderr
     made = esignbox("provision", "make-bundle", "--out", "bundle", "--box-serial", BOX_ID, "--box-name", "cli-box",
                     "--dhcp", "--hostname", "esign-cli", "--api-port", "9555", "--tsa-url", "http://t.example/tsr",
                     "--client", "erp:hash,pdf:1000", "--keys-out", "keys.txt",
