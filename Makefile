@@ -6,6 +6,8 @@ VENV          ?= .venv
 STATE_DIR     ?= var
 APT_PACKAGES  := softhsm2 poppler-utils qpdf openssl wrk nginx-light chromium
 BIN           := $(VENV)/bin
+# A fresh box's unattended-upgrades may hold the package lock for minutes: wait for it, don't fail.
+APT_WAIT      := -o DPkg::Lock::Timeout=300
 
 .PHONY: run test bench system-deps clean
 
@@ -26,7 +28,7 @@ system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  apt-get $(APT_WAIT) update -qq && DEBIAN_FRONTEND=noninteractive apt-get $(APT_WAIT) install -y -qq $$missing; \
 	fi
 
 $(VENV)/.installed: pyproject.toml | system-deps
