@@ -22,6 +22,8 @@ from .api.signatures import SignatureBatchResource, SignatureResource
 from .api.openapi import OpenApiResource
 from .api.usage import UsageResource
 from .config import BoxConfig, ConfigError
+from .errors import InvalidRequest
+from .keys import check_chain
 from .csc.routes import CscSessions, add_csc_routes
 from .signing.hash_signing import HashSigningService
 from .signing.pdf_signing import PdfSigningService
@@ -71,6 +73,13 @@ class Box:
         """The signing services for ``config`` around an open token and database (the console's
         key rollover reassembles them without closing the token's logged-in session)."""
         chain = load_certificates(config.chain_file)
+        try:  # a chain for another key would make every signature fail while health said ok
+            check_chain(token, config.key_label, chain)
+        except InvalidRequest as exc:
+            raise ConfigError(
+                f"{config.chain_file}: {exc}; install the chain issued for this key (esignbox import-chain)"
+                " or switch [signing] key_label back to the key it was issued for"
+            ) from exc
         signer = TokenSigner(token, config.key_label, chain, prefer_pss=config.prefer_pss)
         timestamper = FallbackTimeStamper(config.tsa_urls) if config.tsa_urls else None
         revocation = RevocationService(load_certificates(config.trust_roots_file))

@@ -68,7 +68,7 @@ def cmd_serve(args) -> None:
             from .devbox import init_dev
             from .devpki import DevPki, PkiServer
 
-            config = init_dev(Path(args.state_dir), pki_port=args.pki_port, console=True)
+            config = init_dev(Path(args.state_dir), pki_port=args.pki_port, api_port=args.port, console=True)
             pki_server = PkiServer(DevPki(config.state_dir / "pki", f"http://127.0.0.1:{config.pki_port}"),
                                    config.pki_port)
             pki_server.start()
@@ -228,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("init-dev", help="create a dev token, key and PKI in the state directory")
     s.add_argument("--pki-port", type=int, help="port of the dev PKI servers (default 9180)")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--port", type=int, help="API port written into a new box.toml (default 8080)")
     s.add_argument("--key-algorithm", choices=[a.value for a in KeyAlgorithm], default="rsa2048")
     s.set_defaults(func=cmd_init_dev)
 

@@ -24,6 +24,7 @@ from .devpki import DevPki
 DEV_TOKEN_LABEL = "esignbox-dev"
 DEV_KEY_LABEL = "box-signing"
 DEFAULT_PKI_PORT = 9180
+DEFAULT_API_PORT = 8080
 SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
                    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so")
 
@@ -122,14 +123,15 @@ def _init_softhsm(state_dir: Path) -> TokenConfig:
 def init_dev(
     state_dir: Path,
     pki_port: int | None = None,
-    api_port: int = 8080,
+    api_port: int | None = None,
     key_algorithm: KeyAlgorithm = KeyAlgorithm.RSA_2048,
     console: bool = False,
 ) -> BoxConfig:
     """Create (or reuse) everything a development box needs in ``state_dir``.
 
     An existing box keeps its PKI port unless another is asked for: the port is part of the
-    URLs inside the issued certificates. ``console=True`` (the CLI's choice) enables the admin
+    URLs inside the issued certificates; ``api_port`` is written only into a new box.toml.
+    ``console=True`` (the CLI's choice) enables the admin
     console in box.toml; library callers such as the tests get it disabled, so that a test box
     does not listen on the LAN.
     """
@@ -148,8 +150,12 @@ def init_dev(
         token.close()
     pki = DevPki(state_dir / "pki", f"http://127.0.0.1:{pki_port}")
     pki.ensure(key.public_key_info)
-    _write_config(state_dir, pki_port, api_port, pki.tsa_url(), console=console)
+    _write_config(state_dir, pki_port, api_port or DEFAULT_API_PORT, pki.tsa_url(), console=console)
     config = BoxConfig.load(state_dir)
-    config.chain_file.write_bytes(b"".join(pem.armor("CERTIFICATE", der) for der in pki.box_chain()))
-    config.trust_roots_file.write_bytes(pem.armor("CERTIFICATE", pki.root_cert()))
+    # Only what is missing: after a key rollover the chain file holds the new key's chain, and
+    # the next `make run` must not put the dev key's chain back over it.
+    if not config.chain_file.exists():
+        config.chain_file.write_bytes(b"".join(pem.armor("CERTIFICATE", der) for der in pki.box_chain()))
+    if not config.trust_roots_file.exists():
+        config.trust_roots_file.write_bytes(pem.armor("CERTIFICATE", pki.root_cert()))
     return config
