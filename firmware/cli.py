@@ -144,11 +144,15 @@ def _scopes(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+_CLIENT_COLUMNS = "{:12}  {:24}  {:9}  {:20}  {:16}  {}"
+CLIENT_HEADER = _CLIENT_COLUMNS.format("ID", "NAME", "SCOPES", "CALLS", "RATES", "STATE")
+
+
 def _show_client(client) -> str:
     state = "active" if client.active else f"disabled {client.disabled_at}"
     calls = "unlimited" if client.calls_purchased is None else f"{client.calls_used}/{client.calls_purchased} calls"
     rates = ", ".join(f"{v}/{unit}" for v, unit in ((client.rate_per_minute, "min"), (client.rate_per_day, "day")) if v)
-    return f"{client.id}  {client.name:24}  {','.join(client.scopes):9}  {calls:20}  {rates or 'no rate limit':16}  {state}"
+    return _CLIENT_COLUMNS.format(client.id, client.name, ",".join(client.scopes), calls, rates or "no rate limit", state)
 
 
 def cmd_clients(args) -> None:
@@ -159,6 +163,7 @@ def cmd_clients(args) -> None:
                                        rate_per_minute=args.rate_per_minute, rate_per_day=args.rate_per_day)
         print(f"{_show_client(client)}\nIts API key, shown only now:\n{api_key}")
     elif args.action == "list":
+        print(CLIENT_HEADER)
         for client in registry.list():
             print(_show_client(client))
     elif args.action == "rotate":
@@ -191,9 +196,10 @@ def cmd_usage(args) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'day':10}  {'client':12}  {'endpoint':8}  signatures")
+    print(f"{'DAY':10}  {'CLIENT':12}  {'NAME':24}  {'ENDPOINT':8}  SIGNATURES")
     for row in rows:
-        print(f"{row['day']:10}  {row['client_id']:12}  {row['kind']:8}  {row['signatures']:>10}")
+        print(f"{row['day']:10}  {row['client_id']:12}  {row['client_name'] or '':24}  {row['endpoint']:8}"
+              f"  {row['signatures']:>10}")
 
 
 def cmd_audit(args) -> None:
@@ -223,75 +229,81 @@ def cmd_audit(args) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="esignbox", description="E-signature Box operator commands")
-    p.add_argument("--state-dir", default=os.environ.get("ESIGNBOX_STATE_DIR", "var"))
+    p.add_argument("--state-dir", default=os.environ.get("ESIGNBOX_STATE_DIR", "var"),
+                   help="the box's state directory with box.toml and box.db (default: $ESIGNBOX_STATE_DIR or var)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("init-dev", help="create a dev token, key and PKI in the state directory")
     s.add_argument("--pki-port", type=int, help="port of the dev PKI servers (default 9180)")
     s.add_argument("--port", type=int, help="API port written into a new box.toml (default 8080)")
-    s.add_argument("--key-algorithm", choices=[a.value for a in KeyAlgorithm], default="rsa2048")
+    s.add_argument("--key-algorithm", choices=[a.value for a in KeyAlgorithm], default="rsa2048",
+                   help="algorithm of the dev signing key (default rsa2048)")
     s.set_defaults(func=cmd_init_dev)
 
     s = sub.add_parser("serve", help="serve the signing API")
     s.add_argument("--dev", action="store_true", help="set up and start the dev token and PKI first")
     s.add_argument("--pki-port", type=int, help="with --dev, on a new state dir: port of the dev PKI (default 9180)")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
+    s.add_argument("--host", help="address the API listens on (default: [api] host in box.toml)")
+    s.add_argument("--port", type=int, help="API port (default: [api] port in box.toml)")
     s.add_argument("--no-console", action="store_true", help="do not start the admin console ([console] in box.toml)")
-    s.set_defaults(func=cmd_serve)
+    s.set_defaults(func=cmd_serve, log_info=True)
 
     s = sub.add_parser("pki-serve", help="serve the dev PKI (TSA, OCSP, CRLs) in the foreground")
-    s.set_defaults(func=cmd_pki_serve)
+    s.set_defaults(func=cmd_pki_serve, log_info=True)
 
     s = sub.add_parser("keygen", help="generate a key pair on the token")
-    s.add_argument("--label", required=True)
-    s.add_argument("--algorithm", choices=[a.value for a in KeyAlgorithm], default="rsa2048")
+    s.add_argument("--label", required=True, help="label of the new key on the token, e.g. box-2027")
+    s.add_argument("--algorithm", choices=[a.value for a in KeyAlgorithm], default="rsa2048",
+                   help="key type (default rsa2048)")
     s.set_defaults(func=cmd_keygen)
 
     s = sub.add_parser("csr", help="write a CSR signed by a token key")
-    s.add_argument("--label")
+    s.add_argument("--label", help="the token key to certify (default: the active signing key)")
     s.add_argument("--subject", required=True, help="e.g. 'CN=Signing Box,O=Example Ltd,C=BE'")
-    s.add_argument("--out")
+    s.add_argument("--out", help="write the CSR (PEM) to this file instead of standard output")
     s.set_defaults(func=cmd_csr)
 
     s = sub.add_parser("import-chain", help="install the CA-issued chain (leaf first) for the signing key")
-    s.add_argument("file")
+    s.add_argument("file", help="PEM file with the issued certificate first, then its CA certificates")
     s.set_defaults(func=cmd_import_chain)
 
     s = sub.add_parser("clients", help="manage API clients, their scopes and quotas")
     csub = s.add_subparsers(dest="action", required=True)
     c = csub.add_parser("add", help="create a client and print its key (once)")
-    c.add_argument("name")
+    c.add_argument("name", help="a name that says which system uses the key, e.g. billing")
     c.add_argument("--scopes", default="hash,pdf", help="hash, pdf or both (default)")
     c.add_argument("--calls", type=int, help="calls it may make (default: [metering] free_calls)")
     c.add_argument("--unlimited", action="store_true", help="no total call limit")
-    c.add_argument("--rate-per-minute", type=int)
-    c.add_argument("--rate-per-day", type=int)
-    csub.add_parser("list")
-    for action in ("disable", "enable", "rotate"):
-        csub.add_parser(action).add_argument("client_id")
+    c.add_argument("--rate-per-minute", type=int, help="signatures allowed per minute")
+    c.add_argument("--rate-per-day", type=int, help="signatures allowed per UTC day")
+    csub.add_parser("list", help="every client with its scopes, quota, rates and state")
+    for action, text in (("disable", "stop a client's key working (reversible)"),
+                         ("enable", "let a disabled client sign again"),
+                         ("rotate", "give a client a new key; the old one stops working at once")):
+        csub.add_parser(action, help=text).add_argument("client_id", help="the client's id (see clients list)")
     c = csub.add_parser("limits", help="change quotas (0 removes a rate limit)")
-    c.add_argument("client_id")
+    c.add_argument("client_id", help="the client's id (see clients list)")
     c.add_argument("--calls", type=int, help="set the total of purchased calls")
     c.add_argument("--add-calls", type=int, default=0, help="top up the purchased calls")
-    c.add_argument("--unlimited", action="store_true")
-    c.add_argument("--rate-per-minute", type=int)
-    c.add_argument("--rate-per-day", type=int)
-    c = csub.add_parser("scopes")
-    c.add_argument("client_id")
+    c.add_argument("--unlimited", action="store_true", help="remove the total call limit")
+    c.add_argument("--rate-per-minute", type=int, help="signatures allowed per minute (0: no limit)")
+    c.add_argument("--rate-per-day", type=int, help="signatures allowed per UTC day (0: no limit)")
+    c = csub.add_parser("scopes", help="set which endpoint families a client may use")
+    c.add_argument("client_id", help="the client's id (see clients list)")
     c.add_argument("scopes", help="hash, pdf or hash,pdf")
     s.set_defaults(func=cmd_clients)
 
     s = sub.add_parser("usage", help="signatures per client, endpoint and day")
-    s.add_argument("--client")
-    s.add_argument("--days", type=int, default=31)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--client", help="only this client id")
+    s.add_argument("--days", type=int, default=31, help="how many days back (default 31)")
+    s.add_argument("--json", action="store_true", help="JSON instead of a table")
     s.set_defaults(func=cmd_usage)
 
     s = sub.add_parser("audit", help="verify, export or anchor the audit log")
     asub = s.add_subparsers(dest="action", required=True)
     asub.add_parser("verify", help="check the hash chain and its anchors; exit 1 on a break")
-    asub.add_parser("export", help="JSON lines on stdout").add_argument("--after", type=int, default=0)
+    asub.add_parser("export", help="JSON lines on stdout").add_argument(
+        "--after", type=int, default=0, metavar="SEQ", help="only entries after this sequence number")
     asub.add_parser("anchor", help="timestamp the chain's head now")
     s.set_defaults(func=cmd_audit)
 
@@ -301,9 +313,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(exc: Exception) -> str:
+    """What went wrong, for a person: the message, not the exception's class."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc) or f"unexpected {type(exc).__name__} (ESIGNBOX_DEBUG=1 shows where)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
+    # The services log what they do; an operator's one-off command should print only its result.
+    level = logging.INFO if getattr(args, "log_info", False) else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
     except KeyboardInterrupt:
@@ -311,6 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an operator gets one line, not a traceback
         if os.environ.get("ESIGNBOX_DEBUG"):
             raise
-        print(f"esignbox: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"esignbox: {_one_line(exc)}", file=sys.stderr)
         return 1
     return 0

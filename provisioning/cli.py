@@ -183,6 +183,8 @@ def cmd_apply(args) -> None:
     from .report import write_report
     from .service import provision_copied
 
+    if args.report_dir and not Path(args.report_dir).is_dir():
+        raise SystemExit(f"esignbox: report directory {args.report_dir} does not exist; nothing was applied")
     outcome = provision_copied(Path(args.state_dir), Path(args.bundle))
     if args.report_dir:
         write_report(Path(args.report_dir), outcome.report, outcome.files)
@@ -271,7 +273,7 @@ def add_parser(sub) -> None:
 
     c = psub.add_parser("keygen", help="(admin PC) create the provisioning key pair")
     c.add_argument("--out", required=True, help="path prefix: writes PREFIX.key (0600) and PREFIX.pub")
-    c.add_argument("--algorithm", choices=pkeys.ALGORITHMS, default="ed25519")
+    c.add_argument("--algorithm", choices=pkeys.ALGORITHMS, default="ed25519", help="key type (default ed25519)")
     c.add_argument("--passphrase-file", help="encrypt the private key with the passphrase in this file")
     c.set_defaults(func=cmd_keygen)
 
@@ -283,57 +285,59 @@ def add_parser(sub) -> None:
     c.add_argument("--box-serial", help="bind the bundle to one box (its token serial or box-id); or --any-box")
     c.add_argument("--any-box", action="store_true",
                    help="let every box that trusts the key apply the bundle (the report and audit log say so)")
-    c.add_argument("--box-name")
-    c.add_argument("--hostname")
-    c.add_argument("--dhcp", action="store_true")
+    c.add_argument("--box-name", help="the box's display name ([box] name)")
+    c.add_argument("--hostname", help="the box's host name on the LAN")
+    c.add_argument("--dhcp", action="store_true", help="take the address from DHCP")
     c.add_argument("--address", help="static address with prefix, e.g. 192.0.2.10/24")
-    c.add_argument("--gateway")
-    c.add_argument("--dns", action="append")
-    c.add_argument("--ntp", action="append")
-    c.add_argument("--api-host")
-    c.add_argument("--api-port", type=int)
+    c.add_argument("--gateway", help="default gateway, with --address")
+    c.add_argument("--dns", action="append", help="DNS server address (repeat for more)")
+    c.add_argument("--ntp", action="append", help="NTP server (repeat for more)")
+    c.add_argument("--api-host", help="address the signing API listens on ([api] host)")
+    c.add_argument("--api-port", type=int, help="port of the signing API ([api] port)")
     c.add_argument("--setup-code", help="one-time admin console set-up code (first set-up of a box only)")
     c.add_argument("--generate-setup-code", action="store_true", help="make a set-up code and print it")
-    c.add_argument("--tsa-url", dest="tsa_urls", action="append")
-    c.add_argument("--ocsp-url", dest="ocsp_urls", action="append")
-    c.add_argument("--crl-url", dest="crl_urls", action="append")
+    c.add_argument("--tsa-url", dest="tsa_urls", action="append", help="RFC 3161 TSA URL, tried in order (repeat)")
+    c.add_argument("--ocsp-url", dest="ocsp_urls", action="append", help="OCSP responder URL (repeat)")
+    c.add_argument("--crl-url", dest="crl_urls", action="append", help="CRL URL (repeat)")
     c.add_argument("--client", action="append", help="NAME[:SCOPES[:CALLS|unlimited]]; a key is generated here")
     c.add_argument("--keys-out", help="also write the generated API keys to this new 0600 file")
     c.add_argument("--trust-roots", help="PEM file of trusted root certificates")
     c.add_argument("--chain", help="PEM chain issued for a token key, leaf first")
     c.add_argument("--chain-key-label", help="the token key the chain certifies")
     c.add_argument("--key-request", metavar="LABEL", help="ask the box to generate this key and write its CSR")
-    c.add_argument("--key-algorithm", default="ec-p256", choices=["rsa2048", "rsa3072", "ec-p256", "ec-p384"])
+    c.add_argument("--key-algorithm", default="ec-p256", choices=["rsa2048", "rsa3072", "ec-p256", "ec-p384"],
+                   help="algorithm of the key the box generates (default ec-p256)")
     c.add_argument("--subject", help="CSR subject, e.g. 'CN=Signing Box,O=Example Ltd,C=BE'")
     c.set_defaults(func=cmd_make_bundle)
 
     c = psub.add_parser("sign-bundle", help="(admin PC) sign a bundle directory with the provisioning key")
-    c.add_argument("bundle")
+    c.add_argument("bundle", help="the bundle directory make-bundle wrote")
     c.add_argument("--key", required=True, help="the provisioning private key (PEM)")
-    c.add_argument("--passphrase-file")
+    c.add_argument("--passphrase-file", help="file holding the private key's passphrase")
     c.add_argument("--tar", help="also write the signed bundle as one tar file")
     c.set_defaults(func=cmd_sign_bundle)
 
     c = psub.add_parser("enroll", help="(box) trust this provisioning public key; the first one wins")
-    c.add_argument("public_key")
+    c.add_argument("public_key", help="the PREFIX.pub file `provision keygen` wrote")
     c.add_argument("--replace", action="store_true", help="replace a different key already enrolled")
     c.set_defaults(func=cmd_enroll)
 
     c = psub.add_parser("apply", help="(box) verify and apply a bundle directory, tar or stick root")
-    c.add_argument("bundle")
+    c.add_argument("bundle", help="bundle directory, bundle tar, or the root of a mounted stick")
     c.add_argument("--report-dir", help="also write esignbox-report/ into this directory")
     c.set_defaults(func=cmd_apply)
 
     def stick_options(c) -> None:
         c.add_argument("--label", action="append", help="filesystem label to accept (default ESIGNBOX)")
         c.add_argument("--filesystem", action="append", help="filesystem type to accept (default vfat, exfat)")
-        c.add_argument("--mount-root", default="/run/esignbox/media")
+        c.add_argument("--mount-root", default="/run/esignbox/media", help="where sticks are mounted read-only")
         c.add_argument("--any-bus", action="store_true", help="accept non-USB block devices (testing only)")
 
     c = psub.add_parser("watch", help="(box, root) watch for provisioning sticks and apply their bundles")
     stick_options(c)
-    c.add_argument("--source", choices=["auto", "udev", "kernel"], default="auto")
-    c.set_defaults(func=cmd_watch)
+    c.add_argument("--source", choices=["auto", "udev", "kernel"], default="auto",
+                   help="where device events come from (default: udev if running, else kernel uevents)")
+    c.set_defaults(func=cmd_watch, log_info=True)
 
     c = psub.add_parser("stick", help="(box, root) provision from one stick now, e.g. from a udev-started unit")
     c.add_argument("device", help="block device, e.g. /dev/sdb1")

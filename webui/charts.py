@@ -28,7 +28,7 @@ def usage_chart(rows: list[dict], names: dict[str, str], days: int = 30, today: 
                 max_series: int = 6) -> Markup:
     """Stacked bars: signatures per day for the last ``days`` days, one colour per client.
 
-    ``rows`` as metering.usage() returns them (client_id, kind, day, signatures).
+    ``rows`` as metering.usage() returns them (client_id, client_name, endpoint, day, signatures).
     """
     today = today or dt.datetime.now(dt.timezone.utc).date()
     first = today - dt.timedelta(days=days - 1)

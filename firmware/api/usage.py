@@ -25,7 +25,7 @@ class UsageResource:
                 "rate_per_day": client.rate_per_day,
             },
             "usage": [
-                {"endpoint": row["kind"], "day": row["day"], "signatures": row["signatures"]}
+                {"endpoint": row["endpoint"], "day": row["day"], "signatures": row["signatures"]}
                 for row in metering.usage(self._db.connect(), client.id, days)
             ],
         }

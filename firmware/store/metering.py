@@ -84,12 +84,13 @@ def charge(conn: sqlite3.Connection, client_id: str, count: int) -> None:
 
 
 def usage(conn: sqlite3.Connection, client_id: str | None = None, days: int = 31) -> list[dict]:
-    """Signatures per client, per endpoint (kind), per UTC day, newest day first."""
+    """Signatures per client (id and name), per endpoint, per UTC day, newest day first."""
     since = (datetime.now(timezone.utc) - timedelta(days=days)).date().isoformat()
     query = (
-        "SELECT client_id, kind, substr(created_at, 1, 10) AS day, COUNT(*) AS signatures"
-        " FROM signatures WHERE created_at >= ?" + (" AND client_id = ?" if client_id else "") +
-        " GROUP BY client_id, kind, day ORDER BY day DESC, client_id, kind"
+        "SELECT s.client_id, c.name AS client_name, s.kind AS endpoint, substr(s.created_at, 1, 10) AS day,"
+        " COUNT(*) AS signatures FROM signatures s LEFT JOIN clients c ON c.id = s.client_id"
+        " WHERE s.created_at >= ?" + (" AND s.client_id = ?" if client_id else "") +
+        " GROUP BY s.client_id, s.kind, day ORDER BY day DESC, s.client_id, s.kind"
     )
     params = (since, client_id) if client_id else (since,)
     return [dict(row) for row in conn.execute(query, params)]
