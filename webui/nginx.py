@@ -8,22 +8,31 @@ waitress trusts that header only from 127.0.0.1, so the LAN check sees the real 
 Everything nginx needs is generated into <state>/console/nginx/: its configuration, pid file,
 error and access logs and temporary directories; `-e` sends even start-up errors there instead
 of /var/log/nginx. The master process is sent SIGTERM when the box stops, and dies with it if
-the box is killed (PR_SET_PDEATHSIG).
+the box is killed (PR_SET_PDEATHSIG). If nginx dies on its own (OOM killer, a crash, an operator's
+kill), a watcher thread logs why and starts it again with a growing pause, so the console comes
+back without anyone at the box; `status()` tells health and the dashboard how often that happened.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ipaddress
+import logging
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+_RESTART_PAUSES_S = (0.5, 1, 2, 5, 10, 30)  # after the 1st, 2nd, ... failure in a row; then the last
 
 
 class NginxError(RuntimeError):
@@ -101,6 +110,10 @@ class NginxFront:
         self.cert_file, self.key_file = cert_file, key_file
         self.binary = find_nginx(binary)
         self._process: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.restarts = 0
+        self.last_failure: str | None = None  # when and why nginx last died on its own
 
     @property
     def conf_path(self) -> Path:
@@ -122,10 +135,18 @@ class NginxFront:
         check = subprocess.run(self._command("-t", "-q"), capture_output=True, text=True)
         if check.returncode != 0:
             raise NginxError(f"nginx refused its configuration: {(check.stderr or self._log_tail()).strip()}")
+        self._launch(timeout)
+        self._stopping.clear()
+        self._watcher = threading.Thread(target=self._watch, name="nginx-watch", daemon=True)
+        self._watcher.start()
+        return self
+
+    def _launch(self, timeout: float) -> None:
         self._process = subprocess.Popen(
             self._command("-g", "daemon off; master_process on;"),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            start_new_session=True,  # its own process group: workers orphaned by a killed master can be found
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -133,10 +154,42 @@ class NginxFront:
                 self._process = None
                 raise NginxError(f"nginx exited at start: {self._log_tail()}")
             if all(self._accepting(a) for a in self.addresses):
-                return self
+                return
             time.sleep(0.05)
-        self.stop()
+        self._terminate()
         raise NginxError(f"nginx did not listen within {timeout:.0f} s: {self._log_tail()}")
+
+    def _watch(self) -> None:
+        """Start nginx again whenever it exits without being asked to."""
+        failures_in_a_row = 0
+        while not self._stopping.is_set():
+            process = self._process
+            code = process.wait() if process is not None else None
+            if self._stopping.is_set():
+                return
+            if process is not None:  # a master killed outright leaves workers holding the port
+                _kill_group(process.pid)
+            self.restarts += 1
+            when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            self.last_failure = f"{when}: nginx exited ({_exit_reason(code)})"
+            pause = _RESTART_PAUSES_S[min(failures_in_a_row, len(_RESTART_PAUSES_S) - 1)]
+            log.error("admin console's nginx exited (%s); starting it again in %s s. Its log ends: %s",
+                      _exit_reason(code), pause, self._log_tail(500).strip())
+            if self._stopping.wait(pause):
+                return
+            try:
+                self._launch(timeout=15.0)
+                failures_in_a_row = 0
+                log.warning("admin console's nginx is running again (restart %d)", self.restarts)
+            except NginxError as exc:
+                failures_in_a_row += 1
+                self._process = None
+                self.last_failure = f"{when}: nginx could not be started again: {exc}"
+                log.error("%s", self.last_failure)
+
+    def status(self) -> dict[str, object]:
+        """For health and the dashboard: is the console's front up, and how often it had to be restarted."""
+        return {"running": self.running(), "restarts": self.restarts, "last_failure": self.last_failure}
 
     def _accepting(self, address: str) -> bool:
         try:
@@ -158,6 +211,10 @@ class NginxFront:
             self._process.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
+        self._stopping.set()
+        self._terminate()
+
+    def _terminate(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()  # SIGTERM: fast shutdown of master and workers
@@ -173,3 +230,18 @@ class NginxFront:
     def _log_tail(self, size: int = 2000) -> str:
         path = self.directory / "error.log"
         return path.read_text(errors="replace")[-size:] if path.exists() else "(no error log)"
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "not running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
