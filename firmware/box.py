@@ -24,6 +24,7 @@ from .api.usage import UsageResource
 from .config import BoxConfig, ConfigError
 from .errors import InvalidRequest
 from .keys import check_chain
+from .outbound import apply_outbound
 from .csc.routes import CscSessions, add_csc_routes
 from .signing.hash_signing import HashSigningService
 from .signing.pdf_signing import PdfSigningService
@@ -72,6 +73,7 @@ class Box:
     ) -> "Box":
         """The signing services for ``config`` around an open token and database (the console's
         key rollover reassembles them without closing the token's logged-in session)."""
+        apply_outbound(config.outbound)
         chain = load_certificates(config.chain_file)
         try:  # a chain for another key would make every signature fail while health said ok
             check_chain(token, config.key_label, chain)

@@ -11,6 +11,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from hsm import TokenConfig
 
@@ -80,6 +81,35 @@ class ConsoleSettings:
 
 
 @dataclass(frozen=True)
+class OutboundSettings:
+    """``[outbound]``: how the box reaches TSAs, OCSP responders and CRL servers.
+
+    ``proxy`` is the organisation's HTTP proxy (http://host:port, credentials allowed in the
+    URL); ``no_proxy`` lists hosts reached directly (comma-separated, as curl reads it). Unset,
+    the box uses the http_proxy/https_proxy/no_proxy its service was started with, if any.
+    """
+
+    proxy: str | None = None
+    no_proxy: str | None = None
+
+    @classmethod
+    def from_toml(cls, raw: dict) -> "OutboundSettings":
+        proxy = raw.get("proxy") or None
+        if proxy is not None:
+            check_proxy_url(str(proxy))
+        no_proxy = raw.get("no_proxy") or None
+        return cls(proxy=proxy, no_proxy=None if no_proxy is None else str(no_proxy))
+
+
+def check_proxy_url(url: str) -> str:
+    """The one rule for a proxy setting, for box.toml and the console alike."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(f"[outbound] proxy must be an http(s)://host:port URL, not {url!r}")
+    return url
+
+
+@dataclass(frozen=True)
 class BoxConfig:
     state_dir: Path
     api_host: str
@@ -98,6 +128,7 @@ class BoxConfig:
     default_level: str = "B-T"  # [signing] default_level, set from the admin console
     stamp_text: str = ""  # [signing] stamp_text: the default text of a visible PDF stamp
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
 
     @property
     def database(self) -> Path:
@@ -148,6 +179,7 @@ class BoxConfig:
                 default_level=str(signing.get("default_level", "B-T")),
                 stamp_text=str(signing.get("stamp_text", "")),
                 console=ConsoleSettings.from_toml(raw.get("console", {}), resolve),
+                outbound=OutboundSettings.from_toml(raw.get("outbound", {})),
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: missing setting {exc}") from exc

@@ -396,6 +396,36 @@ def test_settings_page_writes_box_toml(admin: Admin, console_box: ConsoleBox):
     assert signed.status_code == 201 and signed.json()["level"] == "B-B", signed.text
 
 
+def test_settings_page_sets_the_outbound_proxy_without_showing_its_password(admin: Admin, console_box: ConsoleBox):
+    page = admin.page
+    page.goto(console_box.url + "/settings")
+    page.fill("input[name=proxy]", "ftp://proxy.example")
+    page.click("form[action='/settings/outbound'] button")
+    assert "must be an http(s)://host:port URL" in flash(page)
+    page.fill("input[name=proxy]", "http://box:s3cret@127.0.0.1:3128")
+    page.fill("input[name=no_proxy]", "localhost,.internal")
+    page.click("form[action='/settings/outbound'] button")
+    assert "Proxy saved" in flash(page)
+    raw = tomllib.loads((console_box.state_dir / "box.toml").read_text())
+    assert raw["outbound"] == {"proxy": "http://box:s3cret@127.0.0.1:3128", "no_proxy": "localhost,.internal"}
+    page.goto(console_box.url + "/settings")
+    assert page.input_value("input[name=proxy]") == "http://box:****@127.0.0.1:3128"
+    assert "s3cret" not in page.content()
+    page.fill("input[name=no_proxy]", "localhost")
+    page.click("form[action='/settings/outbound'] button")  # the masked URL posted back keeps the password
+    assert "Proxy saved" in flash(page)
+    raw = tomllib.loads((console_box.state_dir / "box.toml").read_text())
+    assert raw["outbound"] == {"proxy": "http://box:s3cret@127.0.0.1:3128", "no_proxy": "localhost"}
+    entry = [e for e in audit_entries(console_box, admin) if e["action"] == "settings.change"][-1]
+    assert "s3cret" not in str(entry)
+    page.goto(console_box.url + "/settings")
+    page.fill("input[name=proxy]", "")
+    page.fill("input[name=no_proxy]", "")
+    page.click("form[action='/settings/outbound'] button")
+    assert "Proxy saved" in flash(page)
+    assert tomllib.loads((console_box.state_dir / "box.toml").read_text()).get("outbound", {}) == {}
+
+
 def test_peer_outside_the_allow_list_is_refused(console_box: ConsoleBox):
     # The console listens on 127.0.0.2 too; a request from 127.0.0.1 to it is fine...
     inside = https(console_box).get(f"https://127.0.0.2:{console_box.port}/login", timeout=10)

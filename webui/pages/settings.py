@@ -6,6 +6,7 @@ import urllib.parse
 
 import falcon
 
+from firmware.config import ConfigError, check_proxy_url
 from firmware.signing.levels import Level
 
 from .. import tls
@@ -33,7 +34,43 @@ class Settings(Page):
         for item in interface_addresses():
             interfaces.setdefault(item.interface, []).append(item)
         c.render(req, resp, "settings.html", nav="settings", config=c.config, levels=[lv.value for lv in Level],
-                 interfaces=interfaces, tls=c.tls)
+                 interfaces=interfaces, tls=c.tls, proxy_shown=_without_password(c.config.outbound.proxy))
+
+
+def _without_password(url: str | None) -> str:
+    """The proxy URL as the page shows it: a password in it is replaced by ****."""
+    if not url:
+        return ""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:****@{host}"))
+
+
+class OutboundSettings(Page):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        c = self.console
+        form = req.context.form
+        old = c.config.outbound
+        proxy = form.get("proxy").strip() or None
+        if proxy is not None and proxy == _without_password(old.proxy):
+            proxy = old.proxy  # the page showed ****: the stored password stays
+        no_proxy = form.get("no_proxy").strip() or None
+        try:
+            if proxy is not None:
+                check_proxy_url(proxy)
+        except ConfigError as exc:
+            self.failed(req, "/settings", f"Not saved: {exc}.")
+        if (proxy, no_proxy) == (old.proxy, old.no_proxy):
+            self.done(req, "/settings", "Nothing changed.")
+        try:
+            c.change_config(req, {"outbound": {"proxy": proxy, "no_proxy": no_proxy}}, "settings.change",
+                            {"outbound_proxy": {"from": _without_password(old.proxy) or None,
+                                                "to": _without_password(proxy) or None}})
+        except Exception as exc:  # the old box.toml is back in place; say what went wrong
+            self.failed(req, "/settings", f"Not saved, box.toml is unchanged: {exc}")
+        self.done(req, "/settings", "Proxy saved to box.toml; TSA, OCSP and CRL requests use it from now on.")
 
 
 class SigningSettings(Page):
@@ -109,5 +146,6 @@ class Password(Page):
 def add_routes(app: falcon.App, console) -> None:
     app.add_route("/settings", Settings(console))
     app.add_route("/settings/signing", SigningSettings(console))
+    app.add_route("/settings/outbound", OutboundSettings(console))
     app.add_route("/settings/tls", TlsSettings(console))
     app.add_route("/settings/password", Password(console))
