@@ -26,6 +26,7 @@ from .errors import InvalidRequest
 from .keys import check_chain
 from .outbound import apply_outbound
 from .csc.routes import CscSessions, add_csc_routes
+from .signing.clock import ClockWatch
 from .signing.hash_signing import HashSigningService
 from .signing.pdf_signing import PdfSigningService
 from .signing.raw_signing import RawSigningService
@@ -50,6 +51,7 @@ def load_certificates(path) -> list[x509.Certificate]:
 class Box:
     config: BoxConfig
     token: Token
+    clock: ClockWatch
     signer: TokenSigner
     timestamper: FallbackTimeStamper | None
     revocation: RevocationService
@@ -82,14 +84,17 @@ class Box:
                 f"{config.chain_file}: {exc}; install the chain issued for this key (esignbox import-chain)"
                 " or switch [signing] key_label back to the key it was issued for"
             ) from exc
-        signer = TokenSigner(token, config.key_label, chain, prefer_pss=config.prefer_pss)
-        timestamper = FallbackTimeStamper(config.tsa_urls) if config.tsa_urls else None
+        clock = ClockWatch(config.max_clock_skew_s)
+        signer = TokenSigner(token, config.key_label, chain, prefer_pss=config.prefer_pss, clock=clock)
+        timestamper = FallbackTimeStamper(config.tsa_urls, clock=clock) if config.tsa_urls else None
+        if timestamper is not None:
+            clock.probe = timestamper.probe
         revocation = RevocationService(load_certificates(config.trust_roots_file))
         hash_signing = HashSigningService(signer, timestamper, revocation, ledger)
         pdf_signing = PdfSigningService(signer, timestamper, revocation, ledger, config.max_pdf_bytes)
         raw_signing = RawSigningService(token, signer, ledger)
         return cls(
-            config, token, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing,
+            config, token, clock, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing,
             csc_sessions or CscSessions(),
         )
 

@@ -125,6 +125,7 @@ class BoxConfig:
     pki_port: int | None
     free_calls: int
     anchor_interval_s: float
+    max_clock_skew_s: float = 60.0  # [signing] max_clock_skew_seconds: against the TSA's genTime
     default_level: str = "B-T"  # [signing] default_level, set from the admin console
     stamp_text: str = ""  # [signing] stamp_text: the default text of a visible PDF stamp
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
@@ -176,6 +177,7 @@ class BoxConfig:
                 pki_port=raw.get("dev", {}).get("pki_port"),
                 free_calls=int(metering.get("free_calls", 100)),
                 anchor_interval_s=float(audit.get("anchor_interval_minutes", 60)) * 60,
+                max_clock_skew_s=float(signing.get("max_clock_skew_seconds", 60)),
                 default_level=str(signing.get("default_level", "B-T")),
                 stamp_text=str(signing.get("stamp_text", "")),
                 console=ConsoleSettings.from_toml(raw.get("console", {}), resolve),

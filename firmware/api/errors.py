@@ -14,6 +14,7 @@ import falcon
 from hsm import KeyNotFound, TokenError, TokenUnavailable, UnsupportedDigest
 
 from ..errors import InvalidRequest
+from ..signing.clock import ClockSkewed
 from ..signing.revocation import CertificateRevoked, RevocationUnavailable
 from ..signing.timestamps import TimestampUnavailable
 from ..store.clients import ClientError
@@ -39,6 +40,7 @@ _MAPPING: list[tuple[type[Exception], str, str]] = [
     (Refusal, falcon.HTTP_403, "scope_denied"),
     (UnsupportedDigest, falcon.HTTP_400, "invalid_hash"),
     (TimestampUnavailable, falcon.HTTP_503, "timestamp_unavailable"),
+    (ClockSkewed, falcon.HTTP_503, "clock_skewed"),
     (RevocationUnavailable, falcon.HTTP_503, "revocation_unavailable"),
     (CertificateRevoked, falcon.HTTP_503, "signing_certificate_revoked"),
     (TokenUnavailable, falcon.HTTP_503, "token_unavailable"),

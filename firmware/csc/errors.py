@@ -17,6 +17,7 @@ from hsm import KeyNotFound, TokenError, TokenUnavailable, UnsupportedDigest
 
 from ..api.errors import ApiError
 from ..errors import InvalidRequest
+from ..signing.clock import ClockSkewed
 from ..signing.revocation import CertificateRevoked, RevocationUnavailable
 from ..signing.timestamps import TimestampUnavailable
 from ..store.metering import Refusal
@@ -37,6 +38,7 @@ _MAPPING: list[tuple[type[Exception], str, str]] = [
     (SadRefused, falcon.HTTP_400, "invalid_request"),
     (CertificateRevoked, falcon.HTTP_400, "invalid_request"),  # the spec's "credential unusable" case
     (TimestampUnavailable, falcon.HTTP_503, "temporarily_unavailable"),
+    (ClockSkewed, falcon.HTTP_503, "temporarily_unavailable"),
     (RevocationUnavailable, falcon.HTTP_503, "temporarily_unavailable"),
     (TokenUnavailable, falcon.HTTP_503, "temporarily_unavailable"),
     (KeyNotFound, falcon.HTTP_503, "temporarily_unavailable"),

@@ -2,16 +2,23 @@
 
 One TSA being down must not stop the box from producing B-T signatures when another is
 configured; when all are down the caller gets TimestampUnavailable and no signature is released.
+Every answer's genTime is also a reading of the box's clock (see clock.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
+import time
 
 from asn1crypto import tsp
 from pyhanko.sign.timestamps.api import TimeStamper
 from pyhanko.sign.timestamps.common_utils import TimestampRequestError
 from pyhanko.sign.timestamps.requests_client import RequestsHTTPTimeStamper
+
+from .clock import ClockWatch
 
 log = logging.getLogger(__name__)
 
@@ -21,24 +28,54 @@ class TimestampUnavailable(RuntimeError):
 
 
 class FallbackTimeStamper(TimeStamper):
-    def __init__(self, urls: list[str], timeout_s: float = 10.0) -> None:
+    def __init__(self, urls: list[str], timeout_s: float = 10.0, clock: ClockWatch | None = None) -> None:
         if not urls:
             raise ValueError("at least one TSA URL is needed")
         super().__init__()
         self._stampers = [RequestsHTTPTimeStamper(url, timeout=timeout_s) for url in urls]
+        self._clock = clock
 
     async def async_request_tsa_response(self, req: tsp.TimeStampReq) -> tsp.TimeStampResp:
         failures = []
         for stamper in self._stampers:
             try:
-                return await stamper.async_request_tsa_response(req)
+                sent = time.time()
+                response = await stamper.async_request_tsa_response(req)
             except (TimestampRequestError, OSError) as exc:
                 log.warning("TSA %s failed: %s", stamper.url, exc)
                 failures.append(stamper.url)
+                continue
+            if self._clock is not None and response["status"]["status"].native in ("granted", "granted_with_mods"):
+                self._clock.observe(_gen_time(response), sent, time.time(), stamper.url)
+            return response
         raise TimestampUnavailable(f"no TSA answered (tried {', '.join(failures)})")
+
+    def probe(self) -> None:
+        """One timestamp of nothing in particular, for a fresh clock reading.
+
+        Run in a thread of its own: the caller may be inside a signing request's event loop.
+        """
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(self.async_timestamp(os.urandom(32), "sha256"))
+            except BaseException as exc:  # handed to the caller below
+                failure.append(exc)
+
+        thread = threading.Thread(target=run, name="clock-probe")
+        thread.start()
+        thread.join()
+        if failure:
+            raise failure[0]
 
     async def async_timestamp(self, message_digest: bytes, md_algorithm: str):
         try:
             return await super().async_timestamp(message_digest, md_algorithm)
         except TimestampRequestError as exc:  # a TSA answered, but with a refusal or garbage
             raise TimestampUnavailable(f"timestamp refused: {exc}") from exc
+
+
+def _gen_time(response: tsp.TimeStampResp):
+    info = response["time_stamp_token"]["content"]["encap_content_info"]["content"].parsed
+    return info["gen_time"].native

@@ -15,6 +15,8 @@ from pyhanko_certvalidator.registry import SimpleCertificateStore
 
 from hsm import DIGEST_SIZES, SignatureScheme, Token
 
+from .clock import ClockWatch
+
 
 def _scheme_for(certificate: x509.Certificate, prefer_pss: bool) -> SignatureScheme:
     algorithm = certificate.public_key.algorithm
@@ -42,6 +44,7 @@ class TokenSigner(Signer):
         key_label: str,
         chain: list[x509.Certificate],
         prefer_pss: bool = False,
+        clock: ClockWatch | None = None,
     ) -> None:
         super().__init__(
             prefer_pss=prefer_pss,
@@ -51,6 +54,7 @@ class TokenSigner(Signer):
         self._token = token
         self._key_label = key_label
         self._scheme = _scheme_for(chain[0], prefer_pss)
+        self._clock = clock
 
     @property
     def key_label(self) -> str:
@@ -80,7 +84,9 @@ class TokenSigner(Signer):
         )
 
     def sign_data(self, data: bytes, digest_algorithm: str) -> bytes:
-        """Hash ``data`` here and have the token sign the digest."""
+        """Hash ``data`` here and have the token sign the digest; not while the clock is known to be off."""
+        if self._clock is not None:
+            self._clock.check()
         digest = hashlib.new(digest_algorithm, data).digest()
         return self._token.sign_digest(self._key_label, digest, digest_algorithm, self._scheme)
 
