@@ -79,7 +79,7 @@ class Box:
         raw_signing = RawSigningService(token, signer, ledger)
         return cls(
             config, token, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing,
-            csc_sessions or CscSessions(),
+            csc_sessions or CscSessions.open(db),
         )
 
     def app(self) -> falcon.App:

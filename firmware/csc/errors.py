@@ -19,8 +19,8 @@ from ..api.errors import ApiError
 from ..errors import InvalidRequest
 from ..signing.revocation import CertificateRevoked, RevocationUnavailable
 from ..signing.timestamps import TimestampUnavailable
+from ..store.csc_grants import SadRefused
 from ..store.metering import Refusal
-from .sad import SadRefused
 
 log = logging.getLogger(__name__)
 
