@@ -96,6 +96,6 @@ class Box:
         app.add_route("/openapi.json", OpenApiResource())
         add_csc_routes(
             app, sessions=self.csc_sessions, signer=self.signer, raw_signing=self.raw_signing, hash_signing=self.hash_signing,
-            timestamper=self.timestamper, clients=self.clients,
+            timestamper=self.timestamper, clients=self.clients, ledger=self.ledger,
         )
         return app

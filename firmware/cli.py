@@ -262,7 +262,7 @@ def parser() -> argparse.ArgumentParser:
     csub = s.add_subparsers(dest="action", required=True)
     c = csub.add_parser("add", help="create a client and print its key (once)")
     c.add_argument("name")
-    c.add_argument("--scopes", default="hash,pdf", help="hash, pdf or both (default)")
+    c.add_argument("--scopes", default="hash,pdf", help="comma-separated: hash, pdf, timestamp (default hash,pdf)")
     c.add_argument("--calls", type=int, help="calls it may make (default: [metering] free_calls)")
     c.add_argument("--unlimited", action="store_true", help="no total call limit")
     c.add_argument("--rate-per-minute", type=int)
@@ -279,7 +279,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--rate-per-day", type=int)
     c = csub.add_parser("scopes")
     c.add_argument("client_id")
-    c.add_argument("scopes", help="hash, pdf or hash,pdf")
+    c.add_argument("scopes", help="comma-separated: hash, pdf, timestamp")
     s.set_defaults(func=cmd_clients)
 
     s = sub.add_parser("usage", help="signatures per client, endpoint and day")

@@ -13,6 +13,7 @@ import base64
 import datetime
 import hashlib
 import io
+import json
 import os
 import subprocess
 import threading
@@ -45,6 +46,7 @@ from firmware.signing.token_signer import TokenSigner
 from firmware.store.clients import ClientRegistry
 from firmware.store.csc_grants import AccessTokens, InvalidAccessToken, SadRefused, SadStore
 from firmware.store.db import Database
+from firmware.store.metering import SCOPES
 from firmware.store.ledger import SignatureLedger
 from hsm import KeyAlgorithm, Token
 
@@ -113,7 +115,7 @@ def _assert_csc_error(response: requests.Response, status: int, error: str | Non
 
 @pytest.fixture(scope="module")
 def csc_key(clients) -> str:
-    return clients.add(f"csc-{os.getpid()}")[1]
+    return clients.add(f"csc-{os.getpid()}", scopes=SCOPES)[1]
 
 
 @pytest.fixture(scope="module")
@@ -534,6 +536,53 @@ def test_v2_timestamp_verifies_with_openssl_ts(csc, box_config, tmp_path):
     assert "Verification: OK" in result.stdout, result.stdout + result.stderr
     _assert_csc_error(csc.post("v1", "signatures/timestamp", {"hash": _b64(b"short"), "hashAlgo": SHA256_OID}), 400)
 
+
+
+def _timestamp(session: Csc, document: bytes) -> requests.Response:
+    return session.post("v2", "signatures/timestamp",
+                        {"hash": _b64(hashlib.sha256(document).digest()), "hashAlgo": SHA256_OID})
+
+
+def _last_refusal(box_config, client_id: str) -> dict:
+    row = Database(box_config.database).connect().execute(
+        "SELECT details FROM audit_log WHERE action = 'refusal' AND client_id = ? ORDER BY seq DESC LIMIT 1",
+        (client_id,)).fetchone()
+    return json.loads(row["details"])
+
+
+def test_timestamps_need_the_timestamp_scope_and_are_charged_and_reported(box, clients, box_config):
+    client, key = clients.add(f"csc-tsa-{os.getpid()}")
+    assert client.scopes == ("hash", "pdf")  # not granted by default
+    session = Csc(box.url, client.id, key)
+    _assert_csc_error(_timestamp(session, b"free ride"), 403, "scope_denied")
+    refusal = _last_refusal(box_config, client.id)
+    assert (refusal["path"], refusal["status"]) == ("/csc/v2/signatures/timestamp", 403)
+
+    clients.set_scopes(client.id, ("hash", "timestamp"))
+    clients.set_limits(client.id, calls=2)
+    for n in range(2):
+        assert _timestamp(session, f"stamp {n}".encode()).status_code == 200
+    body = _assert_csc_error(_timestamp(session, b"one too many"), 402, "quota_exhausted")
+    assert "quota" in body["error_description"]
+    assert _last_refusal(box_config, client.id)["status"] == 402
+
+    usage = requests.get(f"{box.url}/v1/usage", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+    assert usage["client"]["calls_used"] == 2 and usage["client"]["scopes"] == ["hash", "timestamp"]
+    assert [(u["endpoint"], u["signatures"]) for u in usage["usage"]] == [("timestamp", 2)]
+    entry = Database(box_config.database).connect().execute(
+        "SELECT actor, details FROM audit_log WHERE action = 'timestamp' AND client_id = ? ORDER BY seq DESC",
+        (client.id,)).fetchone()
+    assert entry["actor"] == f"client:{client.id}"
+    assert json.loads(entry["details"])["document_hash"] == hashlib.sha256(b"stamp 1").hexdigest()
+
+
+def test_timestamps_count_against_the_rate_like_signatures(box, clients):
+    client, key = clients.add(f"csc-tsa-rate-{os.getpid()}", scopes=("hash", "timestamp"), rate_per_minute=2)
+    session = Csc(box.url, client.id, key)
+    assert _sign_v1(session, hashlib.sha256(b"signed first").digest()).status_code == 200
+    assert _timestamp(session, b"then stamped").status_code == 200
+    _assert_csc_error(_timestamp(session, b"over the rate"), 429, "rate_limited")
+    _assert_csc_error(_sign_v1(session, hashlib.sha256(b"signed after").digest()), 429, "rate_limited")
 
 
 # -- ECDSA: the raw-signing service on a real EC key on the token ------------------------------------

@@ -21,13 +21,12 @@ from ..signing.hash_signing import HashSigningService, HashSignRequest
 from ..signing.levels import Level, Profile
 from ..signing.raw_signing import RawSigningService, digest_algorithm
 from ..signing.revocation import ValidationData
-from ..signing.timestamps import FallbackTimeStamper
 from ..store.csc_grants import SadStore
 from ..store.metering import ScopeDenied
 from .auth import Caller, CscAuth
 from .credential import Credential
 from .errors import CscError, to_csc_error
-from .timestamping import timestamp_token
+from .timestamping import TimestampService
 from .versions import CscVersion
 
 _MAX_BODY = 1024 * 1024
@@ -47,7 +46,7 @@ class CscServices:
     sads: SadStore
     raw_signing: RawSigningService
     hash_signing: HashSigningService
-    timestamper: FallbackTimeStamper | None
+    timestamps: TimestampService
 
 
 def _body(req: falcon.Request, form: bool = False) -> dict:
@@ -315,6 +314,10 @@ class SignDocResource(CscResource):
 
 
 class TimestampResource(CscResource):
+    """An RFC 3161 token from the box's TSAs; each is one metered call (quota and rates apply)."""
+
+    scope = "timestamp"
+
     def respond(self, req: falcon.Request, caller: Caller) -> dict:
         body = _body(req)
         digest = b64decode(field(body, "hash", str), "hash")
@@ -322,7 +325,7 @@ class TimestampResource(CscResource):
         nonce = field(body, "nonce", str, required=False)
         if nonce is not None and not _NONCE.fullmatch(nonce):
             raise InvalidRequest("Invalid parameter nonce: up to 64 hex digits")
-        token = timestamp_token(self._csc.timestamper, digest, algorithm, None if nonce is None else int(nonce, 16))
+        token = self._csc.timestamps.stamp(caller.client.id, digest, algorithm, None if nonce is None else int(nonce, 16))
         return {"timestamp": b64(token.dump())}
 
 

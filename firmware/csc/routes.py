@@ -13,9 +13,11 @@ from ..signing.token_signer import TokenSigner
 from ..store.clients import ClientRegistry
 from ..store.csc_grants import AccessTokens, SadStore
 from ..store.db import Database
+from ..store.ledger import SignatureLedger
 from .auth import CscAuth
 from .credential import Credential
 from .resources import CscServices, served
+from .timestamping import TimestampService
 from .versions import V1, V2
 
 
@@ -41,6 +43,7 @@ def add_csc_routes(
     hash_signing: HashSigningService,
     timestamper: FallbackTimeStamper | None,
     clients: ClientRegistry,
+    ledger: SignatureLedger,
 ) -> None:
     """Both versions share one token and SAD store: a token from v1's login works on v2."""
     services = CscServices(
@@ -49,7 +52,7 @@ def add_csc_routes(
         sads=sessions.sads,
         raw_signing=raw_signing,
         hash_signing=hash_signing,
-        timestamper=timestamper,
+        timestamps=TimestampService(timestamper, ledger),
     )
     for version in (V1, V2):
         for name, resource in served(version).items():

@@ -75,6 +75,10 @@ CREATE VIEW IF NOT EXISTS signatures AS
            json_extract(details, '$.level') AS level,
            json_extract(details, '$.profile') AS profile
     FROM audit_log WHERE action = 'signature';
+-- What quotas, rates and usage reports count: each signature and each CSC timestamp is one call.
+CREATE VIEW IF NOT EXISTS metered_calls AS
+    SELECT seq AS id, at AS created_at, client_id, json_extract(details, '$.kind') AS kind
+    FROM audit_log WHERE action IN ('signature', 'timestamp');
 """
 
 

@@ -1,4 +1,5 @@
-"""Quotas and rates per API client, counted in signatures produced.
+"""Quotas and rates per API client, counted in metered calls: signatures produced, and timestamps
+served by the CSC API (view metered_calls).
 
 `check` runs twice for every signing request: once before the token is touched (so an
 over-quota client costs the box nothing) and again inside the transaction that records the
@@ -10,7 +11,11 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
-SCOPES = ("hash", "pdf")
+# hash: hash signing (native and CSC); pdf: PDF signing; timestamp: the CSC timestamp endpoint (a
+# TSA proxy, so only for clients granted it). SCOPES lists every scope, DEFAULT_SCOPES what a new
+# client gets unless its scopes are given.
+SCOPES = ("hash", "pdf", "timestamp")
+DEFAULT_SCOPES = ("hash", "pdf")
 
 
 class Refusal(Exception):
@@ -36,7 +41,7 @@ class RateLimited(Refusal):
 
 def _signed_since(conn: sqlite3.Connection, client_id: str, since: datetime) -> int:
     return conn.execute(
-        "SELECT COUNT(*) FROM audit_log WHERE client_id = ? AND action = 'signature' AND at >= ?",
+        "SELECT COUNT(*) FROM metered_calls WHERE client_id = ? AND created_at >= ?",
         (client_id, since.isoformat(timespec="microseconds")),
     ).fetchone()[0]
 
@@ -84,11 +89,11 @@ def charge(conn: sqlite3.Connection, client_id: str, count: int) -> None:
 
 
 def usage(conn: sqlite3.Connection, client_id: str | None = None, days: int = 31) -> list[dict]:
-    """Signatures per client, per endpoint (kind), per UTC day, newest day first."""
+    """Metered calls per client, per endpoint (kind: hash, pdf, raw, timestamp), per UTC day, newest day first."""
     since = (datetime.now(timezone.utc) - timedelta(days=days)).date().isoformat()
     query = (
         "SELECT client_id, kind, substr(created_at, 1, 10) AS day, COUNT(*) AS signatures"
-        " FROM signatures WHERE created_at >= ?" + (" AND client_id = ?" if client_id else "") +
+        " FROM metered_calls WHERE created_at >= ?" + (" AND client_id = ?" if client_id else "") +
         " GROUP BY client_id, kind, day ORDER BY day DESC, client_id, kind"
     )
     params = (since, client_id) if client_id else (since,)
