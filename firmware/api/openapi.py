@@ -138,7 +138,8 @@ def _native_paths() -> dict[str, Any]:
 
 def _csc_description(resource: type[CscResource]) -> dict[str, str]:
     """What the resource's docstring says, and the client scope it needs."""
-    text = " ".join(filter(None, (resource.__doc__, resource.scope and f"Needs the client's `{resource.scope}` scope.")))
+    scope = resource.scope and f"Needs the client's `{resource.scope}` scope."
+    text = " ".join(filter(None, (resource.__doc__, scope)))
     return {"description": text} if text else {}
 
 

@@ -107,8 +107,9 @@ class CscResource:
             if self.requires_token:
                 caller = self._csc.auth.caller(req)
                 req.context.client = caller.client  # for the refusal audit
-                if self.scope is not None and self.scope not in caller.client.scopes:
-                    raise ScopeDenied(f"the client has no {self.scope!r} scope (its scopes: {', '.join(caller.client.scopes)})")
+                scopes = caller.client.scopes
+                if self.scope is not None and self.scope not in scopes:
+                    raise ScopeDenied(f"the client has no {self.scope!r} scope (its scopes: {', '.join(scopes)})")
             result = self.respond(req, caller)
         except Exception as exc:
             raise to_csc_error(req, exc) from exc
@@ -325,7 +326,8 @@ class TimestampResource(CscResource):
         nonce = field(body, "nonce", str, required=False)
         if nonce is not None and not _NONCE.fullmatch(nonce):
             raise InvalidRequest("Invalid parameter nonce: up to 64 hex digits")
-        token = self._csc.timestamps.stamp(caller.client.id, digest, algorithm, None if nonce is None else int(nonce, 16))
+        nonce_value = None if nonce is None else int(nonce, 16)
+        token = self._csc.timestamps.stamp(caller.client.id, digest, algorithm, nonce_value)
         return {"timestamp": b64(token.dump())}
 
 

@@ -124,7 +124,8 @@ class SadStore:
         with immediate(conn):
             conn.execute("DELETE FROM csc_sads WHERE expires_at <= ?", (now,))
             outstanding = conn.execute(
-                "SELECT COUNT(*) FROM csc_sads WHERE client_id = (SELECT client_id FROM csc_tokens WHERE token_hash = ?)",
+                "SELECT COUNT(*) FROM csc_sads"
+                " WHERE client_id = (SELECT client_id FROM csc_tokens WHERE token_hash = ?)",
                 (_digest(token),),
             ).fetchone()[0]
             if outstanding >= MAX_OUTSTANDING_SADS:
