@@ -95,7 +95,7 @@ class Box:
         raw_signing = RawSigningService(token, signer, ledger)
         return cls(
             config, token, clock, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing,
-            csc_sessions or CscSessions(),
+            csc_sessions or CscSessions.open(db),
         )
 
     def app(self) -> falcon.App:
@@ -112,6 +112,6 @@ class Box:
         app.add_route("/openapi.json", OpenApiResource())
         add_csc_routes(
             app, sessions=self.csc_sessions, signer=self.signer, raw_signing=self.raw_signing, hash_signing=self.hash_signing,
-            timestamper=self.timestamper, clients=self.clients,
+            timestamper=self.timestamper, clients=self.clients, ledger=self.ledger,
         )
         return app

@@ -271,7 +271,7 @@ def parser() -> argparse.ArgumentParser:
     csub = s.add_subparsers(dest="action", required=True)
     c = csub.add_parser("add", help="create a client and print its key (once)")
     c.add_argument("name", help="a name that says which system uses the key, e.g. billing")
-    c.add_argument("--scopes", default="hash,pdf", help="hash, pdf or both (default)")
+    c.add_argument("--scopes", default="hash,pdf", help="comma-separated: hash, pdf, timestamp (default hash,pdf)")
     c.add_argument("--calls", type=int, help="calls it may make (default: [metering] free_calls)")
     c.add_argument("--unlimited", action="store_true", help="no total call limit")
     c.add_argument("--rate-per-minute", type=int, help="signatures allowed per minute")
@@ -290,7 +290,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--rate-per-day", type=int, help="signatures allowed per UTC day (0: no limit)")
     c = csub.add_parser("scopes", help="set which endpoint families a client may use")
     c.add_argument("client_id", help="the client's id (see clients list)")
-    c.add_argument("scopes", help="hash, pdf or hash,pdf")
+    c.add_argument("scopes", help="comma-separated: hash, pdf, timestamp")
     s.set_defaults(func=cmd_clients)
 
     s = sub.add_parser("usage", help="signatures per client, endpoint and day")

@@ -41,7 +41,7 @@ from firmware.keys import build_csr, check_chain, parse_subject
 from firmware.store import audit
 from firmware.store import clients as client_store
 from firmware.store.db import immediate
-from firmware.store.metering import SCOPES
+from firmware.store.metering import DEFAULT_SCOPES
 from hsm import KeyAlgorithm, KeyNotFound, Token, TokenError
 
 from .bundle import FILES, MANIFEST, SIGNATURE
@@ -344,7 +344,7 @@ def _apply_clients(conn, clients: tuple[ClientSpec, ...], free_calls: int) -> tu
         row = conn.execute("SELECT * FROM clients WHERE name = ?", (spec.name,)).fetchone()
         if row is None:
             entries.append(client_store.insert_client(
-                conn, spec.id, spec.name, bytes.fromhex(spec.key_sha256), ACTOR, tuple(s.get("scopes", SCOPES)),
+                conn, spec.id, spec.name, bytes.fromhex(spec.key_sha256), ACTOR, tuple(s.get("scopes", DEFAULT_SCOPES)),
                 s["calls"] if "calls" in s else free_calls, s.get("rate_per_minute"), s.get("rate_per_day")))
             actions.append(f"API client {spec.name!r} created (id {spec.id}); its key is the one make-bundle printed")
             continue

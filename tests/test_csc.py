@@ -13,8 +13,11 @@ import base64
 import datetime
 import hashlib
 import io
+import json
 import os
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import pytest
@@ -37,12 +40,13 @@ from pyhanko.sign.validation import async_validate_pdf_signature
 from pyhanko.sign.validation.dss import DocumentSecurityStore
 from pyhanko_certvalidator import ValidationContext
 
-from firmware.csc.sad import SadRefused, SadStore
-from firmware.csc.tokens import AccessTokens, InvalidAccessToken
 from firmware.errors import InvalidRequest
 from firmware.signing.raw_signing import RawSigningService
 from firmware.signing.token_signer import TokenSigner
+from firmware.store.clients import ClientRegistry
+from firmware.store.csc_grants import AccessTokens, InvalidAccessToken, SadRefused, SadStore
 from firmware.store.db import Database
+from firmware.store.metering import SCOPES
 from firmware.store.ledger import SignatureLedger
 from hsm import KeyAlgorithm, Token
 
@@ -111,7 +115,7 @@ def _assert_csc_error(response: requests.Response, status: int, error: str | Non
 
 @pytest.fixture(scope="module")
 def csc_key(clients) -> str:
-    return clients.add(f"csc-{os.getpid()}")[1]
+    return clients.add(f"csc-{os.getpid()}", scopes=SCOPES)[1]
 
 
 @pytest.fixture(scope="module")
@@ -246,17 +250,122 @@ def test_bad_or_missing_access_token_is_a_401_in_csc_format(box, csc_key, box_co
     assert _raw_count(box_config, _client_id(csc_key)) == before
 
 
-def test_access_tokens_expire_and_are_bound_to_their_client():
+@pytest.fixture
+def grants_db(tmp_path) -> Database:
+    return Database(tmp_path / "grants.db")
+
+
+def test_access_tokens_expire_and_are_bound_to_their_client(grants_db):
     now = [1000.0]
-    tokens = AccessTokens(ttl_s=60, clock=lambda: now[0])
-    token, ttl = tokens.issue("client-a")
-    assert ttl == 60 and tokens.client_id(token) == "client-a"
-    tokens.revoke(token, "client-b")  # someone else's revocation does nothing
-    assert tokens.client_id(token) == "client-a"
+    registry = ClientRegistry(grants_db)
+    client_a, client_b = registry.add("a")[0], registry.add("b")[0]
+    tokens = AccessTokens(grants_db, ttl_s=60, clock=lambda: now[0])
+    token, ttl = tokens.issue(client_a.id, tokens.checkpoint())
+    assert ttl == 60 and tokens.client(token).id == client_a.id
+    tokens.revoke(token, client_b.id)  # someone else's revocation does nothing
+    assert tokens.client(token).id == client_a.id
     now[0] += 61
     with pytest.raises(InvalidAccessToken) as info:
-        tokens.client_id(token)
+        tokens.client(token)
     assert info.value.expired
+    tokens.issue(client_a.id, tokens.checkpoint())  # a login clears expired tokens out
+    assert grants_db.connect().execute("SELECT COUNT(*) FROM csc_tokens").fetchone()[0] == 1
+
+
+def test_a_token_is_dead_if_the_key_rotates_while_the_login_checks_it(grants_db):
+    registry = ClientRegistry(grants_db)
+    client = registry.add("racer")[0]
+    tokens = AccessTokens(grants_db)
+    since = tokens.checkpoint()  # the login starts, checks the old key ...
+    registry.rotate(client.id)  # ... the operator rotates ...
+    token, _ = tokens.issue(client.id, since)  # ... and the token is issued under the new key
+    with pytest.raises(InvalidAccessToken, match="API key changed"):
+        tokens.client(token)
+
+
+def test_sad_expires_names_its_credential_and_is_stored_hashed(grants_db):
+    now = [1000.0]
+    client = ClientRegistry(grants_db).add("a")[0]
+    tokens = AccessTokens(grants_db, clock=lambda: now[0])
+    token = tokens.issue(client.id, tokens.checkpoint())[0]
+    store = SadStore(grants_db, ttl_s=300, clock=lambda: now[0])
+    digest = bytes(32)
+    sad, ttl = store.issue(token, "box-signing", [digest], "sha256")
+    assert ttl == 300
+    stored = grants_db.connect().execute("SELECT sad_hash FROM csc_sads").fetchone()[0]
+    assert stored == hashlib.sha256(sad.encode()).digest()
+    now[0] += 301
+    with pytest.raises(SadRefused, match="expired"):
+        store.consume(sad, token, "box-signing", [("sha256", digest)])
+    sad, _ = store.issue(token, "box-signing", [digest], "sha256")
+    with pytest.raises(SadRefused, match="another credential"):
+        store.consume(sad, token, "other-key", [("sha256", digest)])
+    sad, _ = store.issue(token, "box-signing", [digest], "sha256")
+    with pytest.raises(SadRefused, match="sha256 hashes"):
+        store.consume(sad, token, "box-signing", [("sha512", digest)])
+    sad, _ = store.issue(token, "box-signing", [digest], "sha256")
+    tokens.revoke(token, client.id)  # the SADs go with their token
+    assert grants_db.connect().execute("SELECT COUNT(*) FROM csc_sads").fetchone()[0] == 0
+
+
+def test_a_sad_is_spent_once_by_racing_processes(grants_db):
+    """Eight connections of their own (as separate serving processes have) spend one SAD at once."""
+    client = ClientRegistry(grants_db).add("a")[0]
+    tokens = AccessTokens(grants_db)
+    token = tokens.issue(client.id, tokens.checkpoint())[0]
+    digest = bytes(32)
+    sad, _ = SadStore(grants_db).issue(token, "box-signing", [digest], "sha256")
+    stores = [SadStore(Database(grants_db.path)) for _ in range(8)]
+    start = threading.Barrier(len(stores))
+
+    def spend(store: SadStore) -> bool:
+        start.wait(timeout=10)
+        try:
+            store.consume(sad, token, "box-signing", [("sha256", digest)])
+        except SadRefused:
+            return False
+        return True
+
+    with ThreadPoolExecutor(len(stores)) as pool:
+        outcomes = list(pool.map(spend, stores, timeout=30))
+    assert outcomes.count(True) == 1
+
+
+def _sign_v1(session: Csc, digest: bytes) -> requests.Response:
+    return session.sign_hash_v1("box-signing", session.authorize("v1", "box-signing", [digest]), [digest])
+
+
+@pytest.mark.parametrize("change", ["rotate", "disable"])
+def test_rotating_or_disabling_a_client_ends_its_access_tokens_and_sads(box, clients, box_config, change):
+    client, key = clients.add(f"csc-{change}-{os.getpid()}")
+    session = Csc(box.url, client.id, key)
+    digest = hashlib.sha256(f"before {change}".encode()).digest()
+    sad = session.authorize("v1", "box-signing", [digest])
+    assert session.post("v1", "credentials/list").status_code == 200
+    before = _raw_count(box_config, client.id)
+
+    if change == "rotate":
+        new_key = clients.rotate(client.id)[1]
+    else:
+        clients.disable(client.id)
+    _assert_csc_error(session.post("v1", "credentials/list"), 401, "invalid_token")
+    _assert_csc_error(session.post("v2", "credentials/authorize", {
+        "credentialID": "box-signing", "numSignatures": 1, "hashes": [_b64(digest)],
+        "hashAlgorithmOID": SHA256_OID}), 401, "invalid_token")
+    _assert_csc_error(session.sign_hash_v1("box-signing", sad, [digest]), 401, "invalid_token")
+
+    if change == "rotate":  # the new key logs in; the SAD obtained with the old one stays dead
+        fresh = Csc(box.url, client.id, new_key)
+        _assert_csc_error(fresh.sign_hash_v1("box-signing", sad, [digest]), 400, "invalid_request")
+        assert _sign_v1(fresh, digest).status_code == 200
+    else:  # enabling the client again does not bring tokens issued before the disable back
+        clients.enable(client.id)
+        _assert_csc_error(session.post("v1", "credentials/list"), 401, "invalid_token")
+        _assert_csc_error(session.sign_hash_v1("box-signing", sad, [digest]), 401, "invalid_token")
+        fresh = Csc(box.url, client.id, key)
+        _assert_csc_error(fresh.sign_hash_v1("box-signing", sad, [digest]), 400, "invalid_request")
+        assert _sign_v1(fresh, digest).status_code == 200
+    assert _raw_count(box_config, client.id) == before + 1
 
 
 # -- SADs and signHash ---------------------------------------------------------------------------------
@@ -307,23 +416,6 @@ def test_a_client_without_the_hash_scope_gets_no_sad(box, clients):
     response = pdf_only.post("v1", "credentials/authorize", {
         "credentialID": "box-signing", "numSignatures": 1, "hash": [_b64(bytes(32))]})
     _assert_csc_error(response, 403, "scope_denied")
-
-
-def test_sad_expires_and_names_its_credential():
-    now = [0.0]
-    store = SadStore(ttl_s=300, clock=lambda: now[0])
-    digest = bytes(32)
-    sad, ttl = store.issue("client-a", "box-signing", [digest], "sha256")
-    assert ttl == 300
-    now[0] += 301
-    with pytest.raises(SadRefused, match="expired"):
-        store.consume(sad, "client-a", "box-signing", [("sha256", digest)])
-    sad, _ = store.issue("client-a", "box-signing", [digest], "sha256")
-    with pytest.raises(SadRefused, match="another credential"):
-        store.consume(sad, "client-a", "other-key", [("sha256", digest)])
-    sad, _ = store.issue("client-a", "box-signing", [digest], "sha256")
-    with pytest.raises(SadRefused, match="sha256 hashes"):
-        store.consume(sad, "client-a", "box-signing", [("sha512", digest)])
 
 
 def test_v2_sign_hash_with_pss_and_clear_errors_for_algorithms_the_key_cannot_do(csc, public_key):
@@ -443,6 +535,54 @@ def test_v2_timestamp_verifies_with_openssl_ts(csc, box_config, tmp_path):
          "-CAfile", str(box_config.trust_roots_file)], capture_output=True, text=True)
     assert "Verification: OK" in result.stdout, result.stdout + result.stderr
     _assert_csc_error(csc.post("v1", "signatures/timestamp", {"hash": _b64(b"short"), "hashAlgo": SHA256_OID}), 400)
+
+
+
+def _timestamp(session: Csc, document: bytes) -> requests.Response:
+    return session.post("v2", "signatures/timestamp",
+                        {"hash": _b64(hashlib.sha256(document).digest()), "hashAlgo": SHA256_OID})
+
+
+def _last_refusal(box_config, client_id: str) -> dict:
+    row = Database(box_config.database).connect().execute(
+        "SELECT details FROM audit_log WHERE action = 'refusal' AND client_id = ? ORDER BY seq DESC LIMIT 1",
+        (client_id,)).fetchone()
+    return json.loads(row["details"])
+
+
+def test_timestamps_need_the_timestamp_scope_and_are_charged_and_reported(box, clients, box_config):
+    client, key = clients.add(f"csc-tsa-{os.getpid()}")
+    assert client.scopes == ("hash", "pdf")  # not granted by default
+    session = Csc(box.url, client.id, key)
+    _assert_csc_error(_timestamp(session, b"free ride"), 403, "scope_denied")
+    refusal = _last_refusal(box_config, client.id)
+    assert (refusal["path"], refusal["status"]) == ("/csc/v2/signatures/timestamp", 403)
+
+    clients.set_scopes(client.id, ("hash", "timestamp"))
+    clients.set_limits(client.id, calls=2)
+    for n in range(2):
+        assert _timestamp(session, f"stamp {n}".encode()).status_code == 200
+    body = _assert_csc_error(_timestamp(session, b"one too many"), 402, "quota_exhausted")
+    assert "quota" in body["error_description"]
+    assert _last_refusal(box_config, client.id)["status"] == 402
+
+    usage = requests.get(f"{box.url}/v1/usage", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+    assert usage["client"]["calls_used"] == 2 and usage["client"]["scopes"] == ["hash", "timestamp"]
+    assert [(u["endpoint"], u["signatures"]) for u in usage["usage"]] == [("timestamp", 2)]
+    entry = Database(box_config.database).connect().execute(
+        "SELECT actor, details FROM audit_log WHERE action = 'timestamp' AND client_id = ? ORDER BY seq DESC",
+        (client.id,)).fetchone()
+    assert entry["actor"] == f"client:{client.id}"
+    assert json.loads(entry["details"])["document_hash"] == hashlib.sha256(b"stamp 1").hexdigest()
+
+
+def test_timestamps_count_against_the_rate_like_signatures(box, clients):
+    client, key = clients.add(f"csc-tsa-rate-{os.getpid()}", scopes=("hash", "timestamp"), rate_per_minute=2)
+    session = Csc(box.url, client.id, key)
+    assert _sign_v1(session, hashlib.sha256(b"signed first").digest()).status_code == 200
+    assert _timestamp(session, b"then stamped").status_code == 200
+    _assert_csc_error(_timestamp(session, b"over the rate"), 429, "rate_limited")
+    _assert_csc_error(_sign_v1(session, hashlib.sha256(b"signed after").digest()), 429, "rate_limited")
 
 
 # -- ECDSA: the raw-signing service on a real EC key on the token ------------------------------------

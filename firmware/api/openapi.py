@@ -11,7 +11,7 @@ from typing import Any
 
 import falcon
 
-from ..csc.resources import served
+from ..csc.resources import CscResource, served
 from ..csc.versions import V1, V2
 
 _ERROR = {
@@ -100,13 +100,14 @@ def _native_paths() -> dict[str, Any]:
                 "signatures": {"type": "array", "items": _SIGNATURE}}}, "signed"),
                 **_errors(*_SIGNING_ERRORS)}}},
         "/v1/usage": {"get": {
-            "summary": "The calling client's quota and signatures per endpoint per day",
+            "summary": "The calling client's quota and metered calls per endpoint per day",
             "parameters": [query("days", {"type": "integer", "minimum": 1, "maximum": 366}, "days back")],
             "responses": {"200": _json({"type": "object", "required": ["client", "usage"], "properties": {
                 "client": {"type": "object"},
                 "usage": {"type": "array", "items": {"type": "object", "properties": {
-                    "endpoint": {"type": "string"}, "day": {"type": "string"},
-                    "signatures": {"type": "integer"}}}}}}),
+                    "endpoint": {"type": "string", "description": "hash, pdf, raw (CSC signHash) or timestamp"},
+                    "day": {"type": "string"},
+                    "signatures": {"type": "integer", "description": "metered calls: signatures, or timestamps"}}}}}}),
                 **_errors(400, 401)}}},
         "/v1/pdf/sign": {"post": {
             "summary": "Sign a PDF (PAdES); the signed PDF comes back",
@@ -135,12 +136,20 @@ def _native_paths() -> dict[str, Any]:
     }
 
 
+def _csc_description(resource: type[CscResource]) -> dict[str, str]:
+    """What the resource's docstring says, and the client scope it needs."""
+    scope = resource.scope and f"Needs the client's `{resource.scope}` scope."
+    text = " ".join(filter(None, (resource.__doc__, scope)))
+    return {"description": text} if text else {}
+
+
 def _csc_paths() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for version in (V1, V2):
         for name, resource in served(version).items():
             operation = {
                 "summary": f"CSC {version.name} {name}",
+                **_csc_description(resource),
                 "tags": [f"CSC {version.name}"],
                 "security": [] if not resource.requires_token else [{"cscToken": []}],
                 "requestBody": {"required": False, "content": {

@@ -20,8 +20,8 @@ from ..errors import InvalidRequest
 from ..signing.clock import ClockSkewed
 from ..signing.revocation import CertificateRevoked, RevocationUnavailable
 from ..signing.timestamps import TimestampUnavailable
+from ..store.csc_grants import SadRefused
 from ..store.metering import Refusal
-from .sad import SadRefused
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,12 @@ from ..signing.hash_signing import HashSigningService, HashSignRequest
 from ..signing.levels import Level, Profile
 from ..signing.raw_signing import RawSigningService, digest_algorithm
 from ..signing.revocation import ValidationData
-from ..signing.timestamps import FallbackTimeStamper
-from ..store.clients import Client
+from ..store.csc_grants import SadStore
 from ..store.metering import ScopeDenied
-from .auth import CscAuth
+from .auth import Caller, CscAuth
 from .credential import Credential
 from .errors import CscError, to_csc_error
-from .sad import SadStore
-from .timestamping import timestamp_token
+from .timestamping import TimestampService
 from .versions import CscVersion
 
 _MAX_BODY = 1024 * 1024
@@ -48,7 +46,7 @@ class CscServices:
     sads: SadStore
     raw_signing: RawSigningService
     hash_signing: HashSigningService
-    timestamper: FallbackTimeStamper | None
+    timestamps: TimestampService
 
 
 def _body(req: falcon.Request, form: bool = False) -> dict:
@@ -105,11 +103,14 @@ class CscResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.cache_control = ["no-store"]
         try:
+            caller = None
             if self.requires_token:
-                req.context.client = client = self._csc.auth.caller(req)
-                if self.scope is not None and self.scope not in client.scopes:
-                    raise ScopeDenied(f"this client may not use {self.scope} signing")
-            result = self.respond(req, getattr(req.context, "client", None))
+                caller = self._csc.auth.caller(req)
+                req.context.client = caller.client  # for the refusal audit
+                scopes = caller.client.scopes
+                if self.scope is not None and self.scope not in scopes:
+                    raise ScopeDenied(f"the client has no {self.scope!r} scope (its scopes: {', '.join(scopes)})")
+            result = self.respond(req, caller)
         except Exception as exc:
             raise to_csc_error(req, exc) from exc
         if result is None:
@@ -117,14 +118,14 @@ class CscResource:
         else:
             resp.media = result
 
-    def respond(self, req: falcon.Request, client: Client | None) -> dict | None:
+    def respond(self, req: falcon.Request, caller: Caller | None) -> dict | None:
         raise NotImplementedError
 
 
 class InfoResource(CscResource):
     requires_token = False
 
-    def respond(self, req: falcon.Request, client: None) -> dict:
+    def respond(self, req: falcon.Request, caller: None) -> dict:
         out = {
             "specs": self._version.specs,
             "name": "E-signature Box",
@@ -152,8 +153,8 @@ class InfoResource(CscResource):
 class LoginResource(CscResource):
     requires_token = False
 
-    def respond(self, req: falcon.Request, client: None) -> dict:
-        token, ttl = self._csc.auth.issue(self._csc.auth.login(req))
+    def respond(self, req: falcon.Request, caller: None) -> dict:
+        token, ttl = self._csc.auth.login(req)
         return {"access_token": token, "expires_in": ttl}
 
 
@@ -162,21 +163,21 @@ class OAuthTokenResource(CscResource):
 
     requires_token = False
 
-    def respond(self, req: falcon.Request, client: None) -> dict:
+    def respond(self, req: falcon.Request, caller: None) -> dict:
         form = _body(req, form=True)
         if field(form, "grant_type", str) != "client_credentials":
             raise CscError(falcon.HTTP_400, "unsupported_grant_type", "the box grants client_credentials only")
-        token, ttl = self._csc.auth.issue(self._csc.auth.oauth_client(req, form))
+        token, ttl = self._csc.auth.oauth_token(req, form)
         return {"access_token": token, "token_type": "Bearer", "expires_in": ttl}
 
 
 class RevokeResource(CscResource):
-    def respond(self, req: falcon.Request, client: Client) -> None:
-        self._csc.auth.revoke(field(_body(req, form=True), "token", str), client)
+    def respond(self, req: falcon.Request, caller: Caller) -> None:
+        self._csc.auth.revoke(field(_body(req, form=True), "token", str), caller)
 
 
 class CredentialsListResource(CscResource):
-    def respond(self, req: falcon.Request, client: Client) -> dict:
+    def respond(self, req: falcon.Request, caller: Caller) -> dict:
         body = _body(req)
         if body.get("userID") is not None:
             raise InvalidRequest("userID parameter MUST be null: the access token names the client")
@@ -193,7 +194,7 @@ class CredentialsListResource(CscResource):
 
 
 class CredentialsInfoResource(CscResource):
-    def respond(self, req: falcon.Request, client: Client) -> dict:
+    def respond(self, req: falcon.Request, caller: Caller) -> dict:
         body = _body(req)
         self._csc.credential.check_id(field(body, "credentialID", str))
         return self._csc.credential.describe(
@@ -208,7 +209,7 @@ class AuthorizeResource(CscResource):
 
     scope = "hash"
 
-    def respond(self, req: falcon.Request, client: Client) -> dict:
+    def respond(self, req: falcon.Request, caller: Caller) -> dict:
         body = _body(req)
         credential = self._csc.credential
         credential.check_id(field(body, "credentialID", str))
@@ -226,7 +227,7 @@ class AuthorizeResource(CscResource):
             algorithm = digest_algorithm(field(body, self._version.hash_algo_field, str))
             for digest in digests:
                 check_digest(digest, algorithm)
-        sad, ttl = self._csc.sads.issue(client.id, credential.id, digests, algorithm)
+        sad, ttl = self._csc.sads.issue(caller.token, credential.id, digests, algorithm)
         return {"SAD": sad, "expiresIn": ttl}
 
 
@@ -235,7 +236,7 @@ class SignHashResource(CscResource):
 
     scope = "hash"
 
-    def respond(self, req: falcon.Request, client: Client) -> dict:
+    def respond(self, req: falcon.Request, caller: Caller) -> dict:
         body = _body(req)
         credential = self._csc.credential
         credential.check_id(field(body, "credentialID", str))
@@ -250,8 +251,8 @@ class SignHashResource(CscResource):
         )
         digests = _digests(body, self._version.hashes_field)
         raw.check(algorithm, digests)  # a malformed request does not spend the SAD
-        self._csc.sads.consume(sad, client.id, credential.id, [(algorithm.hash_algorithm, d) for d in digests])
-        return {"signatures": [b64(s) for s in raw.sign(client.id, algorithm, digests)]}
+        self._csc.sads.consume(sad, caller.token, credential.id, [(algorithm.hash_algorithm, d) for d in digests])
+        return {"signatures": [b64(s) for s in raw.sign(caller.client.id, algorithm, digests)]}
 
 
 class SignDocResource(CscResource):
@@ -260,7 +261,7 @@ class SignDocResource(CscResource):
     scope = "hash"
     v2_only = True
 
-    def respond(self, req: falcon.Request, client: Client) -> dict:
+    def respond(self, req: falcon.Request, caller: Caller) -> dict:
         body = _body(req)
         credential = self._csc.credential
         credential.check_id(field(body, "credentialID", str))
@@ -272,8 +273,8 @@ class SignDocResource(CscResource):
         if not entries:
             raise InvalidRequest("Empty documentDigests")
         requests = [request for entry in entries for request in self._requests(entry)]
-        self._csc.sads.consume(sad, client.id, credential.id, [(r.hash_algorithm, r.digest) for r in requests])
-        signatures = self._csc.hash_signing.sign(client.id, requests)
+        self._csc.sads.consume(sad, caller.token, credential.id, [(r.hash_algorithm, r.digest) for r in requests])
+        signatures = self._csc.hash_signing.sign(caller.client.id, requests)
         out: dict = {"SignatureObject": [b64(s.cms.dump()) for s in signatures]}
         data = [s.validation_data for s in signatures if s.validation_data is not None]
         if data:
@@ -314,14 +315,19 @@ class SignDocResource(CscResource):
 
 
 class TimestampResource(CscResource):
-    def respond(self, req: falcon.Request, client: Client) -> dict:
+    """An RFC 3161 token from the box's TSAs; each is one metered call (quota and rates apply)."""
+
+    scope = "timestamp"
+
+    def respond(self, req: falcon.Request, caller: Caller) -> dict:
         body = _body(req)
         digest = b64decode(field(body, "hash", str), "hash")
         algorithm = digest_algorithm(field(body, "hashAlgo", str))
         nonce = field(body, "nonce", str, required=False)
         if nonce is not None and not _NONCE.fullmatch(nonce):
             raise InvalidRequest("Invalid parameter nonce: up to 64 hex digits")
-        token = timestamp_token(self._csc.timestamper, digest, algorithm, None if nonce is None else int(nonce, 16))
+        nonce_value = None if nonce is None else int(nonce, 16)
+        token = self._csc.timestamps.stamp(caller.client.id, digest, algorithm, nonce_value)
         return {"timestamp": b64(token.dump())}
 
 

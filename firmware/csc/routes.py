@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import falcon
 
@@ -11,21 +11,27 @@ from ..signing.raw_signing import RawSigningService
 from ..signing.timestamps import FallbackTimeStamper
 from ..signing.token_signer import TokenSigner
 from ..store.clients import ClientRegistry
+from ..store.csc_grants import AccessTokens, SadStore
+from ..store.db import Database
+from ..store.ledger import SignatureLedger
 from .auth import CscAuth
 from .credential import Credential
 from .resources import CscServices, served
-from .sad import SadStore
-from .tokens import AccessTokens
+from .timestamping import TimestampService
 from .versions import V1, V2
 
 
-@dataclass
+@dataclass(frozen=True)
 class CscSessions:
-    """Access tokens and SADs: process state that outlives a reassembly of the signing services
-    (the console's key rollover), so CSC clients stay logged in across it."""
+    """Access tokens and SADs. They live in the box's database, so they outlive a reassembly of the
+    signing services (the console's key rollover) and a restart, and every serving process shares them."""
 
-    tokens: AccessTokens = field(default_factory=AccessTokens)
-    sads: SadStore = field(default_factory=SadStore)
+    tokens: AccessTokens
+    sads: SadStore
+
+    @classmethod
+    def open(cls, db: Database) -> "CscSessions":
+        return cls(AccessTokens(db), SadStore(db))
 
 
 def add_csc_routes(
@@ -37,6 +43,7 @@ def add_csc_routes(
     hash_signing: HashSigningService,
     timestamper: FallbackTimeStamper | None,
     clients: ClientRegistry,
+    ledger: SignatureLedger,
 ) -> None:
     """Both versions share one token and SAD store: a token from v1's login works on v2."""
     services = CscServices(
@@ -45,7 +52,7 @@ def add_csc_routes(
         sads=sessions.sads,
         raw_signing=raw_signing,
         hash_signing=hash_signing,
-        timestamper=timestamper,
+        timestamps=TimestampService(timestamper, ledger),
     )
     for version in (V1, V2):
         for name, resource in served(version).items():

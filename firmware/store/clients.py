@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from . import audit
 from .db import Database, immediate
-from .metering import SCOPES
+from .metering import DEFAULT_SCOPES, SCOPES
 
 KEY_PREFIX = "esb"
 _UNSET = object()
@@ -78,7 +78,7 @@ def _check_limit(value: int | None, what: str) -> int | None:
 
 def insert_client(
     conn: sqlite3.Connection, client_id: str, name: str, key_hash: bytes, actor: str,
-    scopes: tuple[str, ...] = SCOPES, calls: int | None = None,
+    scopes: tuple[str, ...] = DEFAULT_SCOPES, calls: int | None = None,
     rate_per_minute: int | None = None, rate_per_day: int | None = None,
 ) -> audit.AuditEntry:
     if not name or len(name) > 100:
@@ -128,7 +128,7 @@ class ClientRegistry:
         self,
         name: str,
         actor: str = "operator",
-        scopes: tuple[str, ...] = SCOPES,
+        scopes: tuple[str, ...] = DEFAULT_SCOPES,
         calls: int | None = None,
         rate_per_minute: int | None = None,
         rate_per_day: int | None = None,

@@ -42,6 +42,28 @@ CREATE TABLE IF NOT EXISTS audit_log (
 );
 CREATE INDEX IF NOT EXISTS audit_by_client ON audit_log(client_id, action, at);
 CREATE INDEX IF NOT EXISTS audit_by_action ON audit_log(action, at);
+-- CSC access tokens and SADs (store/csc_grants.py): only their SHA-256. A token is bound to the
+-- client's key and to the audit log's head at login; a SAD to the token it was obtained with.
+CREATE TABLE IF NOT EXISTS csc_tokens (
+    token_hash BLOB PRIMARY KEY,
+    client_id  TEXT NOT NULL REFERENCES clients(id),
+    key_hash   BLOB NOT NULL,           -- the client's key_hash at login
+    since_seq  INTEGER NOT NULL,        -- audit_log seq at login: a later disable or rotation ends it
+    expires_at REAL NOT NULL            -- Unix time
+);
+CREATE INDEX IF NOT EXISTS csc_tokens_by_expiry ON csc_tokens(expires_at);
+CREATE TABLE IF NOT EXISTS csc_sads (
+    sad_hash       BLOB PRIMARY KEY,
+    token_hash     BLOB NOT NULL REFERENCES csc_tokens(token_hash) ON DELETE CASCADE,
+    client_id      TEXT NOT NULL,
+    credential_id  TEXT NOT NULL,
+    hash_algorithm TEXT,                -- NULL: CSC v1 names none
+    digests        TEXT NOT NULL,       -- JSON array of hex digests, the multiset it may sign
+    expires_at     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS csc_sads_by_client ON csc_sads(client_id);
+CREATE INDEX IF NOT EXISTS csc_sads_by_token ON csc_sads(token_hash);
+CREATE INDEX IF NOT EXISTS csc_sads_by_expiry ON csc_sads(expires_at);
 -- Signatures are audit entries; this view is the convenient shape for reports and metering.
 CREATE VIEW IF NOT EXISTS signatures AS
     SELECT seq AS id, at AS created_at, client_id,
@@ -53,6 +75,10 @@ CREATE VIEW IF NOT EXISTS signatures AS
            json_extract(details, '$.level') AS level,
            json_extract(details, '$.profile') AS profile
     FROM audit_log WHERE action = 'signature';
+-- What quotas, rates and usage reports count: each signature and each CSC timestamp is one call.
+CREATE VIEW IF NOT EXISTS metered_calls AS
+    SELECT seq AS id, at AS created_at, client_id, json_extract(details, '$.kind') AS kind
+    FROM audit_log WHERE action IN ('signature', 'timestamp');
 """
 
 

@@ -60,6 +60,10 @@ class SignatureLedger:
         ]
         self._commit(_Job(entries, client_id))
 
+    def record_timestamp(self, client_id: str, details: dict) -> None:
+        """Durably record one timestamp served to the client, charged as one call; raises metering.Refusal."""
+        self._commit(_Job([audit.AuditEntry(f"client:{client_id}", "timestamp", client_id, details)], client_id))
+
     def refuse(self, client_id: str | None, details: dict) -> None:
         """Log a refused request."""
         actor = f"client:{client_id}" if client_id else "anonymous"

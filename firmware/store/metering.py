@@ -1,4 +1,5 @@
-"""Quotas and rates per API client, counted in signatures produced.
+"""Quotas and rates per API client, counted in metered calls: signatures produced, and timestamps
+served by the CSC API (view metered_calls).
 
 `check` runs twice for every signing request: once before the token is touched (so an
 over-quota client costs the box nothing) and again inside the transaction that records the
@@ -10,7 +11,11 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
-SCOPES = ("hash", "pdf")
+# hash: hash signing (native and CSC); pdf: PDF signing; timestamp: the CSC timestamp endpoint (a
+# TSA proxy, so only for clients granted it). SCOPES lists every scope, DEFAULT_SCOPES what a new
+# client gets unless its scopes are given.
+SCOPES = ("hash", "pdf", "timestamp")
+DEFAULT_SCOPES = ("hash", "pdf")
 
 
 class Refusal(Exception):
@@ -36,7 +41,7 @@ class RateLimited(Refusal):
 
 def _signed_since(conn: sqlite3.Connection, client_id: str, since: datetime) -> int:
     return conn.execute(
-        "SELECT COUNT(*) FROM audit_log WHERE client_id = ? AND action = 'signature' AND at >= ?",
+        "SELECT COUNT(*) FROM metered_calls WHERE client_id = ? AND created_at >= ?",
         (client_id, since.isoformat(timespec="microseconds")),
     ).fetchone()[0]
 
@@ -84,13 +89,14 @@ def charge(conn: sqlite3.Connection, client_id: str, count: int) -> None:
 
 
 def usage(conn: sqlite3.Connection, client_id: str | None = None, days: int = 31) -> list[dict]:
-    """Signatures per client (id and name), per endpoint, per UTC day, newest day first."""
+    """Metered calls per client (id and name), per endpoint (hash, pdf, raw, timestamp), per UTC day,
+    newest day first."""
     since = (datetime.now(timezone.utc) - timedelta(days=days)).date().isoformat()
     query = (
-        "SELECT s.client_id, c.name AS client_name, s.kind AS endpoint, substr(s.created_at, 1, 10) AS day,"
-        " COUNT(*) AS signatures FROM signatures s LEFT JOIN clients c ON c.id = s.client_id"
-        " WHERE s.created_at >= ?" + (" AND s.client_id = ?" if client_id else "") +
-        " GROUP BY s.client_id, s.kind, day ORDER BY day DESC, s.client_id, s.kind"
+        "SELECT m.client_id, c.name AS client_name, m.kind AS endpoint, substr(m.created_at, 1, 10) AS day,"
+        " COUNT(*) AS signatures FROM metered_calls m LEFT JOIN clients c ON c.id = m.client_id"
+        " WHERE m.created_at >= ?" + (" AND m.client_id = ?" if client_id else "") +
+        " GROUP BY m.client_id, m.kind, day ORDER BY day DESC, m.client_id, m.kind"
     )
     params = (since, client_id) if client_id else (since,)
     return [dict(row) for row in conn.execute(query, params)]

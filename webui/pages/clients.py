@@ -40,7 +40,7 @@ class Clients(Page):
         for row in metering.usage(conn, None, 30):
             month[row["client_id"]] = month.get(row["client_id"], 0) + row["signatures"]
         c.render(req, resp, "clients.html", nav="clients", clients=c.box.clients.list(), today=_today_counts(conn),
-                 month=month, scopes=metering.SCOPES, free_calls=c.config.free_calls)
+                 month=month, scopes=metering.SCOPES, default_scopes=metering.DEFAULT_SCOPES, free_calls=c.config.free_calls)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create a client; its key is on this response only."""
