@@ -17,7 +17,7 @@ from . import bundle as bundle_mod
 from . import keys as pkeys
 from .errors import ProvisioningRefused
 from .manifest import FORMAT
-from .apply import recover
+from .apply import TokenAccess, recover
 from .state import ProvisioningState, box_id_path
 
 
@@ -227,6 +227,17 @@ def cmd_watch(args) -> None:
     _watcher(args).run()
 
 
+def _box_serial(state_dir: Path) -> str | None:
+    """The serial bundles are bound to (box-id file, else the token's), or None if the token is unreachable."""
+    tokens = TokenAccess(state_dir)
+    try:
+        return tokens.serial()
+    except ProvisioningRefused:
+        return None
+    finally:
+        tokens.close()
+
+
 def cmd_status(args) -> None:
     state = ProvisioningState(Path(args.state_dir))
     with state.locked():
@@ -243,6 +254,7 @@ def cmd_status(args) -> None:
     info["previous_generation"] = state.previous_generation()
     info["config_is_provisioned"] = state.config_is_linked()
     info["box_id_file"] = box_id_path(state.state_dir).read_text().strip() if box_id_path(state.state_dir).exists() else None
+    info["box_serial"] = _box_serial(state.state_dir)  # what make-bundle --box-serial must name
     info["pending_csrs"] = sorted(p.name for p in state.csr_dir.glob("*.csr")) if state.csr_dir.exists() else []
     if recovered:
         info["recovered"] = recovered

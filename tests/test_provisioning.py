@@ -362,6 +362,10 @@ def test_box_serial_is_the_token_serial_without_a_box_id_file(pbox: ProvBox, tmp
     refused(pbox, make_bundle(tmp_path / "other", pbox.key, 1, box_serial=BOX_ID), "wrong-box")
     report = pbox.provision(make_bundle(tmp_path / "b", pbox.key, 1, box_serial=serial))
     assert report.result == "applied" and report.box_serial == serial
+    # the administrator learns the serial to bind bundles to without a trip with an empty stick
+    status = subprocess.run([ESIGNBOX, "--state-dir", str(pbox.state_dir), "provision", "status"],
+                            capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout)["box_serial"] == serial
 
 
 def test_bundle_without_a_box_binding_is_refused(pbox: ProvBox, tmp_path: Path):

@@ -111,7 +111,8 @@ class PkiServer:
             if self._process.poll() is not None:
                 self._fail(f"exited with status {self._process.returncode}", log_path)
             try:
-                if requests.get(probe, timeout=1).status_code == 200:
+                # certomancer signs each CRL on request: on a loaded machine that takes seconds
+                if requests.get(probe, timeout=5).status_code == 200:
                     return
             except requests.RequestException:
                 pass
