@@ -27,7 +27,7 @@ import jinja2
 from firmware.config import BoxConfig
 from firmware.store.db import Database
 
-from . import boxtoml
+from . import boxtoml, templating
 from .accounts import Accounts
 from .lan import LanPolicy, parse_peer
 from .probes import Prober
@@ -114,9 +114,7 @@ class Console:
     port: int = 8443
     urls: list[str] = field(default_factory=list)
     version: str = field(default_factory=version)
-    templates: jinja2.Environment = field(default_factory=lambda: jinja2.Environment(
-        loader=jinja2.FileSystemLoader(HERE / "templates"),
-        autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True))
+    templates: jinja2.Environment = field(default_factory=templating.environment)
     _config_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property

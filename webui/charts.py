@@ -17,11 +17,13 @@ OTHERS = "others"
 
 
 def _nice_max(value: int) -> int:
-    for step in (1, 2, 5):
-        for scale in (1, 10, 100, 1000, 10000, 100000, 1000000):
+    """The smallest 1, 2 or 5 times a power of ten that is at least ``value``: 3 → 5, 150 → 200."""
+    scale = 1
+    while True:
+        for step in (1, 2, 5):
             if step * scale >= value:
                 return step * scale
-    return value
+        scale *= 10
 
 
 def usage_chart(rows: list[dict], names: dict[str, str], days: int = 30, today: dt.date | None = None,

@@ -11,6 +11,7 @@ from hsm import TokenError
 
 from .. import certinfo
 from ..charts import usage_chart
+from ..templating import counted
 from . import Page
 
 QUOTA_WARN_FRACTION = 0.1
@@ -29,12 +30,14 @@ def quota_warnings(clients, used_today: dict[str, int]) -> list[tuple[str, str, 
         left = client.calls_left
         if left is not None:
             if left == 0:
-                warnings.append(("error", client.name, f"call quota exhausted ({client.calls_purchased} calls used)"))
+                warnings.append(("error", client.name,
+                                 f"call quota exhausted ({counted(client.calls_purchased, 'call')} used)"))
             elif left <= max(1, client.calls_purchased * QUOTA_WARN_FRACTION):
-                warnings.append(("warn", client.name, f"{left} of {client.calls_purchased} calls left"))
+                warnings.append(("warn", client.name, f"{left} of {counted(client.calls_purchased, 'call')} left"))
         today = used_today.get(client.id, 0)
         if client.rate_per_day and today >= client.rate_per_day * (1 - QUOTA_WARN_FRACTION):
-            warnings.append(("warn", client.name, f"{today} of {client.rate_per_day} signatures per day used today"))
+            warnings.append(("warn", client.name,
+                             f"{today} of {counted(client.rate_per_day, 'signature')} per day used today"))
     return warnings
 
 
