@@ -261,7 +261,7 @@ class Token:
         which closes them all, and closing a handle after that could close a new session.
         """
         with self._pool:
-            self._lent.discard(worker)
+            self._give_back(worker)
             if worker.generation == self._generation and self._up:
                 self._up = False
                 self._generation += 1
@@ -291,10 +291,16 @@ class Token:
 
     def _release(self, worker: _Worker) -> None:
         with self._pool:
-            self._lent.discard(worker)
+            self._give_back(worker)
             if worker.generation == self._generation and self._up:
                 self._idle.append(worker)
-                self._pool.notify()
+                self._pool.notify_all()
+
+    def _give_back(self, worker: _Worker) -> None:
+        """Called with _pool held: ``worker`` is no longer borrowed (a reload may be draining)."""
+        self._lent.discard(worker)
+        if not self._lent:
+            self._pool.notify_all()
 
     def _is_lost(self, worker: _Worker, exc: pkcs11.exceptions.PKCS11Error) -> bool:
         """Whether ``exc`` means the session (and so the pool) is gone rather than the request bad."""
