@@ -240,6 +240,13 @@ def create_client(page, console_box: ConsoleBox, name: str, calls: str = "50") -
     return page.input_value("#api-key")
 
 
+def test_api_health_reports_the_console_front(console_box: ConsoleBox):
+    """The console's nginx is not on the signing path, but its state is in /v1/health for monitors."""
+    health = requests.get(console_box.api_url + "/v1/health", timeout=10)
+    assert health.status_code == 200
+    assert health.json()["console"] == {"running": True, "restarts": 0, "last_failure": None}
+
+
 def test_client_created_in_console_signs_on_the_api(admin: Admin, console_box: ConsoleBox):
     page = admin.page
     api_key = create_client(page, console_box, "billing-system")

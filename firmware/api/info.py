@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import falcon
 from asn1crypto import pem
 
 from hsm import KeyNotFound, Token, TokenError, TokenStatus, TokenUnavailable
 
+from ..signing.clock import ClockWatch
 from ..signing.token_signer import TokenSigner
 
 PROBE_TTL_S = 1.0  # monitors poll health from many places; the token is asked at most this often
@@ -45,8 +47,11 @@ class HealthResource:
 
     public = True
 
-    def __init__(self, token: Token, signer: TokenSigner) -> None:
+    def __init__(self, token: Token, signer: TokenSigner, clock: ClockWatch,
+                 parts: dict[str, Callable[[], dict[str, object]]] | None = None) -> None:
         self._token = token
+        self._clock = clock
+        self._parts = parts if parts is not None else {}
         self._key_label = signer.key_label
         self._lock = threading.Lock()
         self._probed_at = float("-inf")
@@ -65,11 +70,18 @@ class HealthResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         outcome, status = self._check()
+        clock = self._clock.status()
+        if outcome == "ok" and not clock["ok"]:
+            outcome = "clock_skewed"  # the token could sign, but the box refuses to (see signing.clock)
         resp.status = falcon.HTTP_200 if outcome == "ok" else falcon.HTTP_503
         resp.media = {
             "status": outcome,
-            "token_present": outcome in ("ok", "signing_key_missing"),
+            "token_present": status.state == "ok" or outcome == "signing_key_missing",
             "token": _token_report(status),
+            "clock": clock,
+            # Parts of the box beside the signing path (the admin console's front): reported, but
+            # they do not make the signing API unhealthy.
+            **{name: report() for name, report in self._parts.items()},
         }
 
 
