@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 from . import audit, metering
@@ -93,7 +94,8 @@ class SignatureLedger:
         outcomes: list[BaseException | None] = [RuntimeError("the signature could not be recorded")] * len(batch)
         try:
             with immediate(conn):
-                results = [self._charge(conn, job) for job in batch]
+                charged: Counter[str] = Counter()  # signatures charged in this transaction, per client
+                results = [self._charge(conn, job, charged) for job in batch]
                 entries = [e for job, result in zip(batch, results) if result is None for e in job.entries]
                 if entries:
                     audit.append(conn, entries)
@@ -105,12 +107,14 @@ class SignatureLedger:
                 job.outcome, job.done = outcome, True
 
     @staticmethod
-    def _charge(conn, job: _Job) -> metering.Refusal | None:
-        """Charge the job's client; a refused job's entries are not appended."""
+    def _charge(conn, job: _Job, charged: Counter[str]) -> metering.Refusal | None:
+        """Charge the job's client, counting what this batch charged it before; a refused job's
+        entries are not appended."""
         if job.charge_client is None:
             return None
         try:
-            metering.charge(conn, job.charge_client, len(job.entries))
+            metering.charge(conn, job.charge_client, len(job.entries), uncommitted=charged[job.charge_client])
         except metering.Refusal as refusal:
             return refusal
+        charged[job.charge_client] += len(job.entries)
         return None
