@@ -14,6 +14,8 @@ from pathlib import Path
 
 from hsm import TokenConfig
 
+from .store.storage import MB, StorageBudget
+
 CONFIG_NAME = "box.toml"
 
 
@@ -80,6 +82,25 @@ class ConsoleSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """``[audit]`` beyond anchoring: summarising refusals without a valid key, and the disk budget."""
+
+    refusal_window_s: float = 60.0  # refusals per peer and reason in one window: one entry + one summary
+    budget: StorageBudget = field(default_factory=StorageBudget)
+
+    @classmethod
+    def from_toml(cls, raw: dict) -> "AuditSettings":
+        default = StorageBudget()
+        return cls(
+            refusal_window_s=float(raw.get("refusal_window_seconds", 60)),
+            budget=StorageBudget(
+                max_db_bytes=int(float(raw.get("max_db_mb", default.max_db_bytes / MB)) * MB),
+                min_free_bytes=int(float(raw.get("min_free_mb", default.min_free_bytes / MB)) * MB),
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class BoxConfig:
     state_dir: Path
     api_host: str
@@ -98,6 +119,7 @@ class BoxConfig:
     default_level: str = "B-T"  # [signing] default_level, set from the admin console
     stamp_text: str = ""  # [signing] stamp_text: the default text of a visible PDF stamp
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     @property
     def database(self) -> Path:
@@ -148,6 +170,7 @@ class BoxConfig:
                 default_level=str(signing.get("default_level", "B-T")),
                 stamp_text=str(signing.get("stamp_text", "")),
                 console=ConsoleSettings.from_toml(raw.get("console", {}), resolve),
+                audit=AuditSettings.from_toml(audit),
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: missing setting {exc}") from exc
