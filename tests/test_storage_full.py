@@ -18,6 +18,7 @@ import pytest
 
 from firmware.store.clients import ClientRegistry
 from firmware.store.db import Database, open_connection
+from firmware.store.refusals import refused_since
 from firmware.store.storage import StorageBudget
 from webui.pages.dashboard import storage_warnings
 
@@ -100,9 +101,23 @@ def test_a_full_disk_refuses_signing_with_503_and_recovers(box_on_small_disk, sm
     body = response.json()
     assert body["error"] == "storage_full" and "disk" in body["message"] and "signature" not in body
     assert _signatures(box.state_dir / "box.db") == released  # every released signature is recorded
+    assert Api(box.url, "esb_nobody_nothing").post("/v1/signatures", json={}).status_code == 401  # not a 500
     filler.unlink()
     assert _sign(api, 1000).status_code == 201
     assert _signatures(box.state_dir / "box.db") == released + 1
+
+
+def test_below_the_free_space_floor_bad_keys_are_only_counted(box_on_small_disk):
+    box, _ = box_on_small_disk  # 3 MB is below the default floor of [audit] min_free_mb
+    for _ in range(3):
+        assert Api(box.url, "esb_nobody_nothing").post("/v1/signatures", json={}).status_code == 401
+    conn = open_connection(box.state_dir / "box.db")
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM audit_log WHERE action LIKE 'refusal%'").fetchone()[0] == 0
+        assert conn.execute("SELECT SUM(refusals) FROM refusal_counts").fetchone()[0] == 3
+        assert refused_since(conn, "2000-01-01") == 3
+    finally:
+        conn.close()
 
 
 def test_dashboard_warns_when_free_space_runs_low(small_disk):
