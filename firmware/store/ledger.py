@@ -53,7 +53,7 @@ class SignatureLedger:
         self._db = db
         self._budget = budget
         self._refusals = RefusalCounter(db.path, refusal_window_s)
-        self._summaries_due = 0.0  # time.time() when the oldest window still counting closes
+        self._summaries_due = 0.0  # time.time() when the window counting now closes: summarise then
         self._pending: list[_Job] = []
         self._pending_lock = threading.Lock()
         self._commit_lock = threading.Lock()
@@ -75,8 +75,10 @@ class SignatureLedger:
         only counted). ``details`` carries "peer", "error" and "status"."""
         if client_id is None:
             state = self._budget.state(self._db.path)
-            first = self._refusals.count(details.get("peer") or "", details.get("error") or "", details.get("status", 0),
-                                         only_count=state.over_budget or state.low_on_space)
+            first = self._refusals.count(
+                details.get("peer") or "", details.get("error") or "", details.get("status", 0),
+                only_count=state.over_budget or state.low_on_space,
+            )
             if not first:
                 return
         actor = f"client:{client_id}" if client_id else "anonymous"
