@@ -44,14 +44,14 @@ CREATE INDEX IF NOT EXISTS audit_by_client ON audit_log(client_id, action, at);
 CREATE INDEX IF NOT EXISTS audit_by_action ON audit_log(action, at);
 -- Refusals of callers without a valid key, counted per window until summarised (store/refusals.py).
 CREATE TABLE IF NOT EXISTS refusal_counts (
-    window_start TEXT NOT NULL,
-    window_end   TEXT NOT NULL,
+    window_start REAL NOT NULL,         -- times in seconds since the epoch, from SQLite's clock
+    window_end   REAL NOT NULL,
     peer         TEXT NOT NULL,         -- '*': any peer past the window's cap
     error        TEXT NOT NULL,
     status       INTEGER NOT NULL,
     refusals     INTEGER NOT NULL,      -- those not logged one by one
-    first_at     TEXT,
-    last_at      TEXT,
+    first_at     REAL,
+    last_at      REAL NOT NULL,
     PRIMARY KEY (window_start, peer, error)
 );
 -- Signatures are audit entries; this view is the convenient shape for reports and metering.

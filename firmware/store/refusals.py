@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,22 +26,28 @@ from .storage import full_error
 SUMMARY = "refusal.summary"  # the audit action of a window's count
 MAX_PEERS = 64
 
-_COUNT = """
+# Seconds since the epoch by SQLite's clock, read under the write lock: a refusal counted after a
+# window was summarised can only fall into a later window, never revive the summarised one.
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+_COUNT = f"""
+WITH clock(now) AS (SELECT {_NOW}),
+     slot(start, now) AS (SELECT :window * CAST(now / :window AS INTEGER), now FROM clock)
 INSERT INTO refusal_counts(window_start, window_end, peer, error, status, refusals, first_at, last_at)
-SELECT :start, :end,
-       CASE WHEN EXISTS (SELECT 1 FROM refusal_counts WHERE window_start = :start AND peer = :peer AND error = :error)
-              OR (SELECT COUNT(DISTINCT peer) FROM refusal_counts WHERE window_start = :start) < :max_peers
+SELECT start, start + :window,
+       CASE WHEN EXISTS (SELECT 1 FROM refusal_counts WHERE window_start = start AND peer = :peer AND error = :error)
+              OR (SELECT COUNT(DISTINCT peer) FROM refusal_counts WHERE window_start = start) < :max_peers
             THEN :peer ELSE '*' END,
-       :error, :status, :counted, CASE WHEN :counted THEN :at END, CASE WHEN :counted THEN :at END
-WHERE true
+       :error, :status, :counted, CASE WHEN :counted THEN now END, now
+FROM slot WHERE true
 ON CONFLICT (window_start, peer, error) DO UPDATE
-    SET refusals = refusals + 1, first_at = coalesce(first_at, :at), last_at = :at
+    SET refusals = refusals + 1, first_at = coalesce(first_at, excluded.last_at), last_at = excluded.last_at
 RETURNING refusals
 """
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="microseconds")
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="microseconds")
 
 
 class RefusalCounter:
@@ -56,10 +61,8 @@ class RefusalCounter:
 
         ``only_count``: count even the first (the disk budget is spent). Raises StorageFull.
         """
-        now = time.time()
-        start = now - now % self.window_s
-        params = {"start": _iso(start), "end": _iso(start + self.window_s), "peer": peer or "?", "error": error,
-                  "status": status, "counted": int(only_count), "at": _iso(now), "max_peers": MAX_PEERS}
+        params = {"window": self.window_s, "peer": peer or "?", "error": error, "status": status,
+                  "counted": int(only_count), "max_peers": MAX_PEERS}
         try:
             return self._connection().execute(_COUNT, params).fetchone()[0] == 0
         except sqlite3.Error as exc:
@@ -67,13 +70,12 @@ class RefusalCounter:
 
     def summaries(self, conn: sqlite3.Connection) -> list[AuditEntry]:
         """Inside the caller's write transaction: closed windows' counts as entries, taken off the counters."""
-        closed = _iso(time.time())
-        rows = conn.execute("DELETE FROM refusal_counts WHERE window_end <= ? RETURNING *", (closed,)).fetchall()
+        rows = conn.execute(f"DELETE FROM refusal_counts WHERE window_end <= {_NOW} RETURNING *").fetchall()
         return [
             AuditEntry("anonymous", SUMMARY, None, {
                 "peer": row["peer"], "error": row["error"], "status": row["status"], "refusals": row["refusals"],
-                "first_at": row["first_at"], "last_at": row["last_at"],
-                "window_start": row["window_start"], "window_end": row["window_end"],
+                "first_at": _iso(row["first_at"]), "last_at": _iso(row["last_at"]),
+                "window_start": _iso(row["window_start"]), "window_end": _iso(row["window_end"]),
             })
             for row in sorted(rows, key=lambda r: (r["window_start"], r["peer"], r["error"]))
             if row["refusals"]
@@ -89,11 +91,15 @@ class RefusalCounter:
 
 
 def refused_since(conn: sqlite3.Connection, since: str) -> int:
-    """Refusals since ``since`` (ISO time): own entries, summaries' counts, and counts not yet summarised."""
+    """Refusals since ``since`` (ISO date or time, UTC if it names no zone): own entries, summaries'
+    counts, and counts not yet summarised."""
+    moment = datetime.fromisoformat(since)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
     return conn.execute(
         "SELECT (SELECT COUNT(*) FROM audit_log WHERE action = 'refusal' AND at >= :since)"
         " + (SELECT coalesce(SUM(json_extract(details, '$.refusals')), 0) FROM audit_log"
         "    WHERE action = :summary AND at >= :since)"
-        " + (SELECT coalesce(SUM(refusals), 0) FROM refusal_counts WHERE window_end >= :since)",
-        {"since": since, "summary": SUMMARY},
+        " + (SELECT coalesce(SUM(refusals), 0) FROM refusal_counts WHERE window_end >= :epoch)",
+        {"since": since, "summary": SUMMARY, "epoch": moment.timestamp()},
     ).fetchone()[0]
