@@ -91,8 +91,11 @@ class AuditSettings:
     @classmethod
     def from_toml(cls, raw: dict) -> "AuditSettings":
         default = StorageBudget()
+        window_s = float(raw.get("refusal_window_seconds", 60))
+        if window_s <= 0:
+            raise ConfigError("[audit] refusal_window_seconds must be positive")
         return cls(
-            refusal_window_s=float(raw.get("refusal_window_seconds", 60)),
+            refusal_window_s=window_s,
             budget=StorageBudget(
                 max_db_bytes=int(float(raw.get("max_db_mb", default.max_db_bytes / MB)) * MB),
                 min_free_bytes=int(float(raw.get("min_free_mb", default.min_free_bytes / MB)) * MB),
