@@ -70,7 +70,8 @@ class Box:
     @classmethod
     def open(cls, config: BoxConfig) -> "Box":
         db = Database(config.database)
-        return cls.assemble(config, Token(config.token_config()), db, ClientRegistry(db), SignatureLedger(db))
+        ledger = SignatureLedger(db, config.audit.refusal_window_s, config.audit.budget)
+        return cls.assemble(config, Token(config.token_config()), db, ClientRegistry(db), ledger)
 
     @classmethod
     def assemble(

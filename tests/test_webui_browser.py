@@ -272,6 +272,7 @@ def test_signature_on_dashboard_and_in_audit_log(admin: Admin, console_box: Cons
     text = page.inner_text("main")
     assert "Present" in text and "RSA 2048" in text and "days left" in text
     assert "TSA" in text and "reachable" in text and " ms" in text
+    assert "free on the state partition" in page.inner_text("#storage")
     assert page.locator("svg.chart rect").count() >= 1 and "billing-system" in page.inner_text("ul.legend")
     shot(page, "dashboard")
     phone = admin.context.new_page()
