@@ -518,8 +518,8 @@ def test_organisation_certificate_upload_and_back(admin: Admin, console_box: Con
     ca_file = tmp_path / "org-ca.pem"
     ca_file.write_bytes(_pem(ca_cert))
     # The organisation's name is now one of the box's names (Host check), and the chain verifies.
-    page = requests.get(console_box.url + "/login", headers={"Host": "esignbox.example.lan"}, verify=str(ca_file),
-                        timeout=10)
+    page = requests.get(console_box.url + "/login", headers={"Host": f"esignbox.example.lan:{console_box.port}"},
+                        verify=str(ca_file), timeout=10)
     assert page.status_code == 200
     back = session.post(console_box.url + "/settings/tls", data={"csrf": csrf, "reset": "1"}, timeout=10,
                         verify=str(ca_file), allow_redirects=False)
