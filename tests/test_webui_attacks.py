@@ -196,3 +196,13 @@ def test_origin_must_be_null_or_the_console_itself(client):
                    "null, https://box.lan:8443", "", "https://evil.example:8443", "file://", "https:// box.lan:8443"):
         result = _get(client, "/setup", headers={"Origin": origin})
         assert result.status_code == 403 and "Cross-site" in result.text, origin
+
+
+def test_lockout_table_of_an_older_box_gets_its_refused_counter(tmp_path: Path):
+    db = Database(tmp_path / "box.db")
+    db.connect().execute("CREATE TABLE console_lockouts (key TEXT PRIMARY KEY, failures INTEGER NOT NULL,"
+                         " last_failure REAL NOT NULL, locked_until REAL NOT NULL DEFAULT 0)")
+    db.connect().execute("INSERT INTO console_lockouts VALUES ('peer:192.168.1.66', 5, 1e12, 2e12)")
+    accounts = Accounts(db, clock=Clock())
+    assert not accounts.login("root", "guess", "192.168.1.66").ok
+    assert db.connect().execute("SELECT refused FROM console_lockouts").fetchone()[0] == 1
