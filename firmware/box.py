@@ -6,7 +6,8 @@ calls the token. This module is the only place that knows all of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import falcon
 from asn1crypto import pem, x509
@@ -62,16 +63,20 @@ class Box:
     pdf_signing: PdfSigningService
     raw_signing: RawSigningService
     csc_sessions: CscSessions
+    # Reports from parts beside the signing path (the console's nginx), shown by /v1/health; the
+    # same dict is handed to every reassembled Box, so a face registers once.
+    health_parts: dict[str, Callable[[], dict[str, object]]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, config: BoxConfig) -> "Box":
         db = Database(config.database)
-        return cls.assemble(config, Token(config.token_config()), db, ClientRegistry(db), SignatureLedger(db))
+        ledger = SignatureLedger(db, config.audit.refusal_window_s, config.audit.budget)
+        return cls.assemble(config, Token(config.token_config()), db, ClientRegistry(db), ledger)
 
     @classmethod
     def assemble(
         cls, config: BoxConfig, token: Token, db: Database, clients: ClientRegistry, ledger: SignatureLedger,
-        csc_sessions: CscSessions | None = None,
+        csc_sessions: CscSessions | None = None, health_parts: dict[str, Callable[[], dict[str, object]]] | None = None,
     ) -> "Box":
         """The signing services for ``config`` around an open token and database (the console's
         key rollover reassembles them without closing the token's logged-in session)."""
@@ -95,13 +100,13 @@ class Box:
         raw_signing = RawSigningService(token, signer, ledger)
         return cls(
             config, token, clock, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing,
-            csc_sessions or CscSessions.open(db),
+            csc_sessions or CscSessions.open(db), health_parts if health_parts is not None else {},
         )
 
     def app(self) -> falcon.App:
         app = falcon.App(middleware=[RefusalAudit(self.ledger), ApiKeyAuth(self.clients)])
         errors.register(app, extra=PDF_ERRORS)
-        app.add_route("/v1/health", HealthResource(self.token, self.signer))
+        app.add_route("/v1/health", HealthResource(self.token, self.signer, self.clock, self.health_parts))
         app.add_route("/v1/certificate", CertificateResource(self.signer))
         level, stamp_text = self.config.default_level, self.config.stamp_text
         app.add_route("/v1/signatures", SignatureResource(self.hash_signing, level))

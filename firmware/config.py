@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from hsm import TokenConfig
 
+from .store.storage import MB, StorageBudget
+
 CONFIG_NAME = "box.toml"
 
 
@@ -110,6 +112,28 @@ def check_proxy_url(url: str) -> str:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """``[audit]`` beyond anchoring: summarising refusals without a valid key, and the disk budget."""
+
+    refusal_window_s: float = 60.0  # refusals per peer and reason in one window: one entry + one summary
+    budget: StorageBudget = field(default_factory=StorageBudget)
+
+    @classmethod
+    def from_toml(cls, raw: dict) -> "AuditSettings":
+        default = StorageBudget()
+        window_s = float(raw.get("refusal_window_seconds", 60))
+        if window_s <= 0:
+            raise ConfigError("[audit] refusal_window_seconds must be positive")
+        return cls(
+            refusal_window_s=window_s,
+            budget=StorageBudget(
+                max_db_bytes=int(float(raw.get("max_db_mb", default.max_db_bytes / MB)) * MB),
+                min_free_bytes=int(float(raw.get("min_free_mb", default.min_free_bytes / MB)) * MB),
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class BoxConfig:
     state_dir: Path
     api_host: str
@@ -130,6 +154,7 @@ class BoxConfig:
     stamp_text: str = ""  # [signing] stamp_text: the default text of a visible PDF stamp
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     @property
     def database(self) -> Path:
@@ -182,6 +207,7 @@ class BoxConfig:
                 stamp_text=str(signing.get("stamp_text", "")),
                 console=ConsoleSettings.from_toml(raw.get("console", {}), resolve),
                 outbound=OutboundSettings.from_toml(raw.get("outbound", {})),
+                audit=AuditSettings.from_toml(audit),
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: missing setting {exc}") from exc

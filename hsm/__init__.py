@@ -9,10 +9,12 @@ from .token import (
     Token,
     TokenConfig,
     TokenError,
+    TokenStatus,
     TokenUnavailable,
 )
 
 __all__ = [
     "DIGEST_SIZES", "KeyAlgorithm", "KeyExists", "KeyInfo", "KeyNotFound", "SignatureScheme",
-    "Token", "TokenConfig", "TokenError", "TokenUnavailable", "UnsupportedDigest", "check_digest",
+    "Token", "TokenConfig", "TokenError", "TokenStatus",
+    "TokenUnavailable", "UnsupportedDigest", "check_digest",
 ]

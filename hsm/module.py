@@ -106,10 +106,18 @@ def load_module(so: str) -> _ThreadSafeLib:
         return lib
 
 
-def reload_module(so: str) -> _ThreadSafeLib:
-    """Finalise and initialise the module again: the way back after a token was pulled."""
+def reload_module(so: str, stale: _ThreadSafeLib | None) -> _ThreadSafeLib:
+    """Finalise and initialise the module again: the way back after a token was pulled.
+
+    ``stale`` is the handle the caller saw fail. If the module was already reloaded since (by
+    another user of it in this process), that newer handle is returned as it is: finalising it
+    again would close the other user's fresh sessions, and it would then reload in turn.
+    """
     with _loaded_lock:
-        if so in _loaded:
+        entry = _loaded.get(so)
+        if entry is not None and entry[0] == os.getpid():
+            if entry[1] is not stale:
+                return entry[1]
             _function_list(so).C_Finalize(None)
             del _loaded[so]
     return load_module(so)

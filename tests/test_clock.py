@@ -82,6 +82,10 @@ def test_a_box_whose_clock_disagrees_with_its_tsa_refuses_to_sign(
         assert body["error"] == "clock_skewed" and "TSA" in body["message"] and "7200" in body["message"].replace(",", "")
         plain = _sign(api, "B-B")  # no TSA involved, but the signing time would be just as wrong
         assert plain.status_code == 503 and plain.json()["error"] == "clock_skewed"
+        health = requests.get(f"{box.url}/v1/health", timeout=10)
+        assert health.status_code == 503 and health.json()["status"] == "clock_skewed"
+        clock = health.json()["clock"]
+        assert clock["ok"] is False and -7300 < clock["skew_seconds"] < -7100 and clock["max_skew_seconds"] == 60
         conn = Database(state_dir / "box.db").connect()
         assert conn.execute("SELECT COUNT(*) FROM signatures").fetchone()[0] == 0
     finally:
@@ -91,6 +95,9 @@ def test_a_box_whose_clock_disagrees_with_its_tsa_refuses_to_sign(
 def test_a_box_in_step_with_its_tsa_signs(box_config: BoxConfig, api: Api):
     assert _sign(api, "B-T").status_code == 201
     assert _sign(api, "B-B").status_code == 201
+    health = api.get("/v1/health").json()
+    assert health["status"] == "ok" and health["clock"]["ok"] is True and abs(health["clock"]["skew_seconds"]) < 5
+    assert health["clock"]["synchronised"] in (True, False, None)  # what the kernel says; informational
 
 
 def test_a_clock_set_right_again_signs_again(dev_pki: DevPki, pki_server):

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pkcs11
 import pytest
@@ -110,6 +111,18 @@ def test_unknown_key_and_duplicate_label(token, keys):
         token.sign_digest("no-such-key", b"\0" * 32, "sha256", SignatureScheme.RSA_PKCS1V15)
     with pytest.raises(KeyExists):
         token.generate_key(keys[KeyAlgorithm.EC_P256], KeyAlgorithm.EC_P256)
+
+
+def test_refused_operations_give_their_session_back(token, keys):
+    """Each refusal borrows a pooled session; more refusals than sessions must leave the pool whole."""
+    for _ in range(token.info()["sessions"] + 1):
+        with pytest.raises(KeyExists):
+            token.generate_key(keys[KeyAlgorithm.EC_P256], KeyAlgorithm.EC_P256)
+        with pytest.raises(KeyNotFound):
+            token.key("no-such-key")
+    started = time.monotonic()
+    token.sign_digest(keys[KeyAlgorithm.EC_P256], b"\0" * 32, "sha256", SignatureScheme.ECDSA)
+    assert time.monotonic() - started < 1.0
 
 
 def test_eight_threads_share_the_session_pool_safely(token, keys):

@@ -70,6 +70,48 @@ def test_rate_limit_per_minute(box, clients):
     assert "per minute" in api.post("/v1/signatures", json=_body(b"r")).json()["message"]
 
 
+def _storm(url: str, key: str, sizes: list[int]) -> list[tuple[int, int]]:
+    """Send one request per size at once (size 1: the single endpoint, else a batch); (size, status) each."""
+    results: list[tuple[int, int]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(len(sizes))
+
+    def send(n: int, size: int) -> None:
+        api = Api(url, key)
+        documents = [b"storm %d %d %f" % (n, i, time.time()) for i in range(size)]
+        start.wait(timeout=30)
+        if size == 1:
+            response = api.post("/v1/signatures", json=_body(documents[0]))
+        else:
+            response = api.post("/v1/signatures/batch", json={
+                "hash_algorithm": "sha256", "level": "B-B",
+                "hashes": [base64.b64encode(hashlib.sha256(d).digest()).decode() for d in documents]})
+        with lock:
+            results.append((size, response.status_code))
+
+    threads = [threading.Thread(target=send, args=(n, size)) for n, size in enumerate(sizes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+def test_rate_per_minute_is_exact_under_concurrency(box, box_config, clients):
+    client, key = clients.add("storm-minute", rate_per_minute=5)
+    statuses = [status for _, status in _storm(box.url, key, [1] * 60)]
+    assert statuses.count(201) == 5 and statuses.count(429) == 55
+    assert _count(box_config, client.id) == 5
+
+
+def test_rate_per_day_is_exact_under_concurrency_with_batches(box, box_config, clients):
+    # 20 single requests among the 60: once any of them is refused the day is full, so exactly 10.
+    client, key = clients.add("storm-day", rate_per_day=10)
+    results = _storm(box.url, key, [1, 2, 3] * 20)
+    assert {status for _, status in results} == {201, 429}
+    assert sum(size for size, status in results if status == 201) == 10 == _count(box_config, client.id)
+
+
 def test_scope_limits_what_a_client_may_sign(box, clients):
     _, key = clients.add("pdf-only", scopes=("pdf",))
     response = Api(box.url, key).post("/v1/signatures", json=_body(b"x"))

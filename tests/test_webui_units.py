@@ -20,7 +20,7 @@ from firmware.config import BoxConfig
 from firmware.store.db import Database
 from webui import boxtoml, tls
 from webui.accounts import AccountError, Accounts, set_setup_code
-from webui.app import Console, create_app, host_name
+from webui.app import Console, authority, create_app
 from webui.charts import usage_chart
 from webui.lan import InterfaceAddress, LanPolicy, allowed_networks, listen_addresses, parse_peer
 from webui.nginx import render_config
@@ -73,11 +73,15 @@ def test_listens_on_lan_facing_addresses_and_loopback_only():
 
 @pytest.fixture
 def console(tmp_path: Path) -> Console:
+    return make_console(tmp_path)
+
+
+def make_console(tmp_path: Path) -> Console:
     (tmp_path / "box.toml").write_text('[token]\nmodule = "none.so"\nlabel = "t"\n[signing]\ntsa_urls = ["http://tsa"]\n')
     config = BoxConfig.load(tmp_path)
     db = Database(tmp_path / "box.db")
     return Console(config=config, db=db, accounts=Accounts(db), sessions=SessionStore(db),
-                   lan=LanPolicy(allowed_networks(["auto"], INTERFACES)), hosts={"box.lan", "192.168.1.10", "127.0.0.1"})
+                   lan=LanPolicy(allowed_networks(["auto"], INTERFACES)), hosts={"box.lan", "192.168.1.10", "fd00::10", "127.0.0.1"}, port=8443)
 
 
 @pytest.fixture
@@ -86,7 +90,7 @@ def client(console: Console) -> falcon.testing.TestClient:
 
 
 def _get(client, path, peer="192.168.1.77", host="box.lan", **kwargs):
-    return client.simulate_get(path, remote_addr=peer, host=host, protocol="https", **kwargs)
+    return client.simulate_get(path, remote_addr=peer, host=host, port=8443, protocol="https", **kwargs)
 
 
 def test_peer_outside_the_lan_gets_a_clear_403(client):
@@ -108,7 +112,7 @@ def test_lan_peer_without_administrator_is_sent_to_first_setup(client):
 def test_foreign_host_and_origin_refused(client):
     assert _get(client, "/setup", host="rebound.attacker.example").status_code == 403
     assert _get(client, "/setup", host="192.168.1.10").status_code == 200
-    assert host_name("[FD00::10]:8443") == "fd00::10" and host_name("Box.LAN:8443") == "box.lan"
+    assert authority("[FD00::10]:8443") == ("fd00::10", 8443) and authority("Box.LAN") == ("box.lan", 443)
     result = _get(client, "/setup", headers={"Origin": "https://attacker.example"})
     assert result.status_code == 403 and "Cross-site" in result.text
 
@@ -122,7 +126,7 @@ def _session(client) -> tuple[dict, str]:
 
 
 def _post(client, path, data, cookies, peer="192.168.1.77"):
-    return client.simulate_post(path, remote_addr=peer, host="box.lan", protocol="https", cookies=cookies,
+    return client.simulate_post(path, remote_addr=peer, host="box.lan", port=8443, protocol="https", cookies=cookies,
                                 headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": "null"},
                                 body="&".join(f"{k}={v}" for k, v in data.items()))
 
@@ -144,7 +148,7 @@ def test_first_setup_then_login_through_the_app(client, console):
     result = _post(client, "/setup", {"code": "abcd efgh jk23", "csrf": csrf}, cookies)
     assert result.status_code == 303 and result.headers["Location"].endswith("/setup/password")
     cookies = {COOKIE: result.cookies[COOKIE].value}  # a new session once the code was accepted
-    page = client.simulate_get("/setup/password", remote_addr="192.168.1.77", host="box.lan", cookies=cookies)
+    page = _get(client, "/setup/password", cookies=cookies)
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
     result = _post(client, "/setup/password", {"name": "root", "password": "a" * 14, "confirm": "a" * 14,
                                                "csrf": csrf}, cookies)
@@ -202,7 +206,8 @@ def test_login_locked_per_account_and_per_peer_then_released(tmp_path):
     clock.now += 601
     assert accounts.login("root", "correct horse battery", "192.168.1.7").ok
     actions = [r[0] for r in db.connect().execute("SELECT action FROM audit_log ORDER BY seq")]
-    assert actions.count("admin.login_failed") == 7 and actions[-1] == "admin.login"
+    assert actions.count("admin.login_failed") == 5 and actions[-1] == "admin.login"  # refusals are not checks
+    assert actions.count("admin.lockout") == 1 and actions.count("admin.lockout_ended") == 2  # peer and account
 
 
 def test_session_expires_when_idle(tmp_path):

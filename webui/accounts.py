@@ -6,8 +6,11 @@
   must then choose the administrator's name and password; the code is consumed at that moment.
 - Passwords (and the code) are hashed with scrypt (n=2^15, r=8, p=1: 32 MiB, ~0.1 s), a random
   salt per account; the parameters are stored with the hash so they can be raised later.
-- Failed attempts are counted per peer address and per account name. After `max_failures` in a
-  row the key is locked for `lockout_s`; while locked the password is not even checked.
+- Checks are counted per peer address and per account name, in SQLite (shared by every worker
+  process), and counted *before* the ~0.1 s scrypt runs: however many attempts arrive at once, at
+  most `max_failures` checks run per key until one succeeds. Reaching the limit locks the key for
+  `lockout_s`; while locked the secret is not even checked, and the refusals are counted, not
+  audited one by one (a locked console must not flood the audit log).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import hashlib
 import hmac
 import json
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from firmware.store import audit
 from firmware.store.db import Database, immediate
@@ -139,94 +144,148 @@ class Accounts:
 
     # -- lockouts -----------------------------------------------------------------------------
     def _lock_keys(self, name: str, peer: str) -> list[str]:
-        return [f"peer:{peer}", f"account:{name.lower()}"]
+        return [f"peer:{peer}", f"account:{name.lower()[:64]}"]
+
+    def _refused_for(self, row: sqlite3.Row, now: float) -> float:
+        """Seconds a key turns attempts away: locked, or its last allowed checks are still running."""
+        if row["locked_until"]:
+            return max(0.0, row["locked_until"] - now)
+        if row["failures"] >= self.max_failures:
+            return max(0.0, row["last_failure"] + self.lockout_s - now)
+        return 0.0
+
+    def _over(self, row: sqlite3.Row, now: float) -> bool:
+        """The key's lockout has ended, or its last counted attempt is older than the window."""
+        if row["locked_until"]:
+            return row["locked_until"] <= now
+        return row["last_failure"] < now - self.lockout_s
 
     def locked_for(self, name: str, peer: str) -> float:
         now = self._clock()
         conn = self._db.connect()
-        remaining = 0.0
-        for key in self._lock_keys(name, peer):
-            row = conn.execute("SELECT locked_until FROM console_lockouts WHERE key = ?", (key,)).fetchone()
-            if row and row[0] > now:
-                remaining = max(remaining, row[0] - now)
-        return remaining
+        rows = [conn.execute("SELECT * FROM console_lockouts WHERE key = ?", (key,)).fetchone()
+                for key in self._lock_keys(name, peer)]
+        return max([self._refused_for(row, now) for row in rows if row is not None], default=0.0)
 
-    def _fail(self, conn, name: str, peer: str) -> None:
+    def _reserve(self, name: str, peer: str) -> float:
+        """Count one secret check against the peer and the account before it runs; 0.0 lets it run.
+
+        Otherwise the attempt is refused for that many seconds. Reading the counts and adding to
+        them happen in one write transaction, so concurrent attempts (threads or worker
+        processes) cannot pass the limit between the two. A refused attempt only adds to the
+        key's `refused` counter: the audit log gets one entry when a lockout starts and one when
+        it ends, whatever the number of attempts in between.
+        """
+        conn = self._db.connect()
+        with immediate(conn):
+            now = self._clock()
+            rows = {}
+            for key in self._lock_keys(name, peer):
+                row = conn.execute("SELECT * FROM console_lockouts WHERE key = ?", (key,)).fetchone()
+                if row is not None and self._over(row, now):
+                    self._forget(conn, row)
+                    row = None
+                rows[key] = row
+            refusing = {key: self._refused_for(row, now) for key, row in rows.items() if row is not None}
+            refusing = {key: seconds for key, seconds in refusing.items() if seconds > 0}
+            if refusing:
+                conn.executemany("UPDATE console_lockouts SET refused = refused + 1 WHERE key = ?",
+                                 [(key,) for key in refusing])
+                return max(refusing.values())
+            conn.executemany(
+                "INSERT INTO console_lockouts(key, failures, last_failure) VALUES (?, 1, ?)"
+                " ON CONFLICT(key) DO UPDATE SET failures = failures + 1, last_failure = excluded.last_failure",
+                [(key, now) for key in rows])
+            return 0.0
+
+    def _failed(self, conn: sqlite3.Connection, name: str, peer: str) -> None:
+        """After a failed check: lock each key whose count reached the limit (one audit entry).
+
+        A lock once set is left as it is: a check that was already running when it was set and
+        fails afterwards neither shortens nor restarts it.
+        """
         now = self._clock()
+        locking = []
         for key in self._lock_keys(name, peer):
-            row = conn.execute("SELECT failures, last_failure FROM console_lockouts WHERE key = ?", (key,)).fetchone()
-            failures = 1 if row is None or row[1] < now - self.lockout_s else row[0] + 1
-            locked_until = now + self.lockout_s if failures >= self.max_failures else 0.0
-            conn.execute(
-                "INSERT INTO console_lockouts(key, failures, last_failure, locked_until) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET failures = excluded.failures,"
-                " last_failure = excluded.last_failure, locked_until = excluded.locked_until",
-                (key, 0 if locked_until else failures, now, locked_until),
-            )
+            row = conn.execute("SELECT failures, locked_until FROM console_lockouts WHERE key = ?", (key,)).fetchone()
+            if row is not None and row["failures"] >= self.max_failures and not row["locked_until"]:
+                conn.execute("UPDATE console_lockouts SET locked_until = ? WHERE key = ?", (now + self.lockout_s, key))
+                locking.append(key)
+        if locking:
+            append_audit(conn, "box", "admin.lockout", {"keys": locking, "name": name[:64], "peer": peer,
+                                                        "failures": self.max_failures, "seconds": self.lockout_s})
 
-    def _clear(self, conn, name: str, peer: str) -> None:
-        conn.executemany("DELETE FROM console_lockouts WHERE key = ?", [(k,) for k in self._lock_keys(name, peer)])
+    def _clear(self, conn: sqlite3.Connection, name: str, peer: str) -> None:
+        for key in self._lock_keys(name, peer):
+            row = conn.execute("SELECT * FROM console_lockouts WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                self._forget(conn, row)
+
+    def _forget(self, conn: sqlite3.Connection, row: sqlite3.Row) -> None:
+        """Drop a key's count; if it locked or refused anything, sum that up in one audit entry."""
+        conn.execute("DELETE FROM console_lockouts WHERE key = ?", (row["key"],))
+        if row["locked_until"] or row["refused"]:
+            append_audit(conn, "box", "admin.lockout_ended", {"key": row["key"], "refused": row["refused"]})
 
     def _locked_message(self, seconds: float) -> str:
         minutes = max(1, round(seconds / 60 + 0.49))
         return (f"Too many failed attempts: signing in is locked for {minutes} more minute"
                 f"{'s' if minutes != 1 else ''}. Try again later.")
 
-    # -- login --------------------------------------------------------------------------------
-    def login(self, name: str, password: str, peer: str) -> Attempt:
-        name = name.strip()
-        locked = self.locked_for(name, peer)
+    def _attempt(self, name: str, peer: str, check: Callable[[], bool], actor: str, reason: str,
+                 on_success: Callable[[sqlite3.Connection], object] = lambda conn: None) -> Attempt:
+        """One guarded check of a secret: counted first (or refused), checked, then cleared or failed.
+
+        ``on_success`` runs in the transaction that clears the counts; a failure is audited with
+        ``actor`` and ``reason``. A failed Attempt carries the lockout message if one now applies.
+        """
+        refused = self._reserve(name, peer)
+        if refused:
+            return Attempt(False, self._locked_message(refused), refused)
+        ok = check()
         conn = self._db.connect()
-        if locked:
-            with immediate(conn):
-                append_audit(conn, "anonymous", "admin.login_failed",
-                             {"name": name[:64], "peer": peer, "reason": "locked"})
-            return Attempt(False, self._locked_message(locked), locked)
-        row = conn.execute("SELECT * FROM console_admins WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            check_secret(password, *self._dummy)
-            ok = False
-        else:
-            ok = check_secret(password, row["password_hash"], row["salt"], row["kdf"])
         with immediate(conn):
             if ok:
                 self._clear(conn, name, peer)
-                append_audit(conn, f"admin:{name}", "admin.login", {"peer": peer})
+                on_success(conn)
             else:
-                self._fail(conn, name, peer)
-                append_audit(conn, "anonymous", "admin.login_failed",
-                             {"name": name[:64], "peer": peer, "reason": "bad credentials"})
+                append_audit(conn, actor, "admin.login_failed", {"name": name[:64], "peer": peer, "reason": reason})
+                self._failed(conn, name, peer)
         if ok:
             return Attempt(True)
         locked = self.locked_for(name, peer)
-        if locked:
-            return Attempt(False, self._locked_message(locked), locked)
-        return Attempt(False, "Wrong name or password.")
+        return Attempt(False, self._locked_message(locked) if locked else "", locked)
+
+    # -- login --------------------------------------------------------------------------------
+    def login(self, name: str, password: str, peer: str) -> Attempt:
+        name = name.strip()
+
+        def check() -> bool:
+            row = self._db.connect().execute("SELECT * FROM console_admins WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                check_secret(password, *self._dummy)
+                return False
+            return check_secret(password, row["password_hash"], row["salt"], row["kdf"])
+
+        attempt = self._attempt(name, peer, check, "anonymous", "bad credentials",
+                                lambda conn: append_audit(conn, f"admin:{name}", "admin.login", {"peer": peer}))
+        return attempt if attempt.ok or attempt.message else Attempt(False, "Wrong name or password.")
 
     # -- first set-up ---------------------------------------------------------------------------
     def check_setup_code(self, code: str, peer: str) -> tuple[Attempt, str | None]:
         """Step 1 of the first set-up: returns a nonce naming the accepted code, for step 2."""
-        locked = self.locked_for(SETUP_ACCOUNT, peer)
-        if locked:
-            return Attempt(False, self._locked_message(locked), locked), None
-        conn = self._db.connect()
-        row = conn.execute("SELECT * FROM console_setup_code").fetchone()
         if self.admin_exists():
             return Attempt(False, "This box already has an administrator: sign in instead."), None
-        ok = row is not None and check_secret(normalise_code(code), row["code_hash"], row["salt"], row["kdf"])
-        with immediate(conn):
-            if ok:
-                self._clear(conn, SETUP_ACCOUNT, peer)
-                append_audit(conn, "anonymous", "admin.setup_code_accepted", {"peer": peer})
-            else:
-                self._fail(conn, SETUP_ACCOUNT, peer)
-                append_audit(conn, "anonymous", "admin.login_failed", {"name": SETUP_ACCOUNT, "peer": peer,
-                                                                       "reason": "wrong set-up code"})
-        if ok:
-            return Attempt(True), row["code_hash"].hex()[:32]
-        locked = self.locked_for(SETUP_ACCOUNT, peer)
-        if locked:
-            return Attempt(False, self._locked_message(locked), locked), None
+        row = self._db.connect().execute("SELECT * FROM console_setup_code").fetchone()
+        attempt = self._attempt(
+            SETUP_ACCOUNT, peer,
+            lambda: row is not None and check_secret(normalise_code(code), row["code_hash"], row["salt"], row["kdf"]),
+            "anonymous", "wrong set-up code",
+            lambda conn: append_audit(conn, "anonymous", "admin.setup_code_accepted", {"peer": peer}))
+        if attempt.ok:
+            return attempt, row["code_hash"].hex()[:32]
+        if attempt.message:
+            return attempt, None
         if row is None:
             return Attempt(False, "No set-up code is active: restart the box to have a new one printed."), None
         return Attempt(False, "That is not the set-up code shown on the box's console."), None
@@ -253,19 +312,16 @@ class Accounts:
         return name
 
     def change_password(self, name: str, current: str, password: str, confirm: str, peer: str) -> None:
-        locked = self.locked_for(name, peer)
-        if locked:
-            raise AccountError(self._locked_message(locked))
-        conn = self._db.connect()
-        row = conn.execute("SELECT * FROM console_admins WHERE name = ?", (name,)).fetchone()
-        if row is None or not check_secret(current, row["password_hash"], row["salt"], row["kdf"]):
-            with immediate(conn):
-                self._fail(conn, name, peer)
-                append_audit(conn, f"admin:{name}", "admin.login_failed",
-                             {"name": name, "peer": peer, "reason": "wrong current password"})
-            raise AccountError("The current password is wrong.")
+        def check() -> bool:
+            row = self._db.connect().execute("SELECT * FROM console_admins WHERE name = ?", (name,)).fetchone()
+            return row is not None and check_secret(current, row["password_hash"], row["salt"], row["kdf"])
+
+        attempt = self._attempt(name, peer, check, f"admin:{name}", "wrong current password")
+        if not attempt.ok:
+            raise AccountError(attempt.message or "The current password is wrong.")
         check_password_rules(name, password, confirm)
         digest, salt, params = hash_secret(password)
+        conn = self._db.connect()
         with immediate(conn):
             conn.execute("UPDATE console_admins SET password_hash = ?, salt = ?, kdf = ?, password_set_at = ?"
                          " WHERE name = ?", (digest, salt, params, audit.now(), name))

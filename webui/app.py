@@ -4,8 +4,9 @@ Order of the checks, for every request including static files:
 1. SecurityHeaders (on the way out): CSP without 'unsafe-inline', frame-ancestors 'none' and
    X-Frame-Options DENY, nosniff, Referrer-Policy no-referrer, no-store on pages.
 2. NetworkGuard: the peer (from nginx's X-Forwarded-For, trusted by waitress from 127.0.0.1
-   only) must be in the allow-list; Host, and Origin when it names one, must be this box (a
-   defence against DNS rebinding). Both refusals are 403 pages that say why.
+   only) must be in the allow-list; Host, and Origin when it names one, must be exactly this
+   console: https, one of the box's names or addresses, the console's port, nothing else (a
+   defence against DNS rebinding and cross-site posts). The refusals are 403 pages that say why.
 3. SessionGuard: loads the session; every POST must carry the session's CSRF token (403
    otherwise); pages other than login/set-up need a signed-in administrator; while the box has
    no administrator every page leads to the first set-up.
@@ -13,7 +14,9 @@ Order of the checks, for every request including static files:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -89,12 +92,26 @@ def read_form(req: falcon.Request) -> Form:
     return Form()
 
 
-def host_name(value: str | None) -> str:
-    """'Box.lan:8443' -> 'box.lan'; '[fd00::2]:8443' -> 'fd00::2'."""
-    value = (value or "").strip().lower()
-    if value.startswith("["):
-        return value[1 : value.find("]")] if "]" in value else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+# host [":" port] as a browser sends it in Host and Origin: a DNS name or IPv4 address, or an IPv6
+# address in brackets; no userinfo, path, spaces, trailing dot, empty port or leading zero.
+_AUTHORITY = re.compile(r"(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?))"
+                        r"(?::(?P<port>[1-9][0-9]{0,4}))?")
+
+
+def authority(value: str | None) -> tuple[str, int] | None:
+    """'Box.lan:8443' -> ('box.lan', 8443); '[FD00::10]:8443' -> ('fd00::10', 8443); no port means 443.
+
+    None for anything that is not exactly a host and an optional port.
+    """
+    match = _AUTHORITY.fullmatch((value or "").lower())
+    if match is None:
+        return None
+    if match["ipv6"] is None:
+        return match["name"], int(match["port"] or 443)
+    try:
+        return str(ipaddress.IPv6Address(match["ipv6"])), int(match["port"] or 443)
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -116,6 +133,10 @@ class Console:
     version: str = field(default_factory=version)
     templates: jinja2.Environment = field(default_factory=templating.environment)
     _config_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def is_console(self, host_port: tuple[str, int] | None) -> bool:
+        """Whether a parsed Host or Origin names this console: one of the box's names, on its port."""
+        return host_port is not None and host_port[0] in self.hosts and host_port[1] == self.port
 
     @property
     def box(self):
@@ -197,22 +218,21 @@ class NetworkGuard:
                 description=f"This console only answers the box's own networks and loopback "
                             f"({c.lan.describe()}). Your address {peer} is not in that list; "
                             f"the allow-list is [console] allow in box.toml.")
-        host = host_name(req.get_header("Host"))
-        if host not in c.hosts:
+        host = req.get_header("Host") or ""
+        if not c.is_console(authority(host)):
             raise falcon.HTTPForbidden(
                 title="Unknown host name",
-                description=f"This box does not answer to the name {host or '(none)'!r}. Open the console at "
-                            f"one of its own addresses or names ({', '.join(c.urls) or 'see the box console'}); "
-                            f"more names can be added with [console] names in box.toml.")
+                description=f"This box does not answer to the name {host[:100] or '(none)'!r}. Open the console at "
+                            f"one of its own addresses or names ({', '.join(c.urls) or 'see the box console'}), "
+                            f"on port {c.port}; more names can be added with [console] names in box.toml.")
         # With Referrer-Policy: no-referrer, browsers send "Origin: null" on their own form posts,
-        # so "null" says nothing (the CSRF token decides); a named foreign origin is refused.
+        # so "null" says nothing (the CSRF token decides); any other origin must be this console.
         origin = req.get_header("Origin")
         if origin is not None and origin != "null":
-            parts = urllib.parse.urlsplit(origin)
-            if parts.scheme != "https" or host_name(parts.netloc) not in c.hosts:
+            if not (origin.startswith("https://") and c.is_console(authority(origin[len("https://"):]))):
                 raise falcon.HTTPForbidden(
                     title="Cross-site request refused",
-                    description=f"The request came from a page of {origin!r}, not from this console.")
+                    description=f"The request came from a page of {origin[:100]!r}, not from this console.")
 
 
 class SessionGuard:

@@ -104,6 +104,7 @@ def start_console(box, config: BoxConfig, out: Callable[[str], None] = print) ->
         server.close()
         raise ConsoleError(str(exc)) from exc
     console.nginx = nginx
+    box.health_parts["console"] = nginx.status
     code = accounts.ensure_setup_code()
     lines = [f"Admin console (HTTPS): {'  '.join(console.urls)}",
              f"  answers peers in: {lan.describe()}"]

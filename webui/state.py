@@ -41,17 +41,33 @@ CREATE TABLE IF NOT EXISTS console_sessions (
     created     REAL NOT NULL,
     last_seen   REAL NOT NULL
 );
+-- Secret checks per peer and per account: counted before the check runs, so that concurrent
+-- attempts cannot exceed the limit; cleared by a success.
 CREATE TABLE IF NOT EXISTS console_lockouts (
     key          TEXT PRIMARY KEY,      -- "peer:<address>" or "account:<name>"
-    failures     INTEGER NOT NULL,
-    last_failure REAL NOT NULL,
-    locked_until REAL NOT NULL DEFAULT 0
+    failures     INTEGER NOT NULL,      -- checks started in the window (in flight or failed)
+    last_failure REAL NOT NULL,         -- when the last of them started
+    locked_until REAL NOT NULL DEFAULT 0,
+    refused      INTEGER NOT NULL DEFAULT 0  -- attempts turned away without a check
 );
 """
+# Columns added after the first release: (table, column, definition) for databases made before.
+ADDED_COLUMNS = [("console_lockouts", "refused", "INTEGER NOT NULL DEFAULT 0")]
 
 
 def ensure_schema(db: Database) -> None:
-    db.connect().executescript(SCHEMA)
+    conn = db.connect()
+    conn.executescript(SCHEMA)
+    for table, column, definition in ADDED_COLUMNS:
+        if column in _columns(conn, table):
+            continue
+        with immediate(conn):  # several processes may start at once: check again under the write lock
+            if column not in _columns(conn, table):
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def append_audit(conn: sqlite3.Connection, actor: str, action: str, details: dict[str, Any],

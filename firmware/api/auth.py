@@ -7,12 +7,17 @@ signatures a request asks for (they call ``SignatureLedger.admit`` before touchi
 
 from __future__ import annotations
 
+import logging
+
 import falcon
 
 from ..store.clients import ClientRegistry
 from ..store.ledger import SignatureLedger
 from ..store.metering import ScopeDenied
+from ..store.storage import StorageFull
 from .errors import ApiError
+
+log = logging.getLogger(__name__)
 
 
 class ApiKeyAuth:
@@ -37,7 +42,8 @@ class ApiKeyAuth:
 
 
 class RefusalAudit:
-    """Every refused call on an authenticated endpoint becomes an audit entry.
+    """Every refused call on an authenticated endpoint is audited: a known client's as an entry
+    each, a caller's without a valid key counted per peer and window (store/refusals.py).
 
     Resources that authenticate callers themselves (CSC) are public to ApiKeyAuth but opt in
     here with ``audit_refusals = True`` and put the caller in ``req.context.client``.
@@ -53,8 +59,11 @@ class RefusalAudit:
             return
         client = getattr(req.context, "client", None)
         body = resp.media if isinstance(resp.media, dict) else {}
-        self._ledger.refuse(
-            client.id if client else None,
-            {"method": req.method, "path": req.path, "status": int(resp.status[:3]),
-             "error": body.get("error"), "peer": req.remote_addr},
-        )
+        try:
+            self._ledger.refuse(
+                client.id if client else None,
+                {"method": req.method, "path": req.path, "status": int(resp.status[:3]),
+                 "error": body.get("error"), "peer": req.remote_addr},
+            )
+        except StorageFull as exc:  # the caller still gets its refusal; the operator gets the log line
+            log.error("refusal of %s %s not audited: %s", req.method, req.path, exc)

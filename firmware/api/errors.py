@@ -19,6 +19,7 @@ from ..signing.revocation import CertificateRevoked, RevocationUnavailable
 from ..signing.timestamps import TimestampUnavailable
 from ..store.clients import ClientError
 from ..store.metering import QuotaExhausted, RateLimited, Refusal
+from ..store.storage import StorageFull, full_error
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ _MAPPING: list[tuple[type[Exception], str, str]] = [
     (TokenUnavailable, falcon.HTTP_503, "token_unavailable"),
     (KeyNotFound, falcon.HTTP_503, "signing_key_missing"),
     (TokenError, falcon.HTTP_500, "token_error"),
+    (StorageFull, falcon.HTTP_503, "storage_full"),
 ]
 
 
@@ -55,6 +57,7 @@ def register(app: falcon.App, extra: list[tuple[type[Exception], str, str]] = ()
     def handle(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict) -> None:
         if isinstance(exc, falcon.HTTPError):
             raise exc
+        exc = full_error(exc)  # a full disk met outside the ledger (a temporary file, the client registry)
         for exc_type, status, code in table:
             if isinstance(exc, exc_type):
                 log.info("%s %s refused: %s: %s", req.method, req.path, code, exc)

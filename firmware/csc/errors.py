@@ -22,6 +22,7 @@ from ..signing.revocation import CertificateRevoked, RevocationUnavailable
 from ..signing.timestamps import TimestampUnavailable
 from ..store.csc_grants import SadRefused
 from ..store.metering import Refusal
+from ..store.storage import StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ _MAPPING: list[tuple[type[Exception], str, str]] = [
     (SadRefused, falcon.HTTP_400, "invalid_request"),
     (CertificateRevoked, falcon.HTTP_400, "invalid_request"),  # the spec's "credential unusable" case
     (TimestampUnavailable, falcon.HTTP_503, "temporarily_unavailable"),
+    (StorageFull, falcon.HTTP_503, "temporarily_unavailable"),
     (ClockSkewed, falcon.HTTP_503, "temporarily_unavailable"),
     (RevocationUnavailable, falcon.HTTP_503, "temporarily_unavailable"),
     (TokenUnavailable, falcon.HTTP_503, "temporarily_unavailable"),

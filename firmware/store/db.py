@@ -64,6 +64,18 @@ CREATE TABLE IF NOT EXISTS csc_sads (
 CREATE INDEX IF NOT EXISTS csc_sads_by_client ON csc_sads(client_id);
 CREATE INDEX IF NOT EXISTS csc_sads_by_token ON csc_sads(token_hash);
 CREATE INDEX IF NOT EXISTS csc_sads_by_expiry ON csc_sads(expires_at);
+-- Refusals of callers without a valid key, counted per window until summarised (store/refusals.py).
+CREATE TABLE IF NOT EXISTS refusal_counts (
+    window_start REAL NOT NULL,         -- times in seconds since the epoch, from SQLite's clock
+    window_end   REAL NOT NULL,
+    peer         TEXT NOT NULL,         -- '*': any peer past the window's cap
+    error        TEXT NOT NULL,
+    status       INTEGER NOT NULL,
+    refusals     INTEGER NOT NULL,      -- those not logged one by one
+    first_at     REAL,
+    last_at      REAL NOT NULL,
+    PRIMARY KEY (window_start, peer, error)
+);
 -- Signatures are audit entries; this view is the convenient shape for reports and metering.
 CREATE VIEW IF NOT EXISTS signatures AS
     SELECT seq AS id, at AS created_at, client_id,

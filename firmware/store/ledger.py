@@ -6,17 +6,23 @@ concurrent signers cost one fsync, not eight — durability without capping thro
 disk's fsync rate, and without a writer thread (handing work to one costs more GIL switches than
 the write itself). Inside that transaction each request's quota is checked again and charged,
 and its signatures become entries of the hash-chained audit log: a signature is released only if
-it is recorded and paid for.
+it is recorded and paid for. The same commit summarises the refusal counts of windows that
+have closed (store/refusals.py), so counting needs no thread of its own.
+
+A write that fails for lack of disk space raises storage.StorageFull: nothing is released.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 from . import audit, metering
 from .db import Database, immediate
+from .refusals import RefusalCounter
+from .storage import StorageBudget, full_error
 
 
 _UNLIMITED_RECHECK_S = 1.0
@@ -43,8 +49,11 @@ class _Job:
 
 
 class SignatureLedger:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, refusal_window_s: float = 60.0, budget: StorageBudget = StorageBudget()) -> None:
         self._db = db
+        self._budget = budget
+        self._refusals = RefusalCounter(db.path, refusal_window_s)
+        self._summaries_due = 0.0  # time.time() when the window counting now closes: summarise then
         self._pending: list[_Job] = []
         self._pending_lock = threading.Lock()
         self._commit_lock = threading.Lock()
@@ -65,7 +74,17 @@ class SignatureLedger:
         self._commit(_Job([audit.AuditEntry(f"client:{client_id}", "timestamp", client_id, details)], client_id))
 
     def refuse(self, client_id: str | None, details: dict) -> None:
-        """Log a refused request."""
+        """Log a refused request: a client's each time; a caller without a valid key's only as the
+        first of its peer, error and window, or never while the disk budget is spent (then it is
+        only counted). ``details`` carries "peer", "error" and "status"."""
+        if client_id is None:
+            state = self._budget.state(self._db.path)
+            first = self._refusals.count(
+                details.get("peer") or "", details.get("error") or "", details.get("status", 0),
+                only_count=state.over_budget or state.low_on_space,
+            )
+            if not first:
+                return
         actor = f"client:{client_id}" if client_id else "anonymous"
         self._commit(_Job([audit.AuditEntry(actor, "refusal", client_id, details)], None))
 
@@ -97,24 +116,37 @@ class SignatureLedger:
         outcomes: list[BaseException | None] = [RuntimeError("the signature could not be recorded")] * len(batch)
         try:
             with immediate(conn):
-                results = [self._charge(conn, job) for job in batch]
+                charged: Counter[str] = Counter()  # signatures charged in this transaction, per client
+                results = [self._charge(conn, job, charged) for job in batch]
                 entries = [e for job, result in zip(batch, results) if result is None for e in job.entries]
+                summarise = time.time() >= self._summaries_due
+                if summarise:
+                    entries += self._refusals.summaries(conn)
                 if entries:
                     audit.append(conn, entries)
             outcomes = results
+            if summarise:
+                self._summaries_due = _next_window_end(self._refusals.window_s)
         except Exception as exc:
-            outcomes = [exc] * len(batch)
+            outcomes = [full_error(exc)] * len(batch)
         finally:
             for job, outcome in zip(batch, outcomes):
                 job.outcome, job.done = outcome, True
 
     @staticmethod
-    def _charge(conn, job: _Job) -> metering.Refusal | None:
-        """Charge the job's client; a refused job's entries are not appended."""
+    def _charge(conn, job: _Job, charged: Counter[str]) -> metering.Refusal | None:
+        """Charge the job's client, counting what this batch charged it before; a refused job's
+        entries are not appended."""
         if job.charge_client is None:
             return None
         try:
-            metering.charge(conn, job.charge_client, len(job.entries))
+            metering.charge(conn, job.charge_client, len(job.entries), uncommitted=charged[job.charge_client])
         except metering.Refusal as refusal:
             return refusal
+        charged[job.charge_client] += len(job.entries)
         return None
+
+
+def _next_window_end(window_s: float) -> float:
+    now = time.time()
+    return now - now % window_s + window_s

@@ -46,8 +46,14 @@ def _signed_since(conn: sqlite3.Connection, client_id: str, since: datetime) -> 
     ).fetchone()[0]
 
 
-def check(conn: sqlite3.Connection, client_id: str, count: int, now: datetime | None = None) -> bool:
+def check(conn: sqlite3.Connection, client_id: str, count: int, now: datetime | None = None,
+          uncommitted: int = 0) -> bool:
     """Raise the Refusal that stops ``count`` more signatures for this client, if any.
+
+    Rates count the client's metered calls in the audit log (signatures, timestamps) plus
+    ``uncommitted``: the calls the caller's transaction has already charged but whose entries it has not yet
+    appended (a group commit appends its whole batch last). Without them, every request of one
+    batch would see the same count and a batch of eight could overshoot a rate by seven.
 
     Returns whether the client has no limits at all (callers may then skip the next checks).
     """
@@ -63,19 +69,21 @@ def check(conn: sqlite3.Connection, client_id: str, count: int, now: datetime | 
         raise QuotaExhausted(
             f"call quota exhausted: {max(purchased - used, 0)} of {purchased} calls left, this request needs {count}"
         )
-    if per_minute is not None and _signed_since(conn, client_id, now - timedelta(minutes=1)) + count > per_minute:
+    wanted = uncommitted + count
+    if per_minute is not None and _signed_since(conn, client_id, now - timedelta(minutes=1)) + wanted > per_minute:
         raise RateLimited(f"rate limit of {per_minute} signatures per minute reached")
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if per_day is not None and _signed_since(conn, client_id, day_start) + count > per_day:
+    if per_day is not None and _signed_since(conn, client_id, day_start) + wanted > per_day:
         raise RateLimited(f"rate limit of {per_day} signatures per day reached")
     return purchased is None and per_minute is None and per_day is None
 
 
-def charge(conn: sqlite3.Connection, client_id: str, count: int) -> None:
+def charge(conn: sqlite3.Connection, client_id: str, count: int, uncommitted: int = 0) -> None:
     """Check and charge in one statement; raise the exact Refusal if the quick path does not apply.
 
     One statement, not three, because the caller holds the commit lock: every sqlite call gives
     up the GIL, and winning it back under load is what a signature's record costs most.
+    ``uncommitted``: see `check`.
     """
     charged = conn.execute(
         "UPDATE clients SET calls_used = calls_used + ? WHERE id = ?"
@@ -84,7 +92,7 @@ def charge(conn: sqlite3.Connection, client_id: str, count: int) -> None:
         (count, client_id, count),
     ).rowcount
     if not charged:
-        check(conn, client_id, count)  # raises if over quota or rate
+        check(conn, client_id, count, uncommitted=uncommitted)  # raises if over quota or rate
         conn.execute("UPDATE clients SET calls_used = calls_used + ? WHERE id = ?", (count, client_id))
 
 

@@ -16,11 +16,19 @@ from . import Page
 PAGE_SIZE = 50
 
 
-def _date(text: str) -> str | None:
-    try:
-        return dt.date.fromisoformat(text.strip()).isoformat() if text.strip() else None
-    except ValueError:
+MAX_PAGE = 1_000_000  # 50 million entries back: past any real log, and an OFFSET SQLite can take
+MAX_SEQ = 2**63 - 1  # SQLite's largest integer
+
+
+def _date_param(req: falcon.Request, name: str) -> str | None:
+    """A YYYY-MM-DD filter as ISO text, None when blank; anything else is the visitor's mistake (400)."""
+    text = (req.get_param(name) or "").strip()
+    if not text:
         return None
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise falcon.HTTPInvalidParam("a date is written YYYY-MM-DD, e.g. 2026-01-31", name) from None
 
 
 def search(conn, action: str = "", actor: str = "", client: str = "", text: str = "",
@@ -41,7 +49,7 @@ def search(conn, action: str = "", actor: str = "", client: str = "", text: str 
     if since:
         where.append("at >= ?")
         params.append(since)
-    if until:
+    if until and dt.date.fromisoformat(until) < dt.date.max:  # the last day there is has no day after it
         where.append("at < ?")
         params.append((dt.date.fromisoformat(until) + dt.timedelta(days=1)).isoformat())
     clause = (" WHERE " + " AND ".join(where)) if where else ""
@@ -63,9 +71,9 @@ class Audit(Page):
         c = self.console
         conn = c.db.connect()
         f = {name: (req.get_param(name) or "").strip()[:200] for name in ("action", "actor", "client", "q", "since", "until")}
-        page = max(1, req.get_param_as_int("page") or 1)
-        entries, total = search(conn, f["action"], f["actor"], f["client"], f["q"], _date(f["since"]),
-                                _date(f["until"]), page)
+        page = req.get_param_as_int("page", min_value=1, max_value=MAX_PAGE) or 1
+        entries, total = search(conn, f["action"], f["actor"], f["client"], f["q"], _date_param(req, "since"),
+                                _date_param(req, "until"), page)
         actions = [r[0] for r in conn.execute("SELECT DISTINCT action FROM audit_log ORDER BY action")]
         pages = max(1, -(-total // PAGE_SIZE))
         query = "&".join(f"{k}={falcon.uri.encode_value(v)}" for k, v in f.items() if v)
@@ -89,7 +97,7 @@ class Verify(Page):
 class Export(Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         c = self.console
-        after = max(0, req.get_param_as_int("after") or 0)
+        after = req.get_param_as_int("after", min_value=0, max_value=MAX_SEQ) or 0
         record(c.db, c.actor(req), "audit.export", {"after": after})
         conn = c.db.connect()
 

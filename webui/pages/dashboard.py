@@ -1,4 +1,4 @@
-"""The dashboard: token, key, certificate, outside services, today's signatures, quotas, chart."""
+"""The dashboard: token, key, certificate, outside services, today's signatures, quotas, storage, chart."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import datetime as dt
 
 import falcon
 
-from firmware.store import metering
+from firmware.store import metering, refusals
+from firmware.store.storage import MB, StorageState
 from hsm import TokenError
 
 from .. import certinfo
@@ -41,6 +42,19 @@ def quota_warnings(clients, used_today: dict[str, int]) -> list[tuple[str, str, 
     return warnings
 
 
+def storage_warnings(state: StorageState) -> list[tuple[str, str]]:
+    """(level, text): a state partition running out of room stops signing, so it is an error;
+    an audit log over its budget is a warning."""
+    warnings = []
+    if state.low_on_space:
+        warnings.append(("error", f"only {state.free_bytes / MB:.1f} MB free on the state partition (warning below "
+                                  f"{state.min_free_bytes / MB:.0f} MB): signing stops when it is full"))
+    if state.over_budget:
+        warnings.append(("warn", f"the database with the audit log is {state.db_bytes / MB:.1f} MB, over its budget "
+                                 f"of {state.max_db_bytes / MB:.0f} MB: export and archive the audit log"))
+    return warnings
+
+
 class Dashboard(Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         c = self.console
@@ -56,8 +70,8 @@ class Dashboard(Page):
         conn = c.db.connect()
         today = dt.datetime.now(dt.timezone.utc).date().isoformat()
         signed_today = conn.execute("SELECT COUNT(*) FROM signatures WHERE created_at >= ?", (today,)).fetchone()[0]
-        refused_today = conn.execute("SELECT COUNT(*) FROM audit_log WHERE action = 'refusal' AND at >= ?",
-                                     (today,)).fetchone()[0]
+        refused_today = refusals.refused_since(conn, today)
+        storage = box.config.audit.budget.state(box.config.database)
         per_client_today = dict(conn.execute(
             "SELECT client_id, COUNT(*) FROM signatures WHERE created_at >= ? GROUP BY client_id", (today,)).fetchall())
         clients = box.clients.list()
@@ -68,6 +82,7 @@ class Dashboard(Page):
             probe_ttl=int(c.prober.ttl_s), signed_today=signed_today, refused_today=refused_today,
             signed_30=sum(r["signatures"] for r in rows), warnings=quota_warnings(clients, per_client_today),
             chart=usage_chart(rows, {cl.id: cl.name for cl in clients}), clients=len(clients),
+            storage=storage, storage_warnings=storage_warnings(storage),
         )
 
 
