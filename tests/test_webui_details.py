@@ -48,3 +48,21 @@ def test_client_list_marks_an_exhausted_client():
 def test_pages_name_the_favicon():
     assert '<link rel="icon" href="/static/favicon.svg"' in environment().get_template("base.html").render(
         console=None, flash=[], version="t")
+
+
+def test_audit_page_names_clients_and_says_why_a_call_was_refused(box_config, clients, box):
+    import base64
+    import hashlib
+
+    import requests
+
+    from firmware.store.db import Database
+    from webui.pages.audit import search
+
+    client, key = clients.add("audit-names", scopes=("pdf",))
+    refused = requests.post(f"{box.url}/v1/signatures", headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                            json={"hash_algorithm": "sha256", "hash": base64.b64encode(hashlib.sha256(b"x").digest()).decode()})
+    assert refused.status_code == 403
+    entries, _ = search(Database(box_config.database).connect(), action="refusal", client=client.id)
+    assert entries and entries[0]["client_name"] == "audit-names"
+    assert "message=this client may not use hash signing" in entries[0]["details"]

@@ -63,7 +63,8 @@ class RefusalAudit:
             self._ledger.refuse(
                 client.id if client else None,
                 {"method": req.method, "path": req.path, "status": int(resp.status[:3]),
-                 "error": body.get("error"), "peer": req.remote_addr},
+                 "error": body.get("error"), "message": body.get("message") or body.get("error_description"),
+                 "peer": req.remote_addr},
             )
         except StorageFull as exc:  # the caller still gets its refusal; the operator gets the log line
             log.error("refusal of %s %s not audited: %s", req.method, req.path, exc)

@@ -54,7 +54,8 @@ def search(conn, action: str = "", actor: str = "", client: str = "", text: str 
         params.append((dt.date.fromisoformat(until) + dt.timedelta(days=1)).isoformat())
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     total = conn.execute(f"SELECT COUNT(*) FROM audit_log{clause}", params).fetchone()[0]
-    rows = conn.execute(f"SELECT seq, at, actor, action, client_id, details FROM audit_log{clause}"
+    rows = conn.execute(f"SELECT seq, at, actor, action, client_id, details, c.name AS client_name"
+                        f" FROM audit_log LEFT JOIN clients c ON c.id = client_id{clause}"
                         " ORDER BY seq DESC LIMIT ? OFFSET ?", (*params, PAGE_SIZE, (page - 1) * PAGE_SIZE)).fetchall()
     entries = []
     for row in rows:
