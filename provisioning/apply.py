@@ -121,9 +121,10 @@ def _check_setup_code(state: ProvisioningState, manifest: Manifest) -> None:
         admins = state.connect().execute("SELECT COUNT(*) FROM console_admins").fetchone()[0]
     except sqlite3.OperationalError:  # the console has not created its tables yet: no administrator
         admins = 0
-    if admins:
+    if admins and not manifest.admin_reset:
         raise ProvisioningRefused(
             "invalid-content", "an administrator exists already; a set-up code is only for the first set-up"
+            " (to replace a forgotten administrator, the bundle says admin.reset_admin: true)"
         )
 
 
@@ -132,12 +133,13 @@ def post_commit(state: ProvisioningState, generation: int) -> list[str]:
     manifest_path = state.generation_dir(generation) / "bundle" / MANIFEST
     if not manifest_path.exists():
         return []
-    code = (json.loads(manifest_path.read_bytes()).get("admin") or {}).get("setup_code")
+    admin = json.loads(manifest_path.read_bytes()).get("admin") or {}
+    code = admin.get("setup_code")
     if not code:
         return []
     try:
         set_setup_code, account_error = _console_accounts()
-        set_setup_code(state.database, code, source="provisioning")
+        set_setup_code(state.database, code, source="provisioning", reset_admin=bool(admin.get("reset_admin")))
     except Exception as exc:  # AccountError (an administrator appeared meanwhile), or no console
         log.error("provisioning: the admin console set-up code was not set: %s", exc)
         return [f"admin console set-up code NOT set: {exc}"]

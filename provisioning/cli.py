@@ -101,8 +101,10 @@ def cmd_make_bundle(args) -> None:
         alphabet = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # as the console's own codes: no 0/O, 1/I/L
         chars = "".join(secrets.choice(alphabet) for _ in range(12))
         setup_code = "-".join(chars[i:i + 4] for i in range(0, 12, 4))
+    if args.reset_admin and not setup_code:
+        raise SystemExit("--reset-admin needs --setup-code or --generate-setup-code: the code the new administrator enters")
     if setup_code:
-        manifest["admin"] = {"setup_code": setup_code}
+        manifest["admin"] = {"setup_code": setup_code, **({"reset_admin": True} if args.reset_admin else {})}
     services = manifest.get("services", {})
     for flag in ("tsa_urls", "ocsp_urls", "crl_urls"):
         if getattr(args, flag):
@@ -308,6 +310,8 @@ def add_parser(sub) -> None:
     c.add_argument("--api-port", type=int, help="port of the signing API ([api] port)")
     c.add_argument("--setup-code", help="one-time admin console set-up code (first set-up of a box only)")
     c.add_argument("--generate-setup-code", action="store_true", help="make a set-up code and print it")
+    c.add_argument("--reset-admin", action="store_true",
+                   help="with a set-up code: remove the administrator first (a forgotten console password)")
     c.add_argument("--tsa-url", dest="tsa_urls", action="append", help="RFC 3161 TSA URL, tried in order (repeat)")
     c.add_argument("--ocsp-url", dest="ocsp_urls", action="append", help="OCSP responder URL (repeat)")
     c.add_argument("--crl-url", dest="crl_urls", action="append", help="CRL URL (repeat)")

@@ -16,7 +16,8 @@ exist. Sections that are absent leave that part of the box as it is.
       "network": {"hostname": "esign-hq", "mode": "static", "address": "192.0.2.10/24",
                   "gateway": "192.0.2.1", "dns": ["192.0.2.53"], "ntp": ["ntp.example"],
                   "api_host": "0.0.0.0", "api_port": 8443},
-      "admin": {"setup_code": "ABCD-EFGH-JKMN"},  # one-time code for the admin console's first set-up
+      "admin": {"setup_code": "ABCD-EFGH-JKMN",   # one-time code for the admin console's first set-up
+                "reset_admin": true},             # optional: remove the administrator first (forgotten password)
       "services": {"tsa_urls": ["http://tsa.example/tsr"], "ocsp_urls": [...], "crl_urls": [...]},
       "clients": [{"id": "0123456789ab", "name": "billing", "key_sha256": "<hex>",
                    "scopes": ["hash"], "calls": 10000, "rate_per_minute": 600, "rate_per_day": null}],
@@ -96,6 +97,7 @@ class Manifest:
     box_name: str | None
     network: Network | None
     admin_setup_code: str | None
+    admin_reset: bool  # the set-up code replaces the existing administrator (a forgotten password)
     services: dict[str, tuple[str, ...]]  # only the lists given: tsa_urls, ocsp_urls, crl_urls
     clients: tuple[ClientSpec, ...]
     trust_roots: str | None
@@ -296,10 +298,13 @@ def _parse(data: bytes, files: set[str]) -> Manifest:
         _fail("any_box", "give box_serial or any_box: true, not both")
     used: set[str] = set()
 
-    setup_code = None
+    setup_code, admin_reset = None, False
     if "admin" in m:
-        admin = _object(m["admin"], "admin", {"setup_code"}, {"setup_code"})
+        admin = _object(m["admin"], "admin", {"setup_code", "reset_admin"}, {"setup_code"})
         setup_code = _text(admin["setup_code"], "admin.setup_code", 64)
+        admin_reset = admin.get("reset_admin", False)
+        if not isinstance(admin_reset, bool):
+            _fail("admin.reset_admin", "must be true or false")
         if sum(c.isalnum() for c in setup_code) < 10:
             _fail("admin.setup_code", "needs at least 10 letters or digits")
 
@@ -345,6 +350,6 @@ def _parse(data: bytes, files: set[str]) -> Manifest:
         box_serial=box_serial, any_box=any_box,
         box_name=_text(m["box_name"], "box_name", 64) if "box_name" in m else None,
         network=_network(m["network"]) if "network" in m else None,
-        admin_setup_code=setup_code, services=services, clients=clients,
+        admin_setup_code=setup_code, admin_reset=admin_reset, services=services, clients=clients,
         trust_roots=trust_roots, signing_chain=chain, key_request=request,
     )

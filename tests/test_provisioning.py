@@ -584,6 +584,32 @@ def test_setup_code_for_the_admin_console(pbox: ProvBox, tmp_path: Path):
     assert oct(generation_bundle.stat().st_mode & 0o777) == "0o700"
 
 
+def test_a_stick_resets_a_forgotten_admin_password(pbox: ProvBox, tmp_path: Path):
+    """No shell on the box: the way back in is physical, a signed stick with a new set-up code."""
+    from webui import accounts
+    from webui.sessions import SessionStore
+
+    db = Database(pbox.state_dir / "box.db")
+    console = accounts.Accounts(db)
+    first = "ABCD-EFGH-JKMN"
+    assert pbox.provision(make_bundle(tmp_path / "1", pbox.key, 1, admin={"setup_code": first})).result == "applied"
+    _, nonce = console.check_setup_code(first, "127.0.0.1")
+    console.create_admin(nonce, "alice", "a long forgotten password", "a long forgotten password", "127.0.0.1")
+    SessionStore(db, 900).create("127.0.0.1", admin="alice")
+    again = pbox.provision(make_bundle(tmp_path / "2", pbox.key, 2, admin={"setup_code": "PQRS-TUVW-XYZ2"}))
+    assert (again.result, again.code) == ("refused", "invalid-content") and "reset_admin" in again.message
+    assert console.admins() == ["alice"]
+    report = pbox.provision(make_bundle(tmp_path / "3", pbox.key, 3,
+                                        admin={"setup_code": "PQRS-TUVW-XYZ2", "reset_admin": True}))
+    assert report.result == "applied", report.message
+    assert not console.admin_exists() and console.setup_code_source() == "provisioning"
+    assert db.connect().execute("SELECT COUNT(*) FROM console_sessions WHERE admin IS NOT NULL").fetchone()[0] == 0
+    attempt, nonce = console.check_setup_code("PQRS-TUVW-XYZ2", "127.0.0.1")
+    assert attempt.ok and nonce
+    reset = [details for _, action, details in pbox.audit_actions() if action == "admin.reset"]
+    assert reset and reset[-1]["removed"] == ["alice"]
+
+
 def test_root_copies_the_stick_then_applies_as_the_state_owner(box_config: BoxConfig, tmp_path: Path, admin_key):
     nobody = 65534
     base = Path(tempfile.mkdtemp(prefix="esb-owner-", dir="/tmp"))  # traversable by that user, unlike tmp_path

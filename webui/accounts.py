@@ -84,11 +84,13 @@ def valid_admin_name(name: str) -> str:
     return name
 
 
-def set_setup_code(db: Database, code: str, source: str = "provisioning") -> None:
+def set_setup_code(db: Database, code: str, source: str = "provisioning", reset_admin: bool = False) -> None:
     """Store (the hash of) a one-time set-up code, replacing any earlier one.
 
     For the provisioning stick: it knows the code, so the box need not print one. Refused once
-    an administrator exists (the code is for first set-up only).
+    an administrator exists (the code is for first set-up only) unless ``reset_admin``: a signed
+    stick in the box is the physical way back in after a forgotten password, as the box has no
+    shell. The administrator and every console session are then removed in the same transaction.
     """
     ensure_schema(db)
     if len(normalise_code(code)) < 10:
@@ -96,8 +98,13 @@ def set_setup_code(db: Database, code: str, source: str = "provisioning") -> Non
     digest, salt, params = hash_secret(normalise_code(code))
     conn = db.connect()
     with immediate(conn):
-        if conn.execute("SELECT COUNT(*) FROM console_admins").fetchone()[0]:
+        admins = [row[0] for row in conn.execute("SELECT name FROM console_admins ORDER BY name")]
+        if admins and not reset_admin:
             raise AccountError("an administrator exists; a set-up code is no longer accepted")
+        if admins:
+            conn.execute("DELETE FROM console_admins")
+            conn.execute("DELETE FROM console_sessions")
+            append_audit(conn, source, "admin.reset", {"removed": admins, "source": source})
         conn.execute("DELETE FROM console_setup_code")
         conn.execute(
             "INSERT INTO console_setup_code(id, code_hash, salt, kdf, source, created_at) VALUES (1, ?, ?, ?, ?, ?)",
