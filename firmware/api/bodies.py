@@ -11,10 +11,14 @@ from ..errors import InvalidRequest
 from .errors import ApiError
 
 
+def too_large(limit: int) -> ApiError:
+    return ApiError(falcon.HTTP_413, "too_large", f"request body over {limit} bytes")
+
+
 def check_length(req: falcon.Request, limit: int) -> None:
     """Refuse an oversized body before reading it."""
     if req.content_length is not None and req.content_length > limit:
-        raise ApiError(falcon.HTTP_413, "too_large", f"request body over {limit} bytes")
+        raise too_large(limit)
 
 
 def read_json(req: falcon.Request) -> dict:

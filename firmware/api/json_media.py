@@ -21,7 +21,7 @@ import falcon
 from falcon.media import JSONHandler
 
 from ..errors import InvalidRequest
-from .errors import ApiError
+from .bodies import too_large
 
 MAX_JSON_BYTES = 1024 * 1024
 # No request of the box's APIs nests deeper than 4 levels (signDoc's documentDigests); 32 leaves
@@ -48,10 +48,10 @@ class BoundedJsonHandler(JSONHandler):
 
     def deserialize(self, stream, content_type: str | None, content_length: int | None) -> object:
         if content_length is not None and content_length > self._max_bytes:
-            raise ApiError(falcon.HTTP_413, "too_large", f"request body over {self._max_bytes} bytes")
+            raise too_large(self._max_bytes)
         data = stream.read(self._max_bytes + 1)  # a chunked body has no Content-Length to check
         if len(data) > self._max_bytes:
-            raise ApiError(falcon.HTTP_413, "too_large", f"request body over {self._max_bytes} bytes")
+            raise too_large(self._max_bytes)
         if not data:
             raise falcon.MediaNotFoundError("JSON")
         try:

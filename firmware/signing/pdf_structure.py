@@ -4,7 +4,12 @@ pyHanko walks both trees recursively and follows every path: a page tree thousan
 deep ends in a RecursionError, and a form whose sixty fields each list the next one twice as a
 kid makes 2**60 paths, a worker that never finishes. Both trees have exactly one parent per node
 (ISO 32000-1, 7.7.3.2 and 12.7.3.1), so a node reached twice is refused, as is a tree deeper than
-any real document's. Each walk visits every node once, level by level, without recursion.
+any real document's. Each walk visits a node once, level by level, without recursion.
+
+The field tree is walked whole: pyHanko enumerates every field anyway and keeps what it parsed,
+so the walk costs nothing extra. The page tree is followed down its first branch only (the way
+pyHanko goes to put a signature widget on page 1): parsing every page object would cost seconds
+for a document of thousands of pages, which pyHanko never reads.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ def _resolved(dictionary: generic.PdfObject, key: str) -> generic.PdfObject | No
     return dictionary[key]
 
 
-def _page_kids(node: generic.PdfObject) -> generic.PdfObject | None:
+def _first_page_kid(node: generic.PdfObject) -> generic.ArrayObject | None:
     # pyHanko descends into nodes of /Type /Pages
-    return _resolved(node, "/Kids") if _resolved(node, "/Type") == "/Pages" else None
+    kids = _resolved(node, "/Kids") if _resolved(node, "/Type") == "/Pages" else None
+    return generic.ArrayObject([kids.raw_get(0)]) if isinstance(kids, generic.ArrayObject) and kids else None
 
 
 def _field_kids(node: generic.PdfObject) -> generic.PdfObject | None:
@@ -63,8 +69,8 @@ def _tree_fault(
 def structure_fault(root: generic.DictionaryObject) -> str | None:
     """What in the document catalog ``root`` the box will not hand to pyHanko, or None."""
     pages = root.raw_get("/Pages") if "/Pages" in root else None
-    if not isinstance(pages, generic.IndirectObject) or _page_kids(pages.get_object()) is None:
+    if not isinstance(pages, generic.IndirectObject) or _first_page_kid(pages.get_object()) is None:
         return "it has no page tree"
-    return _tree_fault(generic.ArrayObject([pages]), _page_kids, "page tree") or _tree_fault(
+    return _tree_fault(generic.ArrayObject([pages]), _first_page_kid, "page tree") or _tree_fault(
         _resolved(_resolved(root, "/AcroForm"), "/Fields"), _field_kids, "form field tree"
     )
