@@ -108,9 +108,9 @@ def test_json_nested_100000_deep_is_refused_on_every_json_endpoint(box, hostile_
 
 
 def test_json_nesting_within_the_limit_still_parses(hostile_api):
-    """32 levels are fine: the refusal above is about depth, not about nesting as such."""
+    """32 levels (the body and 31 objects inside) are fine: the refusal above is about depth."""
     nested: object = _HASH
-    for _ in range(30):
+    for _ in range(31):
         nested = {"x": nested}
     body = {"hash_algorithm": "sha256", "hash": _HASH, "level": "B-B", "extra": nested}
     response = hostile_api.post("/v1/signatures", json=body)
