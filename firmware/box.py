@@ -17,6 +17,7 @@ from hsm import Token
 from .api import errors
 from .api.auth import ApiKeyAuth, RefusalAudit
 from .api.info import CertificateResource, HealthResource
+from .api.json_media import BoundedJsonHandler
 from .api.pdf import ERRORS as PDF_ERRORS
 from .api.pdf import PdfSignResource, PdfVerifyResource
 from .api.signatures import SignatureBatchResource, SignatureResource
@@ -106,6 +107,7 @@ class Box:
     def app(self) -> falcon.App:
         app = falcon.App(middleware=[RefusalAudit(self.ledger), ApiKeyAuth(self.clients)])
         errors.register(app, extra=PDF_ERRORS)
+        app.req_options.media_handlers[falcon.MEDIA_JSON] = BoundedJsonHandler()
         app.add_route("/v1/health", HealthResource(self.token, self.signer, self.clock, self.health_parts))
         app.add_route("/v1/certificate", CertificateResource(self.signer))
         level, stamp_text = self.config.default_level, self.config.stamp_text

@@ -4,7 +4,8 @@ Documents are N pages of text padded to a target size. The padding is a grey-sca
 random pixels referenced from the first page's resources (but not drawn), so the file is
 well-formed for qpdf and pdfsig at any size and random data keeps the size honest (nothing
 compresses it away). Signed documents are checked with poppler's pdfsig, qpdf --check and
-pyHanko's validator (hard-fail, online or from the DSS alone).
+pyHanko's validator (hard-fail, online or from the DSS alone). Hostile documents are written
+byte by byte (``raw_pdf``), so each says exactly what is wrong with it.
 """
 
 from __future__ import annotations
@@ -77,6 +78,95 @@ def make_pdf(pages: int = 1, size: int = 0, seed: int = 0, owner_password: str |
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
+
+
+def make_pdf_with_object_stream() -> bytes:
+    """A one-page PDF whose page tree root sits in an (uncompressed) object stream."""
+    writer = PdfFileWriter(init_page_tree=False)
+    object_stream = writer.prepare_object_stream(compress=False)
+    pages = generic.DictionaryObject(
+        {pdf_name("/Type"): pdf_name("/Pages"), pdf_name("/Count"): generic.NumberObject(0),
+         pdf_name("/Kids"): generic.ArrayObject()}
+    )
+    writer.root[pdf_name("/Pages")] = writer.add_object(pages, obj_stream=object_stream)
+    writer.insert_page(_page(writer, 1, generic.DictionaryObject()))
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def raw_pdf(objects: dict[int, bytes], root: int = 1, startxref: int | None = None) -> bytes:
+    """A PDF with a classic cross-reference table around hand-written object bodies.
+
+    ``startxref`` overrides where the trailer says the table is (default: where it is).
+    """
+    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+    offsets = {}
+    for number, body in sorted(objects.items()):
+        offsets[number] = len(out)
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    size = max(objects) + 1
+    table = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % size
+    for number in range(1, size):
+        out += b"%010d 00000 n \n" % offsets[number] if number in offsets else b"0000000000 65535 f \n"
+    out += b"trailer\n<< /Size %d /Root %d 0 R >>\n" % (size, root)
+    out += b"startxref\n%d\n%%%%EOF\n" % (table if startxref is None else startxref)
+    return bytes(out)
+
+
+_CATALOG = b"<< /Type /Catalog /Pages 2 0 R >>"
+_PAGES = b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>"
+_PAGE = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>"
+
+
+def minimal_pdf() -> bytes:
+    """One empty page, nothing else; a classic cross-reference table."""
+    return raw_pdf({1: _CATALOG, 2: _PAGES, 3: _PAGE})
+
+
+def _deep_page_tree(depth: int) -> bytes:
+    objects = {1: _CATALOG}
+    for level in range(depth):  # object 2 is the root node, each node's only kid the next one
+        number = 2 + level
+        parent = b"/Parent %d 0 R " % (number - 1) if level else b""
+        objects[number] = b"<< /Type /Pages %s/Kids [%d 0 R] /Count 1 >>" % (parent, number + 1)
+    leaf = 2 + depth
+    objects[leaf] = b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 595 842] >>" % (leaf - 1)
+    return raw_pdf(objects)
+
+
+def _shared_field_kids(levels: int) -> bytes:
+    """A form whose every field lists the next one twice as its kid: 2**levels paths, 60-odd objects."""
+    objects = {1: b"<< /Type /Catalog /Pages 2 0 R /AcroForm 4 0 R >>", 2: _PAGES, 3: _PAGE, 4: b"<< /Fields [5 0 R] >>"}
+    for number in range(5, 5 + levels):
+        objects[number] = b"<< /T (f) /Kids [%d 0 R %d 0 R] >>" % (number + 1, number + 1)
+    objects[5 + levels] = b"<< /T (s) /FT /Sig >>"
+    return raw_pdf(objects)
+
+
+def hostile_pdfs() -> dict[str, bytes]:
+    """Files that once made the box answer 500 (or could): each must be refused as invalid_pdf."""
+    valid = minimal_pdf()
+    nested = b"[" * 600 + b"]" * 600
+    return {
+        "600 nested arrays": raw_pdf({1: b"<< /Type /Catalog /Pages 2 0 R /Deep %s >>" % nested, 2: _PAGES, 3: _PAGE}),
+        "self-referencing /Root": raw_pdf({1: b"1 0 R"}),
+        "/Pages is the catalog": raw_pdf({1: b"<< /Type /Catalog /Pages 1 0 R >>"}),
+        "page tree 3,000 levels deep": _deep_page_tree(3000),
+        "form fields sharing their kids": _shared_field_kids(64),
+        "form field tree with a cycle": raw_pdf(
+            {1: b"<< /Type /Catalog /Pages 2 0 R /AcroForm 4 0 R >>", 2: _PAGES, 3: _PAGE, 4: b"<< /Fields [5 0 R] >>",
+             5: b"<< /T (f) /Kids [5 0 R] >>"}),
+        "page tree with a cycle": raw_pdf({1: _CATALOG, 2: b"<< /Type /Pages /Kids [2 0 R] /Count 1 >>"}),
+        "broken object stream": make_pdf_with_object_stream().replace(b"/ObjStm", b"/ObjStn"),
+        "startxref on a non-xref object": raw_pdf({1: _CATALOG, 2: _PAGES, 3: _PAGE}, startxref=valid.index(b"2 0 obj")),
+        "startxref past the end": raw_pdf({1: _CATALOG, 2: _PAGES, 3: _PAGE}, startxref=10**9),
+        "truncated": valid[: len(valid) // 2],
+        "only a header": b"%PDF-1.7\n",
+        "empty": b"",
+        "garbage": bytes(range(256)) * 4,
+    }
 
 
 def pdfsig_results(pdf: bytes, tmp_path: Path) -> dict[str, str]:

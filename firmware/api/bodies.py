@@ -11,14 +11,18 @@ from ..errors import InvalidRequest
 from .errors import ApiError
 
 
+def too_large(limit: int) -> ApiError:
+    return ApiError(falcon.HTTP_413, "too_large", f"request body over {limit} bytes")
+
+
 def check_length(req: falcon.Request, limit: int) -> None:
     """Refuse an oversized body before reading it."""
     if req.content_length is not None and req.content_length > limit:
-        raise ApiError(falcon.HTTP_413, "too_large", f"request body over {limit} bytes")
+        raise too_large(limit)
 
 
-def read_json(req: falcon.Request, limit: int) -> dict:
-    check_length(req, limit)
+def read_json(req: falcon.Request) -> dict:
+    """The JSON object in the body; size and nesting are bounded by the app's JSON handler (json_media)."""
     if req.content_type is None or not req.content_type.startswith("application/json"):
         raise InvalidRequest("send a JSON body with Content-Type: application/json")
     body = req.get_media()

@@ -14,7 +14,7 @@ from ..signing.levels import Level, parse_enum
 from ..signing.pdf_signing import PdfSigningService, PdfSignOptions, Stamp
 from ..signing.pdf_verify import PdfInvalid, verify_pdf
 from ..signing.revocation import RevocationService
-from .bodies import check_length
+from .bodies import check_length, too_large
 from .errors import ApiError
 
 # Extra rows for errors.register: a body that is no usable PDF is a 422, not a 400.
@@ -30,7 +30,7 @@ def _read_pdf_body(req: falcon.Request, limit: int) -> bytes:
         raise ApiError(falcon.HTTP_415, "unsupported_media_type", "send the PDF as Content-Type: application/pdf")
     data = req.bounded_stream.read(limit + 1)  # chunked bodies have no Content-Length to check
     if len(data) > limit:
-        raise ApiError(falcon.HTTP_413, "too_large", f"request body over {limit} bytes")
+        raise too_large(limit)
     return data
 
 

@@ -9,8 +9,6 @@ from ..signing.hash_signing import HashSignature, HashSigningService, HashSignRe
 from ..signing.levels import Level, Profile, parse_enum
 from .bodies import b64, b64decode, field, read_json
 
-_MAX_BODY = 1024 * 1024
-
 
 def _options(body: dict, default_level: str) -> tuple[str, Level, Profile]:
     algorithm = field(body, "hash_algorithm", str)
@@ -46,7 +44,7 @@ class _HashSigningResource:
         self._default_level = default_level if default_level != Level.B_LTA.value else Level.B_LT.value
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json(req, _MAX_BODY)
+        body = read_json(req)
         algorithm, level, profile = _options(body, self._default_level)
         requests = [HashSignRequest(algorithm, digest, level, profile) for digest in self._digests(body)]
         signatures = self._service.sign(req.context.client.id, requests)

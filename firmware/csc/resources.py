@@ -56,7 +56,7 @@ def _body(req: falcon.Request, form: bool = False) -> dict:
     if form and (req.content_type or "").startswith(falcon.MEDIA_URLENCODED):
         check_length(req, _MAX_BODY)
         return req.get_media()
-    return read_json(req, _MAX_BODY)
+    return read_json(req)
 
 
 def _digests(body: dict, name: str) -> list[bytes]:

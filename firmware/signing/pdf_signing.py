@@ -170,7 +170,7 @@ def _translated(before_signing: bool) -> Iterator[None]:
         if fault is not None:
             raise fault from exc
         if before_signing and not isinstance(exc, (PathError, ValidationError)):
-            raise PdfInvalid(f"cannot sign this PDF: {exc or type(exc).__name__}") from exc
+            raise PdfInvalid.damaged("cannot sign this PDF", exc) from exc
         raise
 
 
@@ -208,7 +208,7 @@ class PdfSigningService:
             field_name = options.field_name or free_field_name(reader)
             pages = _page_count(reader)
         except PDF_DAMAGE as exc:
-            raise PdfInvalid(f"not a readable PDF: {exc}") from exc
+            raise PdfInvalid.damaged("not a readable PDF", exc) from exc
         if options.stamp is not None and options.stamp.page > pages:
             raise InvalidRequest(f"stamp page {options.stamp.page} is out of range; the PDF has {pages} page(s)")
         self._ledger.admit(client_id, 1)

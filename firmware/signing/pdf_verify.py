@@ -36,21 +36,39 @@ from pyhanko_certvalidator import ValidationContext
 
 from ..errors import InvalidRequest
 from .levels import Level
+from .pdf_structure import structure_fault
 from .revocation import RevocationService
 
 # What damaged files make pyHanko raise: PdfError mostly, but structural surprises surface as
-# lookup/type/number errors, broken Flate data as zlib.error, unknown filters as NotImplementedError.
+# lookup/type/number errors, failed internal assertions (an object stream that is no stream, a
+# startxref on some other object), broken Flate data as zlib.error, unknown filters as
+# NotImplementedError, and objects nested deeper than the interpreter recurses (hundreds of
+# nested arrays, a /Root that is a reference to itself, a page tree thousands of levels deep) as
+# RecursionError: pyHanko's parser recurses in Python, so the recursion limit bounds it long before
+# a worker thread's stack could overflow.
 PDF_DAMAGE = (
-    PdfError, ValueError, KeyError, IndexError, TypeError, AttributeError, ArithmeticError, zlib.error, NotImplementedError
+    PdfError, ValueError, KeyError, IndexError, TypeError, AttributeError, ArithmeticError, AssertionError,
+    RecursionError, zlib.error, NotImplementedError,
 )
+_MAX_DETAIL = 200
 
 
 class PdfInvalid(InvalidRequest):
     """The body is not a PDF the box can process: unreadable, damaged, encrypted or too large."""
 
+    @classmethod
+    def damaged(cls, what: str, exc: BaseException) -> "PdfInvalid":
+        """``what: <what pyHanko found>`` on one short line: it is logged and sent to the caller."""
+        if isinstance(exc, RecursionError):
+            detail = "objects nested too deeply or referring to themselves"
+        else:
+            detail = " ".join(str(exc).split())[:_MAX_DETAIL] or f"unreadable structure ({type(exc).__name__})"
+        return cls(f"{what}: {detail}")
+
 
 def read_pdf(data: bytes, max_bytes: int) -> PdfFileReader:
-    """Parse ``data`` strictly (hybrid cross-reference files are refused) and refuse encryption.
+    """Parse ``data`` strictly (hybrid cross-reference files are refused), refuse encryption and
+    a skeleton pyHanko should not walk (pdf_structure).
 
     Encrypted files are refused before any signer sees them: pyHanko installs a PDF-MAC
     attribute provider on the (shared) signer for encrypted files and leaves it there if signing
@@ -61,13 +79,13 @@ def read_pdf(data: bytes, max_bytes: int) -> PdfFileReader:
     try:
         reader = PdfFileReader(io.BytesIO(data), strict=True)
         encrypted = reader.encrypted
-        has_pages = "/Pages" in reader.root
+        fault = None if encrypted else structure_fault(reader.root)
     except PDF_DAMAGE as exc:
-        raise PdfInvalid(f"not a readable PDF: {exc or type(exc).__name__}") from exc
+        raise PdfInvalid.damaged("not a readable PDF", exc) from exc
     if encrypted:
         raise PdfInvalid("encrypted PDFs are not supported; send the decrypted document")
-    if not has_pages:
-        raise PdfInvalid("not a readable PDF: it has no page tree")
+    if fault is not None:
+        raise PdfInvalid(f"not a readable PDF: {fault}")
     return reader
 
 
@@ -306,4 +324,4 @@ def verify_pdf(data: bytes, revocation: RevocationService, max_bytes: int) -> Pd
     try:
         return asyncio.run(async_verify(reader, revocation))
     except PDF_DAMAGE as exc:
-        raise PdfInvalid(f"the PDF's signatures cannot be read: {exc or type(exc).__name__}") from exc
+        raise PdfInvalid.damaged("the PDF's signatures cannot be read", exc) from exc
