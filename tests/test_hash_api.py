@@ -277,3 +277,12 @@ def test_secrets_never_reach_the_log(api, box, box_config, api_key):
     log = box.log()
     assert box_config.token.read_pin() not in log
     assert api_key not in log and api_key.split("_", 2)[2] not in log
+
+
+def test_batch_errors_name_the_bad_entry(api):
+    good = base64.b64encode(hashlib.sha256(b"fine").digest()).decode()
+    short = base64.b64encode(b"\x01" * 20).decode()
+    response = api.post("/v1/signatures/batch", json={"hash_algorithm": "sha256", "hashes": [good, good, short]})
+    assert response.status_code == 400 and "hashes[2]" in response.json()["message"], response.text
+    response = api.post("/v1/signatures/batch", json={"hash_algorithm": "sha256", "hashes": [good, 7]})
+    assert response.status_code == 400 and "hashes[1]" in response.json()["message"], response.text

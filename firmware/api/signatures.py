@@ -71,8 +71,9 @@ class SignatureBatchResource(_HashSigningResource):
 
     def _digests(self, body: dict) -> list[bytes]:
         hashes = field(body, "hashes", list)
-        if not all(isinstance(h, str) for h in hashes):
-            raise InvalidRequest("field 'hashes' must be a list of base64 strings")
+        for index, value in enumerate(hashes):
+            if not isinstance(value, str):
+                raise InvalidRequest(f"hashes[{index}] must be a base64 string, not {type(value).__name__}")
         return [b64decode(h, f"hashes[{i}]") for i, h in enumerate(hashes)]
 
     def _response(self, signatures: list[dict]) -> dict:

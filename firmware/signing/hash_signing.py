@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from asn1crypto import cms, x509
 
-from hsm import check_digest
+from hsm import UnsupportedDigest, check_digest
 
 from ..errors import InvalidRequest
 
@@ -95,8 +95,13 @@ class HashSigningService:
         """Sign every request or none: a batch that fails part-way releases nothing."""
         if not requests or len(requests) > MAX_BATCH:
             raise InvalidRequest(f"a batch holds 1 to {MAX_BATCH} hashes")
-        for request in requests:
-            check_digest(request.digest, request.hash_algorithm)
+        for index, request in enumerate(requests):
+            try:
+                check_digest(request.digest, request.hash_algorithm)
+            except UnsupportedDigest as exc:
+                if len(requests) == 1:
+                    raise
+                raise UnsupportedDigest(f"hashes[{index}]: {exc}") from exc  # which one of the batch
             if request.level is Level.B_LTA:
                 raise InvalidRequest("B-LTA needs the whole document; use the PDF endpoint")
         if any(r.level.needs_timestamp for r in requests) and self._timestamper is None:
