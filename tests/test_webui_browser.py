@@ -273,6 +273,8 @@ def test_signature_on_dashboard_and_in_audit_log(admin: Admin, console_box: Cons
     assert "Present" in text and "RSA 2048" in text and "days left" in text
     assert "TSA" in text and "reachable" in text and " ms" in text
     assert "free on the state partition" in page.inner_text("#storage")
+    clock = page.inner_text("#clock")  # a signature with a timestamp has been made: the skew is measured
+    assert " s" in clock and "vs the TSA" in clock and "Off by" not in clock, clock
     assert page.locator("svg.chart rect").count() >= 1 and "billing-system" in page.inner_text("ul.legend")
     shot(page, "dashboard")
     phone = admin.context.new_page()

@@ -82,7 +82,7 @@ class Dashboard(Page):
             probe_ttl=int(c.prober.ttl_s), signed_today=signed_today, refused_today=refused_today,
             signed_30=sum(r["signatures"] for r in rows), warnings=quota_warnings(clients, per_client_today),
             chart=usage_chart(rows, {cl.id: cl.name for cl in clients}), clients=len(clients),
-            storage=storage, storage_warnings=storage_warnings(storage),
+            storage=storage, storage_warnings=storage_warnings(storage), clock=box.clock.status(),
         )
 
 
