@@ -6,16 +6,19 @@ validator with the dev root as the only trust anchor.
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from asn1crypto import cms
+from PIL import Image
 from pyhanko.sign.diff_analysis import ModificationLevel
 from pyhanko.sign.fields import enumerate_sig_fields
 
 from firmware.box import load_certificates
+from firmware.signing.stamp_logo import install_stamp_logo, remove_stamp_logo
 from firmware.store.db import Database
 
 from .pdfs import (
@@ -339,3 +342,30 @@ def test_sizes(api, tmp_path, size):
         assert response.status_code == 200, response.text
     assert_well_formed(response.content, tmp_path)
     print(f"\nB-B {size // KB} KB: best {min(timings) * 1000:.0f} ms over HTTP (of {[round(t * 1000) for t in timings]})")
+
+
+def test_stamp_colours_and_logo_from_box_toml(box_config, api_key, document, tmp_path):
+    """A box whose box.toml sets the stamp's colours and has a logo installed draws both."""
+
+    toml = box_config.state_dir / "box.toml"
+    original = toml.read_text()
+    toml.write_text(original.replace("[signing]\n", '[signing]\nstamp_background = "#ffe9b0"\nstamp_border = "#000000"\n', 1))
+    logo = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # a red square on a transparent ground
+    logo.paste((220, 0, 0, 255), (10, 10, 30, 30))
+    out = io.BytesIO()
+    logo.save(out, "PNG")
+    install_stamp_logo(box_config.state_dir, out.getvalue())
+    styled = BoxProcess(box_config.state_dir)
+    try:
+        styled.start()
+        response = sign(Api(styled.url, api_key), document, level="B-B", stamp_box="50,50,300,120", stamp_text="ACME")
+    finally:
+        styled.stop()
+        toml.write_text(original)
+        remove_stamp_logo(box_config.state_dir)
+    assert response.status_code == 200, response.text
+    rendering = render_page(response.content, 1, tmp_path, artefact=ARTIFACTS / "stamp-with-logo.png")
+    stamp = pixels_in(rendering, (50, 50, 300, 120))
+    assert _share(stamp, (0xFF, 0xE9, 0xB0)) > 0.5  # the configured background, opaque
+    logo_area = pixels_in(rendering, (54, 54, 120, 116))  # the logo is drawn at the stamp's left
+    assert _share(logo_area, (220, 0, 0)) > 0.1

@@ -71,7 +71,7 @@ class _Panel(PdfContent):
 
     def _logo_image(self) -> generic.IndirectObject:
         logo = self._look.logo
-        writer = self._ensure_writer()
+        writer = self._ensure_writer
 
         def image(data: bytes, colour_space: str) -> generic.StreamObject:
             return generic.StreamObject(
