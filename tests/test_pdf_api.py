@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from asn1crypto import cms
+from lxml import etree
 from PIL import Image
 from pyhanko.sign.diff_analysis import ModificationLevel
 from pyhanko.sign.fields import enumerate_sig_fields
@@ -270,6 +271,44 @@ def test_verify_reports_tampering(api, document):
     tampered = signed[:at] + b"F" + signed[at + 1:]
     [bad] = verify(api, tampered)["signatures"]
     assert not bad["intact"] and not bad["bottom_line"]
+
+
+ETSI = "{http://uri.etsi.org/19102/v1.2.1#}"
+PASSED = "urn:etsi:019102:mainindication:total-passed"
+
+
+def _indications(report: bytes) -> list[str]:
+    root = etree.fromstring(report)
+    assert root.tag == f"{ETSI}ValidationReport"
+    return [r.findtext(f"{ETSI}SignatureValidationStatus/{ETSI}MainIndication")
+            for r in root.findall(f"{ETSI}SignatureValidationReport")]
+
+
+def test_verify_gives_an_etsi_validation_report(api, document):
+    once = sign(api, document, level="B-B").content
+    twice = sign(api, once, level="B-LTA").content
+    response = api.post("/v1/pdf/verify", params={"format": "etsi"}, data=twice, headers=PDF)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/xml")
+    assert _indications(response.content) == [PASSED, PASSED]
+    root = etree.fromstring(response.content)
+    processes = [r.findtext(f"{ETSI}SignatureValidationProcess/{ETSI}SignatureValidationProcessID")
+                 for r in root.findall(f"{ETSI}SignatureValidationReport")]
+    assert processes == ["urn:etsi:019102:validationprocess:Basic", "urn:etsi:019102:validationprocess:LTA"]
+    ids = [vo.get("id") for vo in root.iterfind(f"{ETSI}SignatureValidationObjects/{ETSI}ValidationObject")]
+    assert ids and len(ids) == len(set(ids))  # the two signatures share their certificates, listed once
+
+    by_accept = api.post("/v1/pdf/verify", data=once, headers={**PDF, "Accept": "application/xml"})
+    assert by_accept.status_code == 200 and _indications(by_accept.content) == [PASSED]
+
+    at = once.index(PAGE_TEXT.encode())
+    tampered = once[:at] + b"F" + once[at + 1:]
+    failed = api.post("/v1/pdf/verify", params={"format": "etsi"}, data=tampered, headers=PDF)
+    assert _indications(failed.content) == ["urn:etsi:019102:mainindication:total-failed"]
+
+    unknown = api.post("/v1/pdf/verify", params={"format": "csv"}, data=once, headers=PDF)
+    assert unknown.status_code == 400 and unknown.json()["error"] == "invalid_request"
+    assert verify(api, once)["signatures"][0]["bottom_line"]  # JSON stays the default
 
 
 def _bad_inputs(document: bytes) -> dict[str, tuple[bytes, dict, int, str]]:

@@ -11,6 +11,7 @@ import falcon
 
 from ..errors import InvalidRequest
 from ..signing.levels import Level, parse_enum
+from ..signing.pdf_etsi_report import etsi_report
 from ..signing.pdf_fields import CertifiedDocument, CertifiedNoChanges, Stamp
 from ..signing.pdf_integrity import EarlierSignatureBroken
 from ..signing.pdf_signing import PdfSigningService, PdfSignOptions
@@ -130,13 +131,40 @@ class PdfSignResource:
         resp.set_stream(io.BytesIO(signed.pdf), len(signed.pdf))
 
 
+_VERIFY_FORMATS = ("json", "etsi")
+
+
+def _verify_format(req: falcon.Request) -> str:
+    """``format=json|etsi``; without it, an Accept header that prefers XML to JSON asks for ETSI."""
+    params = _params(req)
+    unknown = sorted(set(params) - {"format"})
+    if unknown:
+        raise InvalidRequest(f"unknown option(s) {', '.join(unknown)}; use format")
+    if "format" in params:
+        if params["format"] not in _VERIFY_FORMATS:
+            raise InvalidRequest(f"format must be one of {', '.join(_VERIFY_FORMATS)}")
+        return params["format"]
+    preferred = req.client_prefers([falcon.MEDIA_JSON, falcon.MEDIA_XML]) if req.accept != "*/*" else None
+    return "etsi" if preferred == falcon.MEDIA_XML else "json"
+
+
 class PdfVerifyResource:
-    """Authenticated but free: verifying signs nothing, so it has no scope and uses no quota."""
+    """Authenticated but free: verifying signs nothing, so it has no scope and uses no quota.
+
+    JSON (the box's own report) by default; ``format=etsi`` or ``Accept: application/xml`` gives
+    the ETSI TS 119 102-2 validation report EU validators produce.
+    """
 
     def __init__(self, revocation: RevocationService, max_pdf_bytes: int) -> None:
         self._revocation = revocation
         self._max_pdf_bytes = max_pdf_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        report = verify_pdf(_read_pdf_body(req, self._max_pdf_bytes), self._revocation, self._max_pdf_bytes)
+        fmt = _verify_format(req)
+        pdf = _read_pdf_body(req, self._max_pdf_bytes)
+        if fmt == "etsi":
+            resp.content_type = falcon.MEDIA_XML
+            resp.data = etsi_report(pdf, self._revocation, self._max_pdf_bytes)
+            return
+        report = verify_pdf(pdf, self._revocation, self._max_pdf_bytes)
         resp.media = _jsonable(dataclasses.asdict(report))
