@@ -17,9 +17,9 @@ from pyhanko.pdf_utils.misc import PdfError
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.diff_analysis import DiffResult, SuspiciousModification
 from pyhanko.sign.fields import enumerate_sig_fields
-from pyhanko.sign.validation.errors import SignatureValidationError
+from pyhanko.sign.general import find_unique_cms_attribute
 from pyhanko.sign.validation import EmbeddedPdfSignature
-from pyhanko.sign.validation.generic_cms import validate_sig_integrity
+from pyhanko.sign.validation.errors import SignatureValidationError
 
 __all__ = ["EarlierSignatureBroken", "check_earlier_signatures"]
 
@@ -29,12 +29,16 @@ class EarlierSignatureBroken(RuntimeError):
 
 
 def _intact(sig: EmbeddedPdfSignature) -> bool:
-    """The signed byte ranges still hash to what the signature (or document timestamp) commits to."""
+    """The signed byte ranges still hash to what the signature (or document timestamp) commits to.
+
+    The signature value itself is not re-verified: appending to a file cannot change it, and
+    the verify endpoint is where a signature's cryptography and trust are judged.
+    """
     if sig.sig_object_type == "/DocTimeStamp":
         imprint = sig.signed_data["encap_content_info"]["content"].parsed["message_imprint"]
         return imprint["hashed_message"].native == sig.compute_digest(imprint["hash_algorithm"]["algorithm"].native)
-    intact, valid = validate_sig_integrity(sig.signer_info, sig.signer_cert, "data", sig.compute_digest())
-    return intact and valid
+    committed = find_unique_cms_attribute(sig.signer_info["signed_attrs"], "message_digest").native
+    return committed == sig.compute_digest()
 
 
 def _problem(sig: EmbeddedPdfSignature) -> str | None:
@@ -44,7 +48,7 @@ def _problem(sig: EmbeddedPdfSignature) -> str | None:
             return "its signed bytes no longer match its signature"
         sig.compute_integrity_info()
         info = sig.summarise_integrity_info()
-    except (ValueError, PdfError, SignatureValidationError) as exc:
+    except (ValueError, KeyError, PdfError, SignatureValidationError) as exc:
         return f"it cannot be evaluated: {exc}"
     diff = info["diff_result"]
     if isinstance(diff, SuspiciousModification):
@@ -57,12 +61,13 @@ def _problem(sig: EmbeddedPdfSignature) -> str | None:
 
 
 def _broken(reader: PdfFileReader, fields: set[str]) -> dict[str, str]:
+    """Only the named signatures are read: reading a signature's /Contents is most of the cost."""
     problems = {}
-    for sig in reader.embedded_signatures:
-        if sig.field_name in fields:
-            problem = _problem(sig)
+    for name, _, ref in enumerate_sig_fields(reader, filled_status=True):
+        if name in fields:
+            problem = _problem(EmbeddedPdfSignature(reader, ref.get_object(), name))
             if problem is not None:
-                problems[sig.field_name] = problem
+                problems[name] = problem
     return problems
 
 
