@@ -33,6 +33,7 @@ from .signing.hash_signing import HashSigningService
 from .signing.pdf_signing import PdfSigningService
 from .signing.raw_signing import RawSigningService
 from .signing.revocation import RevocationService
+from .signing.stamp_look import StampLook
 from .signing.timestamps import FallbackTimeStamper
 from .signing.token_signer import TokenSigner
 from .store.clients import ClientRegistry
@@ -97,7 +98,9 @@ class Box:
             clock.probe = timestamper.probe
         revocation = RevocationService(load_certificates(config.trust_roots_file))
         hash_signing = HashSigningService(signer, timestamper, revocation, ledger)
-        pdf_signing = PdfSigningService(signer, timestamper, revocation, ledger, config.max_pdf_bytes)
+        pdf_signing = PdfSigningService(
+            signer, timestamper, revocation, ledger, config.max_pdf_bytes, StampLook.from_config(config)
+        )
         raw_signing = RawSigningService(token, signer, ledger)
         return cls(
             config, token, clock, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing,
@@ -110,10 +113,10 @@ class Box:
         app.req_options.media_handlers[falcon.MEDIA_JSON] = BoundedJsonHandler()
         app.add_route("/v1/health", HealthResource(self.token, self.signer, self.clock, self.health_parts))
         app.add_route("/v1/certificate", CertificateResource(self.signer))
-        level, stamp_text = self.config.default_level, self.config.stamp_text
+        level = self.config.default_level
         app.add_route("/v1/signatures", SignatureResource(self.hash_signing, level))
         app.add_route("/v1/signatures/batch", SignatureBatchResource(self.hash_signing, level))
-        app.add_route("/v1/pdf/sign", PdfSignResource(self.pdf_signing, level, stamp_text))
+        app.add_route("/v1/pdf/sign", PdfSignResource(self.pdf_signing, level))
         app.add_route("/v1/pdf/verify", PdfVerifyResource(self.revocation, self.config.max_pdf_bytes))
         app.add_route("/v1/usage", UsageResource(self.db, self.clients))
         app.add_route("/openapi.json", OpenApiResource())

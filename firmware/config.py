@@ -18,6 +18,7 @@ from hsm import TokenConfig
 from .store.storage import MB, StorageBudget
 
 CONFIG_NAME = "box.toml"
+STAMP_LOGO_NAME = "stamp-logo.png"  # the stamp logo's file unless [signing] stamp_logo_file names another
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,13 @@ class ConsoleSettings:
             tls_cert_file=resolve(raw.get("tls_cert_file")),
             tls_key_file=resolve(raw.get("tls_key_file")),
         )
+
+
+def _inside(state_dir: Path, path: Path, setting: str) -> Path:
+    """Files the console may rewrite stay in the state directory."""
+    if not path.is_relative_to(state_dir.resolve()):
+        raise ConfigError(f"{setting}: {path} is outside the state directory {state_dir}")
+    return path
 
 
 @dataclass(frozen=True)
@@ -152,9 +160,16 @@ class BoxConfig:
     max_clock_skew_s: float = 60.0  # [signing] max_clock_skew_seconds: against the TSA's genTime
     default_level: str = "B-T"  # [signing] default_level, set from the admin console
     stamp_text: str = ""  # [signing] stamp_text: the default text of a visible PDF stamp
+    stamp_background: str = "#eef3f8"  # [signing] stamp_background: the stamp's opaque panel
+    stamp_border: str = "#1f3a5f"  # [signing] stamp_border
+    stamp_logo_file: Path | None = None  # [signing] stamp_logo_file: PNG in the state dir; None: the default name
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+
+    def __post_init__(self) -> None:
+        if self.stamp_logo_file is None:
+            object.__setattr__(self, "stamp_logo_file", self.state_dir / STAMP_LOGO_NAME)
 
     @property
     def database(self) -> Path:
@@ -205,6 +220,10 @@ class BoxConfig:
                 max_clock_skew_s=float(signing.get("max_clock_skew_seconds", 60)),
                 default_level=str(signing.get("default_level", "B-T")),
                 stamp_text=str(signing.get("stamp_text", "")),
+                stamp_background=str(signing.get("stamp_background", cls.stamp_background)),
+                stamp_border=str(signing.get("stamp_border", cls.stamp_border)),
+                stamp_logo_file=_inside(state_dir, resolve(signing.get("stamp_logo_file", STAMP_LOGO_NAME)),
+                                        "[signing] stamp_logo_file"),
                 console=ConsoleSettings.from_toml(raw.get("console", {}), resolve),
                 outbound=OutboundSettings.from_toml(raw.get("outbound", {})),
                 audit=AuditSettings.from_toml(audit),

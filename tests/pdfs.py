@@ -21,6 +21,7 @@ from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.generic import pdf_name
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.pdf_utils.writer import PageObject, PdfFileWriter
+from pyhanko.sign.fields import FieldMDPAction, FieldMDPSpec, MDPPerm, SigFieldSpec, append_signature_field
 from pyhanko.sign.validation import DocumentSecurityStore, validate_pdf_signature
 from pyhanko.sign.validation.status import PdfSignatureStatus
 from pyhanko_certvalidator import ValidationContext
@@ -32,8 +33,15 @@ PAGE_TEXT = "E-signature Box test document, page"
 _IMAGE_WIDTH = 1024
 
 
+# Text under the place where the stamp tests put their stamp (x 50-300, y 50-120): an opaque
+# stamp must hide it.
+FOOTER_TEXT = "Footer row that a stamp must cover"
+
+
 def _page(writer: PdfFileWriter, number: int, resources: generic.DictionaryObject) -> PageObject:
-    content = f"BT /F1 14 Tf 72 760 Td ({PAGE_TEXT} {number}) Tj ET".encode("ascii")
+    lines = [f"BT /F1 14 Tf 72 760 Td ({PAGE_TEXT} {number}) Tj ET"]
+    lines += [f"BT /F1 12 Tf 55 {y} Td ({FOOTER_TEXT}) Tj ET" for y in range(55, 120, 14)]
+    content = "\n".join(lines).encode("ascii")
     stream = writer.add_object(generic.StreamObject(stream_data=content))
     return PageObject(contents=stream, media_box=[0, 0, 595, 842], resources=resources)
 
@@ -55,8 +63,17 @@ def _noise_image(writer: PdfFileWriter, size: int, seed: int) -> generic.Indirec
     return writer.add_object(image)
 
 
-def make_pdf(pages: int = 1, size: int = 0, seed: int = 0, owner_password: str | None = None) -> bytes:
-    """A PDF of ``pages`` text pages, at least ``size`` bytes long; encrypted if a password is given."""
+def make_pdf(
+    pages: int = 1,
+    size: int = 0,
+    seed: int = 0,
+    owner_password: str | None = None,
+    empty_fields: tuple[SigFieldSpec, ...] = (),
+) -> bytes:
+    """A PDF of ``pages`` text pages, at least ``size`` bytes long; encrypted if a password is given.
+
+    ``empty_fields``: signature fields to prepare for signing (a form such as acroform_fields.pdf).
+    """
     writer = PdfFileWriter()
     font = generic.DictionaryObject(
         {
@@ -73,6 +90,8 @@ def make_pdf(pages: int = 1, size: int = 0, seed: int = 0, owner_password: str |
                 {pdf_name("/Noise"): _noise_image(writer, size, seed)}
             )
         writer.insert_page(_page(writer, number, resources))
+    for spec in empty_fields:
+        append_signature_field(writer, spec)
     if owner_password is not None:
         writer.encrypt(owner_password, "")
     out = io.BytesIO()
@@ -169,6 +188,14 @@ def hostile_pdfs() -> dict[str, bytes]:
     }
 
 
+def signature_field(name: str, page: int = 1, box: tuple[int, int, int, int] | None = (50, 50, 300, 120),
+                    lock_all: bool = False) -> SigFieldSpec:
+    """An empty signature field (page 1-based; box None: invisible); ``lock_all``: its signature
+    will forbid all later changes (a /Lock dictionary with /P 1)."""
+    lock = dict(field_mdp_spec=FieldMDPSpec(FieldMDPAction.ALL), doc_mdp_update_value=MDPPerm.NO_CHANGES) if lock_all else {}
+    return SigFieldSpec(name, on_page=page - 1, box=box, **lock)
+
+
 def pdfsig_results(pdf: bytes, tmp_path: Path) -> dict[str, str]:
     """pdfsig's "Signature Validation" line per signature field name."""
     path = tmp_path / f"pdfsig-{hashlib.sha256(pdf).hexdigest()[:12]}.pdf"
@@ -216,3 +243,33 @@ def validate(pdf: bytes, roots: list[x509.Certificate], offline: bool = False) -
 def assert_trusted(statuses: list[PdfSignatureStatus]) -> None:
     for status in statuses:
         assert status.intact and status.valid and status.trusted, status.pretty_print_details()
+
+
+def render_page(pdf: bytes, page: int, tmp_path: Path, artefact: Path | None = None) -> tuple[int, int, bytes]:
+    """poppler's rendering of ``page`` (1-based) at 80 dpi: width, height and RGB bytes.
+
+    With ``artefact``, a PNG of the same rendering is kept there for a human to look at.
+    """
+    path = tmp_path / f"render-{hashlib.sha256(pdf).hexdigest()[:12]}.pdf"
+    path.write_bytes(pdf)
+    base = ["pdftoppm", "-r", str(RENDER_DPI), "-f", str(page), "-l", str(page), "-singlefile"]
+    subprocess.run([*base, str(path), str(tmp_path / "page")], check=True)
+    if artefact is not None:
+        artefact.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([*base, "-png", str(path), str(artefact.with_suffix(""))], check=True)
+    header, _, pixels = (tmp_path / "page.ppm").read_bytes().partition(b"\n255\n")
+    width, height = (int(v) for v in header.split()[1:3])
+    return width, height, pixels
+
+
+RENDER_DPI = 80
+
+
+def pixels_in(rendering: tuple[int, int, bytes], box: tuple[float, float, float, float], page_height: float = 842):
+    """The RGB pixels of a rendering inside ``box`` (points, origin bottom left), 3 points inset."""
+    width, _, data = rendering
+    scale = RENDER_DPI / 72
+    x1, y1, x2, y2 = box
+    rows = range(round((page_height - y2 + 3) * scale), round((page_height - y1 - 3) * scale))
+    columns = range(round((x1 + 3) * scale), round((x2 - 3) * scale))
+    return [tuple(data[3 * (row * width + col): 3 * (row * width + col) + 3]) for row in rows for col in columns]

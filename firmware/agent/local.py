@@ -27,7 +27,7 @@ from pyhanko_certvalidator.registry import SimpleCertificateStore
 
 from ..errors import InvalidRequest
 from ..signing.levels import Level, Profile, parse_enum
-from ..signing.pdf_signing import PdfSignOptions, build_pdf_signer, check_options, free_field_name
+from ..signing.pdf_signing import PdfSignOptions, build_pdf_signer, check_options, pick_field
 from ..signing.pdf_verify import read_pdf
 
 # Room for the signature value in the size estimate: any RSA key up to 8192 bits, any ECDSA key.
@@ -92,8 +92,7 @@ def _b64_list(values: list[str], kind) -> list:
 async def _prepare(pdf_in: bytes, options: PdfSignOptions, chain: list[x509.Certificate], timestamp_room: int) -> _Prepared:
     reader = read_pdf(pdf_in, len(pdf_in))
     signer = ExternalSigner(chain[0], SimpleCertificateStore.from_certs(chain), signature_value=_SIGNATURE_ROOM)
-    field_name = options.field_name or free_field_name(reader)
-    pdf_signer = build_pdf_signer(options, field_name, signer)
+    pdf_signer = build_pdf_signer(options, pick_field(reader, options), signer)
     md_algorithm = pdf_signer.default_md_for_signer or "sha256"
     # pyHanko's own estimate (a dry-run CMS) plus the timestamp the box will add; hex doubles it.
     dummy_digest = bytes(hashlib.new(md_algorithm).digest_size)

@@ -48,7 +48,11 @@ _HASH_FIELDS = {
 
 _MESSAGES = {
     400: "invalid request", 401: "missing or invalid API key", 402: "call quota exhausted",
-    403: "scope not allowed", 404: "no such resource", 405: "method not allowed", 413: "body too large",
+    403: "scope not allowed", 404: "no such resource", 405: "method not allowed",
+    409: "the PDF's signatures rule it out: certified_no_changes (DocMDP 1), certified_document (a new visible"
+         " field on a certified PDF; use an empty field or sign invisibly), earlier_signature_broken (an earlier"
+         " signature is, or would be, broken; nothing released)",
+    413: "body too large",
     415: "wrong content type", 422: "not a usable PDF", 429: "rate limit reached",
     500: "internal error", 503: "token, TSA or revocation service unavailable; nothing was signed",
 }
@@ -115,12 +119,14 @@ def _native_paths() -> dict[str, Any]:
                 query("level", {"type": "string", "enum": ["B-B", "B-T", "B-LT", "B-LTA"]}, "default B-T"),
                 query("reason", {"type": "string"}, "signature reason"),
                 query("location", {"type": "string"}, "signing location"),
-                query("field", {"type": "string"}, "signature field name"),
+                query("field", {"type": "string"},
+                      "signature field name; default: the first empty field, else a new SignatureN"),
                 query("certify", {"type": "boolean"}, "certification (DocMDP) signature"),
                 query("docmdp", {"type": "integer", "enum": [1, 2, 3]}, "DocMDP permission level"),
-                query("stamp_page", {"type": "integer", "minimum": 1}, "page of the visible stamp"),
-                query("stamp_box", {"type": "string"}, "x1,y1,x2,y2 in points"),
-                query("stamp_text", {"type": "string"}, "stamp text (Latin-1)"),
+                query("stamp_page", {"type": "integer", "minimum": 1}, "page of a new visible stamp"),
+                query("stamp_box", {"type": "string"}, "x1,y1,x2,y2 in points: a new visible field there"),
+                query("stamp_text", {"type": "string"},
+                      "stamp text (Latin-1), in a new stamp or an existing visible field"),
             ],
             "requestBody": pdf_body,
             "responses": {
@@ -128,11 +134,16 @@ def _native_paths() -> dict[str, Any]:
                     "schema": {"type": "string", "format": "binary"}}},
                     "headers": {"X-Signature-Level": {"schema": {"type": "string"}},
                                 "X-Signature-Field": {"schema": {"type": "string"}}}},
-                **_errors(*_SIGNING_ERRORS, 415, 422)}}},
+                **_errors(*_SIGNING_ERRORS, 409, 415, 422)}}},
         "/v1/pdf/verify": {"post": {
-            "summary": "Report on every signature in a PDF",
+            "summary": "Report on every signature in a PDF: the box's JSON, or an ETSI TS 119 102-2 report",
+            "parameters": [query("format", {"type": "string", "enum": ["json", "etsi"]},
+                                 "default json; etsi (or Accept: application/xml) gives the ETSI validation report")],
             "requestBody": pdf_body,
-            "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 413, 415, 422, 500, 503)}}},
+            "responses": {"200": {"description": "OK", "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/xml": {"schema": {"type": "string"}}}},
+                **_errors(400, 401, 413, 415, 422, 500, 503)}}},
     }
 
 

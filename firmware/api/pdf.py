@@ -11,14 +11,23 @@ import falcon
 
 from ..errors import InvalidRequest
 from ..signing.levels import Level, parse_enum
-from ..signing.pdf_signing import PdfSigningService, PdfSignOptions, Stamp
+from ..signing.pdf_etsi_report import etsi_report
+from ..signing.pdf_fields import CertifiedDocument, CertifiedNoChanges, Stamp
+from ..signing.pdf_integrity import EarlierSignatureBroken
+from ..signing.pdf_signing import PdfSigningService, PdfSignOptions
 from ..signing.pdf_verify import PdfInvalid, verify_pdf
 from ..signing.revocation import RevocationService
 from .bodies import check_length, too_large
 from .errors import ApiError
 
-# Extra rows for errors.register: a body that is no usable PDF is a 422, not a 400.
-ERRORS = [(PdfInvalid, falcon.HTTP_422, "invalid_pdf")]
+# Extra rows for errors.register: a body that is no usable PDF is a 422, not a 400; a sound PDF
+# whose signatures rule the request out is a 409.
+ERRORS = [
+    (PdfInvalid, falcon.HTTP_422, "invalid_pdf"),
+    (CertifiedNoChanges, falcon.HTTP_409, "certified_no_changes"),
+    (CertifiedDocument, falcon.HTTP_409, "certified_document"),
+    (EarlierSignatureBroken, falcon.HTTP_409, "earlier_signature_broken"),
+]
 
 _SIGN_PARAMS = {"level", "reason", "location", "field", "certify", "docmdp", "stamp_page", "stamp_box", "stamp_text"}
 
@@ -58,16 +67,16 @@ def _box(value: str) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
-def _sign_options(params: dict[str, str], default_level: str, default_stamp_text: str) -> PdfSignOptions:
+def _sign_options(params: dict[str, str], default_level: str) -> PdfSignOptions:
     unknown = sorted(set(params) - _SIGN_PARAMS)
     if unknown:
         raise InvalidRequest(f"unknown option(s) {', '.join(unknown)}; use {', '.join(sorted(_SIGN_PARAMS))}")
     stamp = None
     if "stamp_box" in params:
         page = _int(params["stamp_page"], "stamp_page") if "stamp_page" in params else 1
-        stamp = Stamp(page=page, box=_box(params["stamp_box"]), text=params.get("stamp_text") or default_stamp_text or None)
-    elif "stamp_page" in params or "stamp_text" in params:
-        raise InvalidRequest("a visible stamp needs stamp_box=x1,y1,x2,y2")
+        stamp = Stamp(page=page, box=_box(params["stamp_box"]))
+    elif "stamp_page" in params:
+        raise InvalidRequest("stamp_page places a new stamp, which needs stamp_box=x1,y1,x2,y2")
     return PdfSignOptions(
         level=parse_enum(Level, params.get("level", default_level), "level"),
         reason=params.get("reason"),
@@ -76,6 +85,7 @@ def _sign_options(params: dict[str, str], default_level: str, default_stamp_text
         certify=_bool(params.get("certify"), "certify"),
         docmdp=_int(params["docmdp"], "docmdp") if "docmdp" in params else None,
         stamp=stamp,
+        stamp_text=params.get("stamp_text") or None,
     )
 
 
@@ -103,13 +113,14 @@ def _jsonable(value):
 class PdfSignResource:
     scope = "pdf"
 
-    def __init__(self, service: PdfSigningService, default_level: str, default_stamp_text: str) -> None:
-        """The defaults come from box.toml's [signing] section (set in the admin console)."""
+    def __init__(self, service: PdfSigningService, default_level: str) -> None:
+        """The default level comes from box.toml's [signing] section (set in the admin console);
+        the stamp's default text and look belong to the signing service."""
         self._service = service
-        self._defaults = (default_level, default_stamp_text)
+        self._default_level = default_level
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        options = _sign_options(_params(req), *self._defaults)
+        options = _sign_options(_params(req), self._default_level)
         pdf = _read_pdf_body(req, self._service.max_pdf_bytes)
         signed = self._service.sign(req.context.client.id, pdf, options)
         resp.content_type = "application/pdf"
@@ -120,13 +131,40 @@ class PdfSignResource:
         resp.set_stream(io.BytesIO(signed.pdf), len(signed.pdf))
 
 
+_VERIFY_FORMATS = ("json", "etsi")
+
+
+def _verify_format(req: falcon.Request) -> str:
+    """``format=json|etsi``; without it, an Accept header that prefers XML to JSON asks for ETSI."""
+    params = _params(req)
+    unknown = sorted(set(params) - {"format"})
+    if unknown:
+        raise InvalidRequest(f"unknown option(s) {', '.join(unknown)}; use format")
+    if "format" in params:
+        if params["format"] not in _VERIFY_FORMATS:
+            raise InvalidRequest(f"format must be one of {', '.join(_VERIFY_FORMATS)}")
+        return params["format"]
+    preferred = req.client_prefers([falcon.MEDIA_JSON, falcon.MEDIA_XML]) if req.accept != "*/*" else None
+    return "etsi" if preferred == falcon.MEDIA_XML else "json"
+
+
 class PdfVerifyResource:
-    """Authenticated but free: verifying signs nothing, so it has no scope and uses no quota."""
+    """Authenticated but free: verifying signs nothing, so it has no scope and uses no quota.
+
+    JSON (the box's own report) by default; ``format=etsi`` or ``Accept: application/xml`` gives
+    the ETSI TS 119 102-2 validation report EU validators produce.
+    """
 
     def __init__(self, revocation: RevocationService, max_pdf_bytes: int) -> None:
         self._revocation = revocation
         self._max_pdf_bytes = max_pdf_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        report = verify_pdf(_read_pdf_body(req, self._max_pdf_bytes), self._revocation, self._max_pdf_bytes)
+        fmt = _verify_format(req)
+        pdf = _read_pdf_body(req, self._max_pdf_bytes)
+        if fmt == "etsi":
+            resp.content_type = falcon.MEDIA_XML
+            resp.data = etsi_report(pdf, self._revocation, self._max_pdf_bytes)
+            return
+        report = verify_pdf(pdf, self._revocation, self._max_pdf_bytes)
         resp.media = _jsonable(dataclasses.asdict(report))

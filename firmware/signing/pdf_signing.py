@@ -3,7 +3,8 @@
 pyHanko does all PDF and CMS work; this module chooses the options per level, keeps pyHanko's
 errors from leaking as 500s, and makes sure a PDF leaves the box only with the level it was
 asked for (B-LT/B-LTA output is re-validated from its embedded data before release) and only
-after the signature is in the ledger.
+after the signature is in the ledger. Which field the signature goes into is pdf_fields' rule;
+that no earlier signature is broken by it is pdf_integrity's check, run on every PDF released.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from pyhanko import stamp
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
-from pyhanko.sign.fields import MDPPerm, SigFieldSpec, SigSeedSubFilter, enumerate_sig_fields
+from pyhanko.sign.fields import MDPPerm, SigFieldSpec, SigSeedSubFilter
 from pyhanko.sign.signers import PdfSignatureMetadata, PdfSigner
 from pyhanko.sign.signers.pdf_cms import PdfCMSSignedAttributes, Signer
 from pyhanko.sign.timestamps.api import TimeStamper
@@ -28,8 +28,11 @@ from pyhanko_certvalidator.errors import PathError, RevokedError, ValidationErro
 from ..errors import InvalidRequest
 from ..store.ledger import SignatureLedger, SignatureRecord
 from .levels import Level, Profile
+from .pdf_fields import FieldChoice, Stamp, choose_field
+from .pdf_integrity import check_earlier_signatures
 from .pdf_verify import PDF_DAMAGE, PdfInvalid, newest_signature_offline, read_pdf
 from .revocation import CertificateRevoked, RevocationService, RevocationUnavailable
+from .stamp_look import StampLook, stamp_style
 from .timestamps import FallbackTimeStamper, TimestampUnavailable
 from .token_signer import TokenSigner
 
@@ -41,23 +44,15 @@ _MAX_COORDINATE = 14400.0  # PDF's largest page side, in points
 
 
 @dataclass(frozen=True)
-class Stamp:
-    """A visible signature appearance: where it goes and what it says besides signer and time."""
-
-    page: int  # 1-based
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in points, origin bottom left
-    text: str | None = None
-
-
-@dataclass(frozen=True)
 class PdfSignOptions:
     level: Level = Level.B_T
     reason: str | None = None
     location: str | None = None
-    field_name: str | None = None  # None: the first free "SignatureN"
+    field_name: str | None = None  # None: the first empty field, else the first free "SignatureN"
     certify: bool = False
     docmdp: int | None = None  # 1 no changes, 2 form filling, 3 also annotations; with certify
-    stamp: Stamp | None = None
+    stamp: Stamp | None = None  # a new visible field here
+    stamp_text: str | None = None  # None: the box's default ([signing] stamp_text)
 
 
 @dataclass(frozen=True)
@@ -81,6 +76,7 @@ def check_options(options: PdfSignOptions) -> None:
             raise InvalidRequest("docmdp must be 1 (no changes), 2 (form filling) or 3 (annotations)")
     if options.stamp is not None:
         _check_stamp(options.stamp)
+    _check_stamp_text(options.stamp_text)
 
 
 def _check_stamp(spec: Stamp) -> None:
@@ -89,7 +85,9 @@ def _check_stamp(spec: Stamp) -> None:
         raise InvalidRequest("stamp box must be x1,y1,x2,y2 with 0 <= x1 < x2 and 0 <= y1 < y2 (points)")
     if spec.page < 1:
         raise InvalidRequest("stamp page numbers start at 1")
-    text = spec.text
+
+
+def _check_stamp_text(text: str | None) -> None:
     if text is not None and (len(text) > _MAX_TEXT or not _STAMP_TEXT.fullmatch(text)):
         raise InvalidRequest(
             f"stamp text must be at most {_MAX_TEXT} printable Latin-1 characters (lines split by \\n):"
@@ -97,35 +95,37 @@ def _check_stamp(spec: Stamp) -> None:
         )
 
 
-def free_field_name(reader: PdfFileReader) -> str:
-    """The first "SignatureN" that names no signature field of the document yet."""
-    taken = {name for name, _, _ in enumerate_sig_fields(reader)}
-    return next(f"Signature{n}" for n in range(1, len(taken) + 2) if f"Signature{n}" not in taken)
-
-
-def _page_count(reader: PdfFileReader) -> int:
-    return int(reader.root["/Pages"]["/Count"])
-
-
-def _stamp_style(text: str | None) -> stamp.TextStampStyle:
-    # pyHanko interpolates %(signer)s and %(ts)s; the caller's text is taken literally.
-    prefix = text.replace("%", "%%") + "\n" if text else ""
-    return stamp.TextStampStyle(stamp_text=prefix + "Signed by %(signer)s\n%(ts)s")
+def pick_field(reader: PdfFileReader, options: PdfSignOptions) -> FieldChoice:
+    """The field the signature goes into (pdf_fields' rules); refuses stamp text nobody would see."""
+    try:
+        field = choose_field(reader, options.field_name, options.stamp)
+    except InvalidRequest:
+        raise
+    except PDF_DAMAGE as exc:
+        raise PdfInvalid.damaged("not a readable PDF", exc) from exc
+    if options.stamp_text is not None and field.size is None:
+        raise InvalidRequest(
+            f"stamp_text needs a visible signature, and field '{field.name}' has none: add stamp_box,"
+            " or name an empty visible field"
+        )
+    return field
 
 
 def build_pdf_signer(
     options: PdfSignOptions,
-    field_name: str,
+    field: FieldChoice,
     signer: Signer,
     timestamper: TimeStamper | None = None,
     validation_context: ValidationContext | None = None,
+    look: StampLook | None = None,
 ) -> PdfSigner:
     """A PAdES PdfSigner for ``options``; pyHanko embeds LTV data only if given a context.
 
-    The box passes its timestamper and (for B-LT/B-LTA) its caching validation context; the
-    local agent passes neither, because the box adds the timestamp to the CMS and the agent
-    writes the DSS itself.
+    The box passes its timestamper, (for B-LT/B-LTA) its caching validation context and its
+    stamp look; the local agent passes neither context nor timestamper, because the box adds
+    the timestamp to the CMS and the agent writes the DSS itself.
     """
+    field_name = field.name
     ltv = validation_context is not None
     meta = PdfSignatureMetadata(
         field_name=field_name,
@@ -139,9 +139,10 @@ def build_pdf_signer(
         validation_context=validation_context,
     )
     spec = style = None
-    if options.stamp is not None:
-        spec = SigFieldSpec(sig_field_name=field_name, on_page=options.stamp.page - 1, box=options.stamp.box)
-        style = _stamp_style(options.stamp.text)
+    if field.stamp is not None:
+        spec = SigFieldSpec(sig_field_name=field_name, on_page=field.stamp.page - 1, box=field.stamp.box)
+    if field.size is not None:  # the box's own look, also in a field the document brought
+        style = stamp_style(look or StampLook.default(), options.stamp_text, *field.size)
     return PdfSigner(meta, signer=signer, timestamper=timestamper, stamp_style=style, new_field_spec=spec)
 
 
@@ -182,8 +183,10 @@ class PdfSigningService:
         revocation: RevocationService,
         ledger: SignatureLedger,
         max_pdf_bytes: int,
+        look: StampLook | None = None,
     ) -> None:
         self._signer = signer
+        self._look = look
         self._timestamper = timestamper
         self._revocation = revocation
         self._ledger = ledger
@@ -204,15 +207,9 @@ class PdfSigningService:
         if options.level.needs_timestamp and self._timestamper is None:
             raise TimestampUnavailable("no TSA is configured; only B-B is available")
         reader = read_pdf(pdf, self._max_pdf_bytes)
-        try:
-            field_name = options.field_name or free_field_name(reader)
-            pages = _page_count(reader)
-        except PDF_DAMAGE as exc:
-            raise PdfInvalid.damaged("not a readable PDF", exc) from exc
-        if options.stamp is not None and options.stamp.page > pages:
-            raise InvalidRequest(f"stamp page {options.stamp.page} is out of range; the PDF has {pages} page(s)")
+        field = pick_field(reader, options)
         self._ledger.admit(client_id, 1)
-        output, digest, md_algorithm = asyncio.run(self._sign(reader, options, field_name))
+        output, digest, md_algorithm = asyncio.run(self._sign(pdf, reader, options, field))
         self._ledger.record(
             [
                 SignatureRecord(
@@ -227,21 +224,22 @@ class PdfSigningService:
                 )
             ]
         )
-        return SignedPdf(output.getvalue(), field_name, options.level)
+        return SignedPdf(output.getvalue(), field.name, options.level)
 
     async def _sign(
-        self, reader: PdfFileReader, options: PdfSignOptions, field_name: str
+        self, pdf: bytes, reader: PdfFileReader, options: PdfSignOptions, field: FieldChoice
     ) -> tuple[io.BytesIO, bytes, str]:
         """Returns the output stream, not its bytes: on the main thread, asyncio.run reprs the
         coroutine's result (Python 3.11's SIGINT handling), which costs ~0.3 s for 20 MB of bytes."""
         level = options.level
         pdf_signer = build_pdf_signer(
             options,
-            field_name,
+            field,
             self._signer,
             timestamper=self._timestamper if level.needs_timestamp else None,
             # Revocation data comes through the box's shared cache, in hard-fail mode.
             validation_context=self._revocation.validation_context() if level.needs_revocation_data else None,
+            look=self._look,
         )
         with _translated(before_signing=True):
             writer = IncrementalPdfFileWriter.from_reader(reader)
@@ -250,6 +248,7 @@ class PdfSigningService:
         with _translated(before_signing=False):
             post_sign = await tbs.perform_signature(prepared.document_digest, PdfCMSSignedAttributes())
             await post_sign.post_signature_processing(output)
+        check_earlier_signatures(pdf, output)
         if options.level.needs_revocation_data:
             await self._check_ltv(output.getvalue(), options.level)
         return output, prepared.document_digest, tbs.md_algorithm
