@@ -385,10 +385,15 @@ def test_settings_page_writes_box_toml(admin: Admin, console_box: ConsoleBox):
     text = page.inner_text("main")
     assert "127.0.0.1" in text and "lo" in text and page.inner_text("#version") not in ("", "unknown")
     old_urls = page.input_value("textarea[name=tsa_urls]")
+    assert page.input_value("input[name=stamp_text]") == "" and "Signed by" in page.get_attribute(
+        "input[name=stamp_text]", "placeholder")
+    page.fill("input[name=stamp_text]", "Signed \u2713 by us")  # the API would refuse it in a stamp: so does the console
+    page.locator("form[action='/settings/signing'] button").click()
+    assert "Not saved" in flash(page) and "Latin-1" in flash(page)
     page.fill("textarea[name=tsa_urls]", old_urls + "\nhttp://127.0.0.1:9/backup-tsa")
     page.select_option("select[name=default_level]", "B-B")
     page.fill("input[name=stamp_text]", "Signed by the E-signature Box")
-    page.click("text=Save")
+    page.locator("form[action='/settings/signing'] button").click()
     assert "Settings saved" in flash(page)
     raw = tomllib.loads((console_box.state_dir / "box.toml").read_text())
     assert raw["signing"]["tsa_urls"] == [old_urls, "http://127.0.0.1:9/backup-tsa"]

@@ -76,7 +76,7 @@ def check_options(options: PdfSignOptions) -> None:
             raise InvalidRequest("docmdp must be 1 (no changes), 2 (form filling) or 3 (annotations)")
     if options.stamp is not None:
         _check_stamp(options.stamp)
-    _check_stamp_text(options.stamp_text)
+    check_stamp_text(options.stamp_text)
 
 
 def _check_stamp(spec: Stamp) -> None:
@@ -87,7 +87,8 @@ def _check_stamp(spec: Stamp) -> None:
         raise InvalidRequest("stamp page numbers start at 1")
 
 
-def _check_stamp_text(text: str | None) -> None:
+def check_stamp_text(text: str | None) -> None:
+    """The one rule for a stamp's text: a request's stamp_text and the box's default alike."""
     if text is not None and (len(text) > _MAX_TEXT or not _STAMP_TEXT.fullmatch(text)):
         raise InvalidRequest(
             f"stamp text must be at most {_MAX_TEXT} printable Latin-1 characters (lines split by \\n):"

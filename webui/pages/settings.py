@@ -8,6 +8,7 @@ import falcon
 
 from firmware.config import ConfigError, check_proxy_url
 from firmware.signing.levels import Level
+from firmware.signing.pdf_signing import check_stamp_text
 
 from .. import tls
 from ..accounts import AccountError
@@ -83,9 +84,8 @@ class SigningSettings(Page):
             if level not in [lv.value for lv in Level]:
                 raise ValueError("choose one of the offered levels")
             stamp = form.get("stamp_text").strip()
-            if len(stamp) > 200 or any(ord(ch) > 255 for ch in stamp):
-                raise ValueError("the stamp text is at most 200 Latin-1 characters")
-        except ValueError as exc:
+            check_stamp_text(stamp)
+        except ValueError as exc:  # InvalidRequest included
             self.failed(req, "/settings", f"Not saved: {exc}.")
         old = c.config
         wanted = {"tsa_urls": urls, "default_level": level, "stamp_text": stamp}
