@@ -2,7 +2,9 @@
 
 Runs ``certomancer animate`` as a subprocess rather than in-process: the
 Animator is a blocking Werkzeug development server, and a separate process is
-what the box meets in practice (a PKI it reaches over the network).
+what the box meets in practice (a PKI it reaches over the network). The
+subprocess dies with the process that started it, even on ``kill -9``, so that
+its port is free for the next start.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import IO, NoReturn
 
 import requests
 
+from ..children import dies_with_this_process
 from .pki import ARCH, ROOT_CRL_REPO, DevPki
 
 __all__ = ["PkiServer", "PkiServerError"]
@@ -64,7 +67,8 @@ class PkiServer:
             "animate", "--port", str(self.port), "--no-web-ui",
         ]  # fmt: skip
         self._process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=dies_with_this_process(),
         )
         self._wait_until_serving(log_path)
 
@@ -110,8 +114,8 @@ class PkiServer:
         while True:
             if self._process.poll() is not None:
                 self._fail(f"exited with status {self._process.returncode}", log_path)
-            try:
-                if requests.get(probe, timeout=1).status_code == 200:
+            try:  # the CRL is signed for each request: allow a loaded machine a few seconds
+                if requests.get(probe, timeout=5).status_code == 200:
                     return
             except requests.RequestException:
                 pass
