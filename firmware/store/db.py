@@ -80,8 +80,15 @@ class Database:
 
 
 def _make_private(path: Path) -> None:
-    """The database file exists with mode 0600, and so do its WAL and shared-memory files if any."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    """The database file exists with mode 0600, and so do its WAL and shared-memory files if any.
+
+    An existing file is never opened here: closing any descriptor of a file drops every POSIX lock
+    this process holds on it, including those of SQLite connections already open on it.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
     for name in (path.name, path.name + "-wal", path.name + "-shm"):
         try:
             os.chmod(path.with_name(name), 0o600)
