@@ -106,5 +106,5 @@ def serve(app, settings: ApiSettings, host: str, port: int) -> None:
     servers = [_GuardedServer(app, settings, map=socket_map, dispatcher=dispatcher, adj=adj, sockinfo=info)
                for info in adj.listen]
     for server in servers:
-        log.info("serving on http://%s:%s", server.effective_host, server.effective_port)
+        log.info("Serving on http://%s:%s", server.effective_host, server.effective_port)  # as waitress says it
     servers[0].run()  # one loop over the shared map serves every listening address
