@@ -28,7 +28,7 @@ def main() -> None:
     state_dir, port = Path(sys.argv[1]), int(sys.argv[2])
     box = Box.open(BoxConfig.load(state_dir))
     box.hash_signing = HashSigningService(box.signer, box.timestamper, box.revocation, _NoLedger())
-    waitress.serve(box.app(), host="127.0.0.1", port=port, threads=box.config.threads)
+    waitress.serve(box.app(), host="127.0.0.1", port=port, threads=box.config.api.threads)
 
 
 if __name__ == "__main__":

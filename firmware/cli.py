@@ -55,9 +55,8 @@ def _dev_client_key(box, state_dir: Path) -> Path:
 
 
 def cmd_serve(args) -> None:
-    import waitress
-
     from .box import Box
+    from .serving import serve
 
     # systemd and the tests stop the box with SIGTERM; turn it into an orderly exit so the
     # dev PKI and nginx child processes are stopped too.
@@ -102,10 +101,7 @@ def cmd_serve(args) -> None:
             anchoring = PeriodicAnchor(box.db, box.timestamper, config.anchor_interval_s)
             anchoring.start()
             running.callback(anchoring.stop)
-        waitress.serve(
-            api_app, host=host, port=port, threads=config.threads,
-            max_request_body_size=config.max_pdf_bytes + 1024 * 1024, ident="esignbox",
-        )
+        serve(api_app, config.api, host, port)
 
 
 def cmd_keygen(args) -> None:

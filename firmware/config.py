@@ -43,6 +43,53 @@ class TokenSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """``[api]``: where the signing API listens, and the limits that keep one client from blocking the others.
+
+    waitress alone holds a connection until ``channel_timeout`` of silence and stops accepting
+    once ``connection_limit`` are open, so clients that trickle half a request head would hold
+    every slot (firmware/serving.py adds the header timeout and the per-peer cap). The image's
+    nginx applies the same numbers per client (image/rootfs/usr/lib/esignbox/nginx-config).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threads: int = 16  # waitress worker threads
+    max_pdf_mb: int = 64
+    connection_limit: int = 200  # open connections in all; more wait in the kernel's backlog
+    channel_timeout: float = 30.0  # s of silence (between requests, or in a body) before closing
+    header_timeout: float = 10.0  # s a request head may take from its first byte (or the accept)
+    peer_connection_limit: int = 32  # open connections one address may hold; more are closed at once
+    # Not capped per peer: the box itself (its nginx front, which caps per client, and health checks).
+    uncapped_peers: tuple[str, ...] = ("127.0.0.1", "::1")
+
+    @property
+    def max_pdf_bytes(self) -> int:
+        return self.max_pdf_mb * 1024 * 1024
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body: a PDF plus 1 MiB for a JSON envelope around it."""
+        return self.max_pdf_bytes + 1024 * 1024
+
+    @classmethod
+    def from_toml(cls, raw: dict) -> "ApiSettings":
+        default = cls()
+        peers = raw.get("uncapped_peers", list(default.uncapped_peers))
+        return cls(
+            host=str(raw.get("host", default.host)),
+            port=int(raw.get("port", default.port)),
+            threads=int(raw.get("threads", default.threads)),
+            max_pdf_mb=int(raw.get("max_pdf_mb", default.max_pdf_mb)),
+            connection_limit=int(raw.get("connection_limit", default.connection_limit)),
+            channel_timeout=float(raw.get("channel_timeout", default.channel_timeout)),
+            header_timeout=float(raw.get("header_timeout", default.header_timeout)),
+            peer_connection_limit=int(raw.get("peer_connection_limit", default.peer_connection_limit)),
+            uncapped_peers=tuple(str(p) for p in ([peers] if isinstance(peers, str) else peers)),
+        )
+
+
+@dataclass(frozen=True)
 class ConsoleSettings:
     """``[console]``: the LAN-only admin console (webui/). Off unless ``enabled = true``."""
 
@@ -144,10 +191,7 @@ class AuditSettings:
 @dataclass(frozen=True)
 class BoxConfig:
     state_dir: Path
-    api_host: str
-    api_port: int
-    threads: int
-    max_pdf_bytes: int
+    api: ApiSettings
     token: TokenSettings
     key_label: str
     chain_file: Path
@@ -170,6 +214,18 @@ class BoxConfig:
     def __post_init__(self) -> None:
         if self.stamp_logo_file is None:
             object.__setattr__(self, "stamp_logo_file", self.state_dir / STAMP_LOGO_NAME)
+
+    @property
+    def api_host(self) -> str:
+        return self.api.host
+
+    @property
+    def api_port(self) -> int:
+        return self.api.port
+
+    @property
+    def max_pdf_bytes(self) -> int:
+        return self.api.max_pdf_bytes
 
     @property
     def database(self) -> Path:
@@ -197,10 +253,7 @@ class BoxConfig:
             environment = {k: str(resolve(v)) for k, v in token.get("environment_files", {}).items()}
             return cls(
                 state_dir=state_dir.resolve(),
-                api_host=api.get("host", "127.0.0.1"),
-                api_port=int(api.get("port", 8080)),
-                threads=int(api.get("threads", 16)),
-                max_pdf_bytes=int(api.get("max_pdf_mb", 64)) * 1024 * 1024,
+                api=ApiSettings.from_toml(api),
                 token=TokenSettings(
                     module=token["module"],
                     label=token["label"],

@@ -8,7 +8,8 @@
 #   5. openssl cms -verify            the returned CMS verifies against the dev root
 # With SELFTEST_NGINX=1 (image build test; not on a live box, whose nginx already runs) it also
 # makes the box TLS certificate, points the image's nginx at this box (nginx-config), starts it,
-# and repeats 3 and 4 over HTTPS.
+# repeats 3 and 4 over HTTPS, then (7) holds 900 idle connections from one address open against
+# nginx and the firmware and checks that both still answer others and that nginx drops them.
 #
 # Ports: SELFTEST_API_PORT (default 18080) and SELFTEST_PKI_PORT (19180) so that it can run on a
 # live box next to the real service. Exit status 0 = passed.
@@ -102,5 +103,41 @@ if [ -n "${SELFTEST_NGINX:-}" ]; then
     [ "$code" = 308 ] || fail "plain HTTP on port 80 answered $code, not a redirect to HTTPS"
     sign_and_verify "https://127.0.0.1" -k
     say "6. via nginx (TLS, box certificate): /v1/health 200, POST /v1/signatures 201 and verified; port 80 redirects"
+    # 7. Clients that connect and never finish a request head, from one other address: to nginx
+    # (TLS and plain) and to the firmware itself. Both must keep answering others at once, and
+    # nginx must drop the idle ones after client_header_timeout ([api] header_timeout, 10 s).
+    python3 - "$API_PORT" >>"$LOG" 2>&1 <<'PY' || fail "an idle flood blocked the box (log above)"
+import socket, subprocess, sys, time
+api_port = int(sys.argv[1])
+flood = {}
+for port, head in ((443, b""), (80, b"GET / HTTP/1.1\r\nHost: box\r\n"), (api_port, b"POST /v1/signatures HTTP/1.1\r\n")):
+    flood[port] = []
+    for _ in range(300):
+        sock = socket.socket()
+        sock.bind(("127.0.0.2", 0))
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(head)
+        flood[port].append(sock)
+for url in ("https://127.0.0.1/v1/health", f"http://127.0.0.1:{api_port}/v1/health"):
+    code = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", url],
+                          capture_output=True, text=True).stdout
+    if code != "200":
+        sys.exit(f"{url} answered {code or 'nothing'} during the flood")
+def closed(sock):
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+deadline = time.monotonic() + 15
+while time.monotonic() < deadline and not all(closed(s) for s in flood[443] + flood[80]):
+    time.sleep(0.5)
+left = sum(not closed(s) for s in flood[443] + flood[80])
+if left:
+    sys.exit(f"nginx still holds {left} idle connections after 15 s")
+PY
+    say "7. 900 idle connections from one address: health answered at once via nginx and directly; nginx dropped its 600 within 15 s"
 fi
 say "passed in $((SECONDS - t0)) s"

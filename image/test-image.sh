@@ -75,6 +75,10 @@ for d in 'User=esignbox' 'ProtectSystem=strict' 'NoNewPrivileges=yes' 'PrivateTm
          'StateDirectory=esignbox/box' 'SupplementaryGroups=esignbox-token'; do
     check "esignbox.service has $d" grep -qx "$d" "$svc"
 done
+check "esignbox.service listens on loopback only (nginx is its network face)" \
+    grep -qE '^ExecStart=.* serve --host 127\.0\.0\.1$' "$svc"
+check "nginx includes the per-client limits from box.toml" \
+    grep -qx 'include /run/nginx/esignbox-limits.conf;' "$ROOT/etc/nginx/sites-available/esignbox.conf"
 for u in esignbox esignbox-tls esignbox-health nginx systemd-networkd systemd-resolved; do
     check "$u.service enabled" bash -c "ls $ROOT/etc/systemd/system/*.target.wants/$u.service"
 done

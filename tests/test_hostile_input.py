@@ -58,7 +58,8 @@ CSC_JSON = _csc_body_methods()
 
 @pytest.fixture(scope="module")
 def hostile_api(box, clients) -> Api:
-    return Api(box.url, clients.add("hostile-input")[1])
+    # every scope: the body of each endpoint must be reached (a missing scope is refused before it)
+    return Api(box.url, clients.add("hostile-input", scopes=("hash", "pdf", "timestamp"))[1])
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,9 @@
 
 Runs ``certomancer animate`` as a subprocess rather than in-process: the
 Animator is a blocking Werkzeug development server, and a separate process is
-what the box meets in practice (a PKI it reaches over the network).
+what the box meets in practice (a PKI it reaches over the network). The
+subprocess dies with the process that started it, even on ``kill -9``, so that
+its port is free for the next start.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import IO, NoReturn
 
 import requests
 
+from ..children import dies_with_this_process
 from .pki import ARCH, ROOT_CRL_REPO, DevPki
 
 __all__ = ["PkiServer", "PkiServerError"]
@@ -64,7 +67,8 @@ class PkiServer:
             "animate", "--port", str(self.port), "--no-web-ui",
         ]  # fmt: skip
         self._process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=dies_with_this_process(),
         )
         self._wait_until_serving(log_path)
 

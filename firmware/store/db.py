@@ -4,10 +4,15 @@ WAL lets readers run beside the single writer; synchronous=FULL makes every comm
 before it returns. Each thread gets its own connection (sqlite3 objects are not shareable), in
 autocommit mode: every write goes through `immediate()`, which takes the write lock up front so
 that the audit chain's head cannot change between reading it and appending to it.
+
+The database holds API key hashes and the audit log: its files are the owner's alone (0600)
+whatever the umask. SQLite gives the -wal and -shm files the mode of the database file, so the
+database is created 0600 before SQLite opens it; files an older box left 0644 are tightened.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -112,7 +117,25 @@ class Database:
         return conn
 
 
+def _make_private(path: Path) -> None:
+    """The database file exists with mode 0600, and so do its WAL and shared-memory files if any.
+
+    An existing file is never opened here: closing any descriptor of a file drops every POSIX lock
+    this process holds on it, including those of SQLite connections already open on it.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        try:
+            os.chmod(path.with_name(name), 0o600)
+        except FileNotFoundError:
+            pass
+
+
 def open_connection(path: Path) -> sqlite3.Connection:
+    _make_private(path)
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")

@@ -1,0 +1,110 @@
+"""The signing API's HTTP server: waitress, with limits so that a slow or idle client blocks no one.
+
+waitress closes a connection only after ``channel_timeout`` of silence and stops accepting once
+``connection_limit`` connections are open: a hundred clients that send half a request head, or
+trickle one byte of it now and then, would hold every slot and the box would answer nobody.
+waitress has neither a header timeout nor a per-peer cap, so this module adds both:
+
+* **header timeout**: a request head must be complete within ``header_timeout`` seconds of its
+  first byte (of the accept, for a connection's first request), however slowly it trickles;
+* **per-peer cap**: one address holds at most ``peer_connection_limit`` open connections; one
+  more is closed as soon as it is accepted. ``uncapped_peers`` (by default the box itself: its
+  nginx front, which caps per client on its own, and health checks) are not counted.
+
+Both are checked by the server's maintenance pass, which runs every second.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections import Counter
+
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
+
+from .config import ApiSettings
+
+__all__ = ["serve"]
+
+log = logging.getLogger(__name__)
+
+_CLEANUP_INTERVAL_S = 1  # how often idle, slow and refused connections are dealt with
+
+
+class _Channel(HTTPChannel):
+    """A connection that remembers since when it has been waiting for a complete request head."""
+
+    def __init__(self, server, sock, addr, adj, map=None) -> None:
+        super().__init__(server, sock, addr, adj, map)
+        self.head_started: float | None = self.creation_time  # the first head is due from the accept
+
+    def received(self, data: bytes) -> bool:
+        arrived = time.time()
+        result = super().received(data)
+        if self.request is None or self.request.headers_finished:
+            self.head_started = None  # no head in progress: channel_timeout governs the silence
+        elif self.head_started is None:
+            self.head_started = arrived  # the first byte of the next request's head
+        return result
+
+
+class _GuardedServer(TcpWSGIServer):
+    channel_class = _Channel
+
+    def __init__(self, application, settings: ApiSettings, **kw) -> None:
+        self.settings = settings
+        self.uncapped = [ipaddress.ip_network(p, strict=False) for p in settings.uncapped_peers]
+        self.refused: Counter[str] = Counter()  # since the last maintenance pass, logged there
+        super().__init__(application, **kw)
+
+    def accept(self):
+        pair = super().accept()
+        if pair is not None and self._over_peer_cap(pair[1][0]):
+            pair[0].close()
+            self.refused[pair[1][0]] += 1
+            return None  # waitress's handle_accept makes no channel for it
+        return pair
+
+    def _over_peer_cap(self, peer: str) -> bool:
+        address = ipaddress.ip_address(peer.split("%")[0])
+        if any(address in network for network in self.uncapped):
+            return False
+        held = sum(1 for c in self._map.values() if isinstance(c, HTTPChannel) and c.addr[0] == peer)
+        return held >= self.settings.peer_connection_limit
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)  # waitress: channel_timeout of silence
+        cutoff = now - self.settings.header_timeout
+        slow = [c for c in self.active_channels.values()
+                if c.head_started is not None and c.head_started < cutoff and not c.requests]
+        for channel in slow:
+            channel.will_close = True
+        if slow:
+            log.warning("closed %d connection(s) whose request head took over %g s: %s", len(slow),
+                        self.settings.header_timeout, ", ".join(sorted({c.addr[0] for c in slow})))
+        for peer, count in self.refused.items():
+            log.warning("refused %d connection(s) from %s: it holds %d already (peer_connection_limit)",
+                        count, peer, self.settings.peer_connection_limit)
+        self.refused.clear()
+
+
+def serve(app, settings: ApiSettings, host: str, port: int) -> None:
+    """Serve ``app`` on host:port with ``settings``' limits until SIGTERM or Ctrl-C."""
+    adj = Adjustments(
+        host=host, port=port, threads=settings.threads, ident="esignbox",
+        max_request_body_size=settings.max_request_bytes,
+        connection_limit=settings.connection_limit, channel_timeout=settings.channel_timeout,
+        cleanup_interval=_CLEANUP_INTERVAL_S, asyncore_use_poll=True,  # poll: no FD_SETSIZE ceiling
+    )
+    socket_map: dict = {}
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    servers = [_GuardedServer(app, settings, map=socket_map, dispatcher=dispatcher, adj=adj, sockinfo=info)
+               for info in adj.listen]
+    for server in servers:
+        log.info("Serving on http://%s:%s", server.effective_host, server.effective_port)  # as waitress says it
+    servers[0].run()  # one loop over the shared map serves every listening address
