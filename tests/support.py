@@ -1,15 +1,21 @@
-"""Helpers the tests share: free ports, an `esignbox serve` process, an API session."""
+"""Helpers the tests share: free ports, an `esignbox serve` process, an API session, a tiny CA."""
 
 from __future__ import annotations
 
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import requests
+from cryptography import x509 as cx509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 ESIGNBOX = str(Path(sys.executable).with_name("esignbox"))
 
@@ -74,3 +80,23 @@ class Api:
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return self.session.get(self.base_url + path, timeout=60, **kwargs)
+
+
+def issue_certificate(csr_pem: bytes, days: int = 30):
+    """A tiny CA: returns (root PEM, leaf PEM) for the CSR's public key."""
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root_name = cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, f"Test Root {secrets.token_hex(3)}")])
+    now = datetime.now(timezone.utc)
+    root = (cx509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
+            .public_key(root_key.public_key()).serial_number(cx509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=days))
+            .add_extension(cx509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(root_key, hashes.SHA256()))
+    request = cx509.load_pem_x509_csr(csr_pem)
+    assert request.is_signature_valid
+    leaf = (cx509.CertificateBuilder().subject_name(request.subject).issuer_name(root_name)
+            .public_key(request.public_key()).serial_number(cx509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=days))
+            .sign(root_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return root.public_bytes(pem), leaf.public_bytes(pem)

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from firmware import configstore
 from firmware.config import BoxConfig
 from firmware.store import audit
 from firmware.store.clients import ClientRegistry
@@ -41,7 +42,7 @@ from provisioning.report import write_report
 from provisioning.service import provision, provision_copied
 from provisioning.state import HOOK_ENV, ProvisioningState
 
-from .support import ESIGNBOX
+from .support import ESIGNBOX, issue_certificate
 
 BOX_ID = "BOX-TEST-0001"
 
@@ -128,26 +129,6 @@ def assert_untouched(pbox: ProvBox) -> None:
     assert config.api_port == 18080 and config.tsa_urls == ["http://old-tsa.example/tsr"]
     assert pbox.state.numbered_generations() == [] and pbox.state.record() is None
     assert not pbox.state.pending_path.exists()
-
-
-def issue_certificate(csr_pem: bytes, days: int = 30):
-    """A tiny CA: returns (root PEM, leaf PEM) for the CSR's public key."""
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    root_name = cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, f"Test Root {secrets.token_hex(3)}")])
-    now = datetime.now(timezone.utc)
-    root = (cx509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
-            .public_key(root_key.public_key()).serial_number(cx509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=days))
-            .add_extension(cx509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(root_key, hashes.SHA256()))
-    request = cx509.load_pem_x509_csr(csr_pem)
-    assert request.is_signature_valid
-    leaf = (cx509.CertificateBuilder().subject_name(request.subject).issuer_name(root_name)
-            .public_key(request.public_key()).serial_number(cx509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=days))
-            .sign(root_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    return root.public_bytes(pem), leaf.public_bytes(pem)
 
 
 # -- the good path ------------------------------------------------------------------------------------
@@ -738,3 +719,47 @@ def test_cli_keygen_make_sign_apply(pbox: ProvBox, tmp_path: Path, box_config: B
 
     status = json.loads(esignbox("--state-dir", str(pbox.state_dir), "provision", "status").stdout)
     assert status["last_counter"] == 42 and status["config_is_provisioned"] is True
+
+
+# -- the console and the CLI change a provisioned box through the one writer ------------------------
+
+def test_console_change_after_rollback_is_a_generation_and_rollback_says_what_it_discards(
+        pbox: ProvBox, tmp_path: Path, box_config: BoxConfig):
+    """Issue 9 item 8: apply, roll back, change in the console, roll back again."""
+    def esignbox(*args: str) -> str:
+        return subprocess.run([ESIGNBOX, "--state-dir", str(pbox.state_dir), *args], check=True,
+                              capture_output=True, text=True, cwd=tmp_path).stdout
+
+    link = pbox.state_dir / "box.toml"
+    assert pbox.provision(make_bundle(tmp_path / "b", pbox.key, 1, box_name="first")).result == "applied"
+    esignbox("provision", "rollback")
+    before, snapshot = link.read_text(), pbox.state.current_generation()
+    assert "first" not in before
+
+    db = Database(pbox.state_dir / "box.db")
+    change = configstore.update(pbox.state_dir, {"signing": {"default_level": "B-B"}}, db, "admin:alice",
+                                "settings.change", {"default_level": "B-B"})
+    assert os.readlink(link) == "provisioning/current/box.toml"  # still the provisioning link, not a file
+    assert change.generation == pbox.state.current_generation() > snapshot
+    assert pbox.state.previous_generation() == snapshot
+    assert change.changes == ["signing.default_level (unset)→B-B"]
+    assert pbox.config().default_level == "B-B" == change.config.default_level
+    assert pbox.state.record().generation == change.generation  # committed like every generation
+    actor, action, details = pbox.audit_actions()[-1]
+    assert (actor, action, details["generation"], details["changes"]) == (
+        "admin:alice", "settings.change", change.generation, change.changes)
+
+    said = esignbox("provision", "rollback")
+    discarded = (f"generation {change.generation} (admin:alice settings.change: "
+                 f"signing.default_level (unset)→B-B)")
+    assert f"rolls back {discarded} to generation {snapshot}" in said, said
+    assert link.read_text() == before and pbox.config().default_level == "B-T"
+    actor, action, details = pbox.audit_actions()[-1]
+    assert (actor, action, details["discards"]) == ("provisioning", "provision.rollback", discarded)
+
+    # the command line writes through the same path: a provisioned box gets a new generation too
+    esignbox("import-chain", str(box_config.chain_file), "--label", box_config.key_label)
+    activated = esignbox("activate", box_config.key_label)
+    assert f"generation {pbox.state.current_generation()}" in activated and "restart the service" in activated
+    assert os.readlink(link) == "provisioning/current/box.toml"
+    assert pbox.config().chain_file == (pbox.state_dir / "chains" / f"{box_config.key_label}.pem").resolve()
