@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import falcon
-from asn1crypto import pem, x509
 
 from hsm import Token
 
@@ -25,7 +24,7 @@ from .api.openapi import OpenApiResource
 from .api.usage import UsageResource
 from .config import BoxConfig, ConfigError
 from .errors import InvalidRequest
-from .keys import check_chain
+from .keys import check_chain, load_certificates
 from .outbound import apply_outbound
 from .csc.routes import CscSessions, add_csc_routes
 from .signing.clock import ClockWatch
@@ -39,15 +38,6 @@ from .signing.token_signer import TokenSigner
 from .store.clients import ClientRegistry
 from .store.db import Database
 from .store.ledger import SignatureLedger
-
-
-def load_certificates(path) -> list[x509.Certificate]:
-    if not path.exists():
-        raise ConfigError(f"certificate file {path} not found")
-    data = path.read_bytes()
-    if pem.detect(data):
-        return [x509.Certificate.load(der) for _, _, der in pem.unarmor(data, multiple=True)]
-    return [x509.Certificate.load(data)]
 
 
 @dataclass

@@ -104,29 +104,70 @@ def cmd_serve(args) -> None:
         serve(api_app, config.api, host, port)
 
 
+OPERATOR = "operator"  # the audit actor of every command run here
+RESTART = "restart the service: a running box does not see this change until then"
+
+
+def _audit(config: BoxConfig, action: str, details: dict) -> None:
+    from .store import audit
+    from .store.db import Database
+
+    audit.record(Database(config.database).connect(), audit.AuditEntry(OPERATOR, action, None, details))
+
+
 def cmd_keygen(args) -> None:
-    token = Token(_config(args).token_config())
-    key = token.generate_key(args.label, KeyAlgorithm(args.algorithm))
-    print(pem.armor("PUBLIC KEY", key.public_key_info).decode(), end="")
+    from .keys import generate
+
+    config = _config(args)
+    info, details = generate(Token(config.token_config()), args.label, KeyAlgorithm(args.algorithm))
+    _audit(config, "key.generate", details)
+    print(pem.armor("PUBLIC KEY", info.public_key_info).decode(), end="")
 
 
 def cmd_csr(args) -> None:
     from .keys import build_csr, parse_subject
 
     config = _config(args)
-    request = build_csr(Token(config.token_config()), args.label or config.key_label, parse_subject(args.subject))
+    label, subject = args.label or config.key_label, parse_subject(args.subject)
+    request = build_csr(Token(config.token_config()), label, subject)
+    _audit(config, "key.csr", {"label": label, "subject": subject.human_friendly})
     Path(args.out).write_bytes(request) if args.out else sys.stdout.write(request.decode())
 
 
 def cmd_import_chain(args) -> None:
-    from .box import load_certificates
-    from .keys import check_chain
+    from .keys import chain_details, install_chain
 
     config = _config(args)
-    chain = load_certificates(Path(args.file))
-    check_chain(Token(config.token_config()), config.key_label, chain)
-    config.chain_file.write_bytes(b"".join(pem.armor("CERTIFICATE", c.dump()) for c in chain))
-    print(f"imported {len(chain)} certificate(s) for key {config.key_label!r}; restart the service")
+    label = args.label or config.key_label
+    chain = install_chain(config.state_dir, Token(config.token_config()), label, Path(args.file).read_bytes())
+    details = chain_details(label, chain)
+    _audit(config, "chain.import", details)
+    print(f"installed {len(chain)} certificate(s) for key {label!r}: {details['subject']}, serial {details['serial']}, "
+          f"valid until {details['not_after'][:10]}")
+    print(f"make it the signing key with: esignbox activate {label}")
+
+
+def _apply_activation(args, rollback: bool) -> None:
+    from . import configstore
+    from .keys import activation, rollback_activation
+
+    config = _config(args)
+    token = Token(config.token_config())
+    change = rollback_activation(config, token) if rollback else activation(config, token, args.label)
+    done = configstore.update(config.state_dir, change.changes, actor=OPERATOR,
+                              action="key.rollback" if rollback else "key.activate", details=change.details)
+    where = f"box.toml generation {done.generation}" if done.generation is not None else "box.toml"
+    print(f"key {change.label!r} (certificate serial {change.serial}) is now the signing key in {where}; "
+          f"the previous one was {change.previous!r} (`esignbox rollback-key` goes back)")
+    print(RESTART)
+
+
+def cmd_activate(args) -> None:
+    _apply_activation(args, rollback=False)
+
+
+def cmd_rollback_key(args) -> None:
+    _apply_activation(args, rollback=True)
 
 
 def _registry(args):
@@ -259,9 +300,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the CSR (PEM) to this file instead of standard output")
     s.set_defaults(func=cmd_csr)
 
-    s = sub.add_parser("import-chain", help="install the CA-issued chain (leaf first) for the signing key")
-    s.add_argument("file", help="PEM file with the issued certificate first, then its CA certificates")
+    s = sub.add_parser("import-chain", help="install the CA-issued chain for a token key (checked against the key)")
+    s.add_argument("file", help="PEM file with the issued certificate and its CA certificates (any order), or one DER")
+    s.add_argument("--label", help="the token key the chain is for (default: the active signing key)")
     s.set_defaults(func=cmd_import_chain)
+
+    s = sub.add_parser("activate", help="make a token key with an installed chain the signing key (then restart)")
+    s.add_argument("label", help="the token key, e.g. box-2027")
+    s.set_defaults(func=cmd_activate)
+
+    s = sub.add_parser("rollback-key", help="make the key before the last activation the signing key again")
+    s.set_defaults(func=cmd_rollback_key)
 
     s = sub.add_parser("clients", help="manage API clients, their scopes and quotas")
     csub = s.add_subparsers(dest="action", required=True)

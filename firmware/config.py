@@ -203,6 +203,7 @@ class BoxConfig:
     anchor_interval_s: float
     max_clock_skew_s: float = 60.0  # [signing] max_clock_skew_seconds: against the TSA's genTime
     default_level: str = "B-T"  # [signing] default_level, set from the admin console
+    previous_key_label: str | None = None  # [signing] previous_key_label: written by activation, for rollback-key
     stamp_text: str = ""  # [signing] stamp_text: the default text of a visible PDF stamp
     stamp_background: str = "#eef3f8"  # [signing] stamp_background: the stamp's opaque panel
     stamp_border: str = "#1f3a5f"  # [signing] stamp_border
@@ -242,7 +243,13 @@ class BoxConfig:
         path = state_dir / CONFIG_NAME
         if not path.exists():
             raise ConfigError(f"{path} not found; run `esignbox init-dev` or write it (see README)")
-        raw = tomllib.loads(path.read_text())
+        return cls.from_text(state_dir, path.read_text())
+
+    @classmethod
+    def from_text(cls, state_dir: Path, text: str) -> "BoxConfig":
+        """What box.toml ``text`` would configure; a change is checked with it before it is written."""
+        path = state_dir / CONFIG_NAME
+        raw = tomllib.loads(text)
 
         def resolve(value: str | None) -> Path | None:
             return None if value is None else (state_dir / value).resolve()
@@ -263,6 +270,7 @@ class BoxConfig:
                     environment=environment,
                 ),
                 key_label=signing.get("key_label", "box-signing"),
+                previous_key_label=signing.get("previous_key_label"),
                 chain_file=resolve(signing.get("chain_file", "box-chain.pem")),
                 trust_roots_file=resolve(signing.get("trust_roots_file", "trust-roots.pem")),
                 prefer_pss=bool(signing.get("prefer_pss", False)),

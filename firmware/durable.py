@@ -1,7 +1,9 @@
 """Crash-safe file writes: after a power cut a name holds either the old or the new bytes.
 
 A temporary file in the same directory, fsync, os.replace, then an fsync of the directory so
-the rename itself is on disk. Every configuration or key file the box rewrites goes through here.
+the rename itself is on disk. Every configuration or key file the box rewrites goes through here,
+and so do the files of a new configuration generation and the symlinks that switch to it
+(firmware/generations.py).
 """
 
 from __future__ import annotations
@@ -33,3 +35,21 @@ def write_durable(path: Path, data: bytes, mode: int = 0o644) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write a file that must not exist yet (inside a staging directory), fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def replace_symlink(link: Path, target: str) -> None:
+    """Point ``link`` at ``target`` atomically (a new symlink renamed over the old name)."""
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    fsync_dir(link.parent)

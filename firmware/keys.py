@@ -1,19 +1,35 @@
-"""Key life cycle around the token: CSR for a token key, and importing the CA's answer.
+"""The key life cycle around the token, one set of rules for the console, the CLI and provisioning.
 
-The production path: generate the key on the token, send the CSR to a real CA, import the
-issued chain. The import refuses a chain whose leaf does not carry the token key's public key,
-so a wrong certificate can never be paired with the box's key.
+The production path: generate the key on the token, send its CSR to a real CA, install the
+issued chain, activate the key. Installing refuses a chain whose leaf does not carry the token
+key's public key (or that has expired), so a wrong certificate can never be paired with a key;
+each key's chain is kept in ``<state>/chains/<label>.pem``. Activating checks the installed chain
+against the key again and returns the configuration change ([signing] key_label, chain_file and
+previous_key_label) for firmware/configstore.py to write; the outgoing key keeps its chain in
+chains/, so rolling back is an activation of ``previous_key_label``. Who applies the change
+decides when it takes effect: the console restarts the signing service in-process
+(webui/signing.py), the command line says to restart the service.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 from asn1crypto import csr, keys, pem, x509
 
-from hsm import SignatureScheme, Token
+from hsm import KeyAlgorithm, KeyInfo, SignatureScheme, Token
 
+from .config import BoxConfig, ConfigError
+from .durable import write_durable
 from .errors import InvalidRequest
+
+LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CHAINS = "chains"
 
 _NAME_KEYS = {
     "CN": "common_name", "O": "organization_name", "OU": "organizational_unit_name", "C": "country_name",
@@ -70,3 +86,144 @@ def check_chain(token: Token, key_label: str, chain: list[x509.Certificate]) -> 
             raise InvalidRequest(
                 f"certificate {child.subject.human_friendly!r} is not issued by {parent.subject.human_friendly!r}"
             )
+
+
+def load_certificates(path: Path) -> list[x509.Certificate]:
+    """The certificates in a PEM or DER file the box already trusts (its own chain, trust roots)."""
+    if not path.exists():
+        raise ConfigError(f"certificate file {path} not found")
+    data = path.read_bytes()
+    if pem.detect(data):
+        return [x509.Certificate.load(der) for _, _, der in pem.unarmor(data, multiple=True)]
+    return [x509.Certificate.load(data)]
+
+
+def parse_chain(data: bytes) -> list[x509.Certificate]:
+    """PEM (one or more certificates) or a single DER certificate; unreadable input is refused."""
+    data = data.strip()
+    if not data:
+        raise InvalidRequest("no file was sent")
+    try:
+        if pem.detect(data):
+            chain = [x509.Certificate.load(der) for kind, _, der in pem.unarmor(data, multiple=True)
+                     if kind == "CERTIFICATE"]
+        else:
+            chain = [x509.Certificate.load(data)]
+        for cert in chain:  # asn1crypto parses lazily: touch what is used later
+            cert.subject.human_friendly, cert.public_key.dump(), cert["tbs_certificate"]["validity"].native
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidRequest("the file is not a certificate chain (PEM with CERTIFICATE blocks, or one DER "
+                             "certificate)") from exc
+    if not chain:
+        raise InvalidRequest("the file holds no certificate")
+    return chain
+
+
+def order_chain(chain: list[x509.Certificate], public_key_info: bytes) -> list[x509.Certificate]:
+    """Leaf (the certificate for this key) first, then its issuers, if they are all there."""
+    leaf = next((c for c in chain if c.public_key.dump() == keys.PublicKeyInfo.load(public_key_info).dump()), None)
+    if leaf is None:
+        return chain
+    ordered, rest = [leaf], [c for c in chain if c is not leaf]
+    while rest:
+        parent = next((c for c in rest if c.subject == ordered[-1].issuer), None)
+        if parent is None:
+            return chain if rest else ordered
+        ordered.append(parent)
+        rest.remove(parent)
+    return ordered
+
+
+def chain_pem(chain: list[x509.Certificate]) -> bytes:
+    return b"".join(pem.armor("CERTIFICATE", c.dump()) for c in chain)
+
+
+def chain_path(state_dir: Path, label: str) -> Path:
+    """Where the chain of token key ``label`` is kept once installed."""
+    if not LABEL.match(label):
+        raise InvalidRequest(f"key label {label!r} cannot name a file; use letters, digits, '.', '_' and '-'")
+    return Path(state_dir) / CHAINS / f"{label}.pem"
+
+
+def generate(token: Token, label: str, algorithm: KeyAlgorithm) -> tuple[KeyInfo, dict[str, Any]]:
+    """A new key pair on the token; returns it and the details its audit entry (key.generate) records."""
+    if not LABEL.match(label):
+        raise InvalidRequest("a key label is 1–64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    info = token.generate_key(label, algorithm)
+    return info, {"label": label, "algorithm": algorithm.value,
+                  "public_key_sha256": keys.PublicKeyInfo.load(info.public_key_info).sha256.hex()}
+
+
+def _not_after(cert: x509.Certificate) -> datetime:
+    return cert["tbs_certificate"]["validity"]["not_after"].native
+
+
+def chain_details(label: str, chain: list[x509.Certificate]) -> dict[str, Any]:
+    """What the audit entry of an installed chain (chain.import) records."""
+    leaf = chain[0]
+    return {"label": label, "subject": leaf.subject.human_friendly, "serial": format(leaf.serial_number, "x"),
+            "not_after": _not_after(leaf).isoformat(), "certificates": len(chain)}
+
+
+def install_chain(state_dir: Path, token: Token, label: str, data: bytes) -> list[x509.Certificate]:
+    """Check the CA's answer (PEM in any order, or one DER certificate) against key ``label``; keep it.
+
+    Raises InvalidRequest (unreadable, not for the key, out of order, expired) or KeyNotFound;
+    nothing is written then. Returns the chain, leaf first, as written.
+    """
+    path = chain_path(state_dir, label)
+    chain = order_chain(parse_chain(data), token.key(label).public_key_info)
+    check_chain(token, label, chain)
+    expiry = _not_after(chain[0])
+    if expiry < datetime.now(timezone.utc):
+        raise InvalidRequest(f"the certificate expired on {expiry:%Y-%m-%d}")
+    path.parent.mkdir(exist_ok=True)
+    write_durable(path, chain_pem(chain))
+    return chain
+
+
+@dataclass(frozen=True)
+class Activation:
+    """Making a key the signing key: the box.toml change and what its audit entry records."""
+
+    label: str
+    previous: str
+    serial: str  # of the leaf certificate the box will sign with
+    changes: dict[str, dict[str, Any]]
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"label": self.label, "previous": self.previous, "serial": self.serial}
+
+
+def activation(config: BoxConfig, token: Token, label: str) -> Activation:
+    """The change that makes token key ``label`` (with its installed chain) the signing key.
+
+    Refused (InvalidRequest, KeyNotFound) unless the chain in chains/ is there and is for the key.
+    The outgoing key's chain is copied to chains/ if it is not there yet, so it can come back.
+    """
+    path = chain_path(config.state_dir, label)
+    if not path.exists():
+        raise InvalidRequest(f"key {label!r} has no certificate chain yet: install the CA's chain first "
+                             f"(`esignbox import-chain FILE --label {label}`, or the console's Keys page)")
+    chain = load_certificates(path)
+    check_chain(token, label, chain)
+    previous = config.key_label
+    if label == previous and path.resolve() == config.chain_file:
+        raise InvalidRequest(f"key {label!r} is already the signing key with this chain")
+    if label != previous and LABEL.match(previous) and config.chain_file.exists():
+        kept = chain_path(config.state_dir, previous)
+        if not kept.exists():
+            kept.parent.mkdir(exist_ok=True)
+            write_durable(kept, config.chain_file.read_bytes())
+    signing = {"key_label": label, "chain_file": f"{CHAINS}/{label}.pem",
+               "previous_key_label": previous if label != previous else config.previous_key_label}
+    return Activation(label, previous, format(chain[0].serial_number, "x"), {"signing": signing})
+
+
+def rollback_activation(config: BoxConfig, token: Token) -> Activation:
+    """The change back to the key that was the signing key before the last activation."""
+    if not config.previous_key_label:
+        raise InvalidRequest("no previous signing key to go back to: no key was activated since "
+                             "[signing] previous_key_label was last cleared")
+    return activation(config, token, config.previous_key_label)

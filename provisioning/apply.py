@@ -46,9 +46,8 @@ from hsm import KeyAlgorithm, KeyNotFound, Token, TokenError
 
 from .bundle import FILES, MANIFEST, SIGNATURE
 from .errors import ProvisioningRefused
-from firmware.durable import fsync_dir, write_durable
-
-from .fsutil import write_new
+from firmware.durable import write_durable, write_new
+from firmware.generations import RolledBack
 from .manifest import ClientSpec, Manifest
 from .state import ProvisioningState, Record, box_id_path, test_hook
 from .verify import VerifiedBundle, load_pem_certificates
@@ -59,7 +58,6 @@ ACTOR = "provisioning"
 CURRENT = "provisioning/current"
 TRUST_ROOTS = "trust-roots.pem"
 CHAIN = "box-chain.pem"
-_NOT_CARRIED = {"box.toml", "state.json"}
 
 
 @dataclass
@@ -266,67 +264,46 @@ def _render_config(base: dict, verified: VerifiedBundle, generation: int, applie
     return header + tomli_w.dumps(raw)
 
 
-def _carry_forward(source: Path | None, target: Path, replaced: set[str]) -> None:
-    if source is None or not source.is_dir():
-        return
-    for path in source.iterdir():
-        if path.is_file() and not path.is_symlink() and path.name not in _NOT_CARRIED | replaced:
-            write_new(target / path.name, path.read_bytes(), mode=path.stat().st_mode & 0o777)
-
-
-def _fsync_tree(path: Path) -> None:
-    for directory, _, _ in os.walk(path):
-        fsync_dir(Path(directory))
-
-
 def _stage_snapshot(state: ProvisioningState, number: int, base_text: str, carry_from: Path | None) -> None:
-    """Keep a configuration that was not made by a bundle (first provisioning, or edited since) for rollback."""
-    staging = state.generations / f".staging-{number:06d}"
-    staging.mkdir(mode=0o700, parents=True)
-    write_new(staging / "box.toml", base_text.encode())
-    _carry_forward(carry_from, staging, set())
-    write_new(staging / "state.json", json.dumps({"generation": number, "adopted": True}).encode())
-    _fsync_tree(staging)
-    os.rename(staging, state.generation_dir(number))
-    fsync_dir(state.generations)
+    """Keep a box.toml that is no generation (first provisioning, or replaced by hand) for rollback."""
+    with state.staging(number) as staging:
+        write_new(staging / "box.toml", base_text.encode())
+        state.carry_forward(carry_from, staging, set())
+        write_new(staging / "state.json", json.dumps({"generation": number, "adopted": True}).encode())
 
 
 def _stage(state: ProvisioningState, number: int, base: dict, carry_from: Path | None,
            verified: VerifiedBundle, applied_at: str, source: str) -> None:
     m, raw = verified.manifest, verified.raw
-    staging = state.generations / f".staging-{number:06d}"
-    staging.mkdir(mode=0o700, parents=True)
-    text = _render_config(base, verified, number, applied_at)
-    write_new(staging / "box.toml", text.encode())
-    test_hook("staging", state.root)
-    try:
-        BoxConfig.load(staging)
-    except (ConfigError, ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ProvisioningRefused("invalid-content", f"the resulting box.toml would not load: {exc}") from exc
-    replaced = set()
-    if m.trust_roots is not None:
-        certs = verified.certificates[m.trust_roots]
-        write_new(staging / TRUST_ROOTS, b"".join(pem.armor("CERTIFICATE", c.dump()) for c in certs))
-        replaced.add(TRUST_ROOTS)
-    if m.signing_chain is not None:
-        certs = verified.certificates[m.signing_chain.file]
-        write_new(staging / CHAIN, b"".join(pem.armor("CERTIFICATE", c.dump()) for c in certs))
-        replaced.add(CHAIN)
-    _carry_forward(carry_from, staging, replaced)
-    copy = staging / "bundle"  # root-only: it may hold a one-time set-up code
-    (copy / FILES).mkdir(mode=0o700, parents=True)
-    os.chmod(copy, 0o700)
-    write_new(copy / MANIFEST, raw.manifest, mode=0o600)
-    if raw.signature is not None:
-        write_new(copy / SIGNATURE, raw.signature, mode=0o600)
-    for name, data in raw.files.items():
-        write_new(copy / FILES / name, data, mode=0o600)
-    status = {"generation": number, "adopted": False, "counter": m.counter, "bundle": raw.digest,
-              "key_id": verified.key_id, "applied_at": applied_at, "sections": m.sections(), "source": source}
-    write_new(staging / "state.json", json.dumps(status, indent=2).encode() + b"\n")
-    _fsync_tree(staging)
-    os.rename(staging, state.generation_dir(number))
-    fsync_dir(state.generations)
+    with state.staging(number) as staging:
+        text = _render_config(base, verified, number, applied_at)
+        write_new(staging / "box.toml", text.encode())
+        test_hook("staging", state.root)
+        try:
+            BoxConfig.load(staging)
+        except (ConfigError, ValueError, tomllib.TOMLDecodeError) as exc:
+            raise ProvisioningRefused("invalid-content", f"the resulting box.toml would not load: {exc}") from exc
+        replaced = set()
+        if m.trust_roots is not None:
+            certs = verified.certificates[m.trust_roots]
+            write_new(staging / TRUST_ROOTS, b"".join(pem.armor("CERTIFICATE", c.dump()) for c in certs))
+            replaced.add(TRUST_ROOTS)
+        if m.signing_chain is not None:
+            certs = verified.certificates[m.signing_chain.file]
+            write_new(staging / CHAIN, b"".join(pem.armor("CERTIFICATE", c.dump()) for c in certs))
+            replaced.add(CHAIN)
+        state.carry_forward(carry_from, staging, replaced)
+        copy = staging / "bundle"  # root-only: it may hold a one-time set-up code
+        (copy / FILES).mkdir(mode=0o700, parents=True)
+        os.chmod(copy, 0o700)
+        write_new(copy / MANIFEST, raw.manifest, mode=0o600)
+        if raw.signature is not None:
+            write_new(copy / SIGNATURE, raw.signature, mode=0o600)
+        for name, data in raw.files.items():
+            write_new(copy / FILES / name, data, mode=0o600)
+        status = {"generation": number, "adopted": False, "counter": m.counter, "bundle": raw.digest,
+                  "key_id": verified.key_id, "applied_at": applied_at, "sections": m.sections(), "source": source}
+        write_new(staging / "state.json", json.dumps(status, indent=2).encode() + b"\n")
 
 
 # -- API clients, inside the commit transaction -------------------------------------------------------
@@ -424,7 +401,6 @@ def apply_bundle(state: ProvisioningState, verified: VerifiedBundle, tokens: Tok
         if not committed:
             for leftover in created:
                 shutil.rmtree(state.generation_dir(leftover), ignore_errors=True)
-            shutil.rmtree(state.generations / f".staging-{number:06d}", ignore_errors=True)
             state.pending_path.unlink(missing_ok=True)
         raise
     test_hook("committed", state.root)
@@ -453,20 +429,12 @@ def _describe(m: Manifest) -> list[str]:
     return said
 
 
-def rollback(state: ProvisioningState) -> int:
-    """Make the previous generation current again (configuration files only; clients stay as they are)."""
-    current, previous = state.current_generation(), state.previous_generation()
-    if previous is None or not state.generation_dir(previous).is_dir():
-        raise ProvisioningRefused("invalid-content", "there is no previous generation to roll back to")
-    conn = state.connect()
-    state.write_pending(previous, current, [])
-    with immediate(conn):
-        last = state.record(conn)
-        counter = last.counter if last else 0
-        state.store_record(conn, Record(counter, previous, last.bundle_digest if last else "", last.key_id if last else "",
-                                        datetime.now(timezone.utc).isoformat(timespec="seconds")))
-        audit.append(conn, [audit.AuditEntry(ACTOR, "provision.rollback", None,
-                                             {"from": current, "to": previous, "counter": counter})])
-    state.switch(previous, current)
-    state.finish()
-    return previous
+def rollback(state: ProvisioningState) -> RolledBack:
+    """Make the previous generation current again (configuration files only; clients stay as they are).
+
+    The result and the audit entry say which generation, made by whom and changing what, is discarded.
+    """
+    try:
+        return state.rollback(ACTOR)
+    except ConfigError as exc:
+        raise ProvisioningRefused("invalid-content", str(exc)) from exc

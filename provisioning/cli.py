@@ -276,8 +276,8 @@ def cmd_rollback(args) -> None:
     state = ProvisioningState(Path(args.state_dir))
     with state.locked():
         recover(state)
-        generation = rollback(state)
-    print(f"generation {generation} is current again; restart the signing service")
+        rolled = rollback(state)
+    print(f"{rolled.summary}\ngeneration {rolled.generation} is current again; restart the signing service")
 
 
 def add_parser(sub) -> None:

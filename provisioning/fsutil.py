@@ -1,7 +1,7 @@
-"""Durable, no-follow file operations: what a power cut or a hostile stick cannot subvert.
+"""No-follow reads: what a hostile stick cannot subvert.
 
 Every file the box writes for provisioning goes through firmware.durable (temporary file, fsync,
-os.replace, fsync of the directory).
+os.replace, fsync of the directory; new files in a staging directory; symlink switches).
 Reads from a stick open each path component relative to its parent's descriptor with
 O_NOFOLLOW, so a symlink on the stick is refused rather than followed.
 """
@@ -12,29 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from firmware.durable import fsync_dir
-
 _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-
-
-def write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write a file that must not exist yet (inside a staging directory), fsynced."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def replace_symlink(link: Path, target: str) -> None:
-    """Point ``link`` at ``target`` atomically (a new symlink renamed over the old name)."""
-    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-    fsync_dir(link.parent)
 
 
 def open_dir_nofollow(name: str, dir_fd: int | None = None) -> int:

@@ -137,11 +137,11 @@ def test_keygen_csr_import_activate_serve_restart_rollback(dev_dir: Path):
     finally:
         box.stop()
 
-    operator = [(e["action"], e["details"]) for e in audit_entries(dev_dir) if e["actor"] == "operator"]
-    actions = [action for action, _ in operator]
-    assert actions[:2] == ["key.generate", "key.csr"]
-    assert actions[-3:] == ["chain.import", "key.activate", "key.rollback"]
-    details = dict(operator[-3:])
+    operator = [(e["action"], e["details"]) for e in audit_entries(dev_dir)
+                if e["actor"] == "operator" and e["action"].startswith(("key.", "chain."))]
+    assert [action for action, _ in operator] == ["key.generate", "key.csr", "chain.import", "key.activate",
+                                                  "key.rollback"]
+    details = dict(operator)
     assert details["chain.import"]["serial"] == new_serial and details["chain.import"]["label"] == "box-2027"
     assert (details["key.activate"]["label"], details["key.activate"]["previous"]) == ("box-2027", "box-signing")
     assert (details["key.rollback"]["label"], details["key.rollback"]["previous"]) == ("box-signing", "box-2027")

@@ -207,7 +207,7 @@ def test_second_bundle_updates_and_carries_files_forward(pbox: ProvBox, tmp_path
     # only the current and previous generations are kept
     assert pbox.state.numbered_generations() == [pbox.state.previous_generation(), report.generation]
 
-    assert rollback(pbox.state) == pbox.state.current_generation()
+    assert rollback(pbox.state).generation == pbox.state.current_generation()
     assert "box" not in tomllib.loads((pbox.state_dir / "box.toml").read_text())
     assert ("provisioning", "provision.rollback") in [a[:2] for a in pbox.audit_actions()]
 
@@ -737,8 +737,8 @@ def test_console_change_after_rollback_is_a_generation_and_rollback_says_what_it
     assert "first" not in before
 
     db = Database(pbox.state_dir / "box.db")
-    change = configstore.update(pbox.state_dir, {"signing": {"default_level": "B-B"}}, db, "admin:alice",
-                                "settings.change", {"default_level": "B-B"})
+    change = configstore.update(pbox.state_dir, {"signing": {"default_level": "B-B"}}, actor="admin:alice",
+                                action="settings.change", details={"default_level": "B-B"}, db=db)
     assert os.readlink(link) == "provisioning/current/box.toml"  # still the provisioning link, not a file
     assert change.generation == pbox.state.current_generation() > snapshot
     assert pbox.state.previous_generation() == snapshot

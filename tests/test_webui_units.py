@@ -10,7 +10,6 @@ import json
 import os
 import re
 import stat
-import tomllib
 from pathlib import Path
 
 import falcon.testing
@@ -18,7 +17,7 @@ import pytest
 
 from firmware.config import BoxConfig
 from firmware.store.db import Database
-from webui import boxtoml, tls
+from webui import tls
 from webui.accounts import AccountError, Accounts, set_setup_code
 from webui.app import Console, authority, create_app
 from webui.charts import usage_chart
@@ -224,17 +223,7 @@ def test_session_expires_when_idle(tmp_path):
     assert sessions.load(session.cookie) == (None, True)
 
 
-# -- box.toml, TLS, nginx, charts, probes ---------------------------------------------------------------------
-
-def test_box_toml_update_is_crash_safe_and_keeps_other_settings(tmp_path):
-    (tmp_path / "box.toml").write_text('[api]\nport = 1\n[signing]\nkey_label = "a"\ntsa_urls = ["x"]\n')
-    old, new = boxtoml.update(tmp_path, {"signing": {"key_label": "b", "tsa_urls": None}, "console": {"port": 9}})
-    raw = tomllib.loads((tmp_path / "box.toml").read_text())
-    assert raw == {"api": {"port": 1}, "signing": {"key_label": "b"}, "console": {"port": 9}}
-    assert [p.name for p in tmp_path.iterdir()] == ["box.toml"]  # no temporary file left behind
-    boxtoml.restore(tmp_path, old)
-    assert tomllib.loads((tmp_path / "box.toml").read_text())["signing"]["key_label"] == "a"
-
+# -- TLS, nginx, charts, probes -----------------------------------------------------------------------------
 
 def test_box_local_ca_and_console_certificate(tmp_path):
     first = tls.ensure_server_cert(tmp_path, ["box", "box.local"], ["127.0.0.1", "192.168.1.10", "fd00::10"])

@@ -11,7 +11,8 @@ for everything the console does.
 Modules: lan (addresses and allow-list), accounts (administrator, set-up code, lockouts),
 sessions, app (Falcon app and middleware), pages/ (one per page), charts (SVG), probes (TSA,
 OCSP, CRL reachability), tls (box-local CA), nginx (the HTTPS front), signing (the swappable
-signing service), boxtoml (crash-safe box.toml writer), server (start-up inside `serve`).
+signing service), server (start-up inside `serve`). box.toml is written through
+firmware.configstore and keys are handled by firmware.keys, the same code the command line uses.
 """
 
 from .accounts import set_setup_code

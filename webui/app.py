@@ -27,15 +27,18 @@ from typing import Any
 import falcon
 import jinja2
 
+from firmware import configstore
+from firmware.box import Box
 from firmware.config import BoxConfig
+from firmware.configstore import ConfigChange
 from firmware.store.db import Database
 
-from . import boxtoml, templating
+from . import templating
 from .accounts import Accounts
 from .lan import LanPolicy, parse_peer
 from .probes import Prober
 from .sessions import COOKIE, Session, SessionStore
-from .state import record
+from .signing import reassemble
 
 log = logging.getLogger(__name__)
 
@@ -176,19 +179,25 @@ class Console:
 
     # -- box.toml -----------------------------------------------------------------------------------
     def change_config(self, req: falcon.Request, changes: dict, action: str, details: dict,
-                      restart_signing: bool = True) -> None:
-        """Write box.toml crash-safely, restart the signing service on it, audit; undo on failure."""
+                      restart_signing: bool = True) -> ConfigChange:
+        """Change box.toml through the one writer (firmware.configstore), audited; restart signing on it.
+
+        The new signing service is assembled and makes a test signature before anything is
+        written; if that fails, box.toml and the running service stay as they were.
+        """
         with self._config_lock:
-            old_text, _ = boxtoml.update(self.state_dir, changes)
-            try:
-                config = BoxConfig.load(self.state_dir)
+            ready: list[Box] = []
+
+            def prepare(config: BoxConfig) -> None:
                 if restart_signing and self.signing is not None:
-                    self.signing.reload(config)
-            except Exception:
-                boxtoml.restore(self.state_dir, old_text)
-                raise
-            self.config = config
-            record(self.db, self.actor(req), action, details)
+                    ready.append(reassemble(self.signing.box, config))
+
+            change = configstore.update(self.state_dir, changes, actor=self.actor(req), action=action,
+                                        details=details, db=self.db, check=prepare)
+            if ready:
+                self.signing.install(ready[0])
+            self.config = change.config
+            return change
 
 
 class SecurityHeaders:

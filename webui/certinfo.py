@@ -5,9 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from asn1crypto import keys, pem, x509
-
-from firmware.errors import InvalidRequest
+from asn1crypto import keys, x509
 
 WARN_DAYS = 30
 _SHORT = {"common_name": "CN", "organization_name": "O", "organizational_unit_name": "OU", "country_name": "C",
@@ -57,43 +55,3 @@ def facts(cert: x509.Certificate, now: dt.datetime | None = None) -> CertFacts:
     return CertFacts(cert.subject.human_friendly, cert.issuer.human_friendly, format(cert.serial_number, "x"),
                      not_after, (not_after - now).days if not_after > now else -1 - (now - not_after).days,
                      key_description(cert.public_key))
-
-
-def parse_chain(data: bytes) -> list[x509.Certificate]:
-    """PEM (one or more certificates) or a single DER certificate; unreadable input is refused."""
-    data = data.strip()
-    if not data:
-        raise InvalidRequest("no file was sent")
-    try:
-        if pem.detect(data):
-            chain = [x509.Certificate.load(der) for kind, _, der in pem.unarmor(data, multiple=True)
-                     if kind == "CERTIFICATE"]
-        else:
-            chain = [x509.Certificate.load(data)]
-        for cert in chain:  # asn1crypto parses lazily: touch what is used later
-            cert.subject.human_friendly, cert.public_key.dump(), cert["tbs_certificate"]["validity"].native
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidRequest("the file is not a certificate chain (PEM with CERTIFICATE blocks, or one DER "
-                             "certificate)") from exc
-    if not chain:
-        raise InvalidRequest("the file holds no certificate")
-    return chain
-
-
-def order_chain(chain: list[x509.Certificate], public_key_info: bytes) -> list[x509.Certificate]:
-    """Leaf (the certificate for this key) first, then its issuers, if they are all there."""
-    leaf = next((c for c in chain if c.public_key.dump() == keys.PublicKeyInfo.load(public_key_info).dump()), None)
-    if leaf is None:
-        return chain
-    ordered, rest = [leaf], [c for c in chain if c is not leaf]
-    while rest:
-        parent = next((c for c in rest if c.subject == ordered[-1].issuer), None)
-        if parent is None:
-            return chain if rest else ordered
-        ordered.append(parent)
-        rest.remove(parent)
-    return ordered
-
-
-def chain_pem(chain: list[x509.Certificate]) -> bytes:
-    return b"".join(pem.armor("CERTIFICATE", c.dump()) for c in chain)

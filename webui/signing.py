@@ -1,8 +1,9 @@
 """The signing API's WSGI application, replaceable while the process serves.
 
 Key rollover and settings changes restart the signing service *inside* the process: a new Box
-is assembled from the new box.toml around the same token connection and database, checked with a
-test signature, and then swapped in. Requests already running finish on the old objects; the
+is assembled from the new configuration around the same token connection and database and
+checked with a test signature before box.toml is written (firmware.configstore calls back), and
+swapped in once it is. Requests already running finish on the old objects; the
 next request uses the new ones; the listener never closes, so no request is refused. CSC access
 tokens carry over; a SAD names its credential (the key), so one issued for the old key is refused.
 
@@ -14,9 +15,9 @@ from __future__ import annotations
 
 import threading
 
-from firmware.box import Box, load_certificates
+from firmware.box import Box
 from firmware.config import BoxConfig
-from firmware.keys import check_chain
+from firmware.keys import check_chain, load_certificates
 
 
 def reassemble(old: Box, config: BoxConfig) -> Box:
@@ -40,11 +41,8 @@ class SigningService:
     def __call__(self, environ, start_response):
         return self._app(environ, start_response)
 
-    def reload(self, config: BoxConfig) -> Box:
-        """Restart the signing service on ``config``; raises (and keeps the old one) on failure."""
+    def install(self, box: Box) -> None:
+        """Serve with ``box`` (made by `reassemble`) from the next request on."""
         with self._lock:
-            box = reassemble(self.box, config)
-            app = box.app()
-            self.box, self._app = box, app
+            self.box, self._app = box, box.app()
             self.generation += 1
-            return box

@@ -78,6 +78,4 @@ def append_audit(conn: sqlite3.Connection, actor: str, action: str, details: dic
 
 def record(db: Database, actor: str, action: str, details: dict[str, Any], client_id: str | None = None) -> int:
     """Append one entry in a transaction of its own (for changes outside this database)."""
-    conn = db.connect()
-    with immediate(conn):
-        return append_audit(conn, actor, action, details, client_id)
+    return audit.record(db.connect(), audit.AuditEntry(actor, action, client_id, details))

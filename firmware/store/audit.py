@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
+from .db import immediate
+
 GENESIS = "0" * 64
 
 
@@ -77,6 +79,12 @@ class ChainReport:
     head_seq: int
     head_hash: str
     problem: str | None = None
+
+
+def record(conn: sqlite3.Connection, entry: AuditEntry) -> int:
+    """Append one entry in a transaction of its own (for a change made outside this database)."""
+    with immediate(conn):
+        return append(conn, [entry])
 
 
 def verify(conn: sqlite3.Connection) -> ChainReport:

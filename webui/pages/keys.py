@@ -1,38 +1,26 @@
 """Keys and certificates: generate on the token, CSR, import the issued chain, activate (rollover).
 
-Each key's chain is kept in <state>/chains/<label>.pem once imported and checked against the
-key (firmware.keys.check_chain). Activating a key writes [signing] key_label and chain_file to
-box.toml and restarts the signing service inside the process (webui.signing): the next signing
-request uses the new key, no request is dropped, nothing else needs restarting. The outgoing
-key's chain is kept in chains/ too, so rolling back is the same click.
+The rules are firmware.keys' (the command line uses the same ones): each key's chain is kept in
+<state>/chains/<label>.pem once checked against the key; activating writes [signing] key_label,
+chain_file and previous_key_label through the one configuration writer and restarts the signing
+service inside the process (webui.signing): the next signing request uses the new key, no request
+is dropped, nothing else needs restarting. The outgoing key's chain is kept in chains/ too, so
+rolling back is the same click.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import falcon
 from asn1crypto import keys as asn1_keys
 
-from firmware.box import load_certificates
 from firmware.errors import InvalidRequest
-from firmware.keys import build_csr, check_chain, parse_subject
+from firmware.keys import (LABEL, activation, build_csr, chain_details, chain_path, generate, install_chain,
+                           load_certificates, parse_subject)
 from hsm import KeyAlgorithm, KeyExists, KeyNotFound, TokenError
 
 from .. import certinfo
-from firmware.durable import write_durable
 from ..state import record
 from . import Page
-
-LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-CHAINS = "chains"
-
-
-def chain_path(state_dir: Path, label: str) -> Path:
-    if not LABEL.match(label):
-        raise InvalidRequest(f"key label {label!r} cannot name a file; use letters, digits, '.', '_' and '-'")
-    return state_dir / CHAINS / f"{label}.pem"
 
 
 class Keys(Page):
@@ -69,21 +57,19 @@ class Keys(Page):
         c = self.console
         form = req.context.form
         label = form.get("label").strip()
-        if not LABEL.match(label):
-            self.failed(req, "/keys", "A key label is 1–64 letters, digits, '.', '_' or '-', starting with a letter or digit.")
         try:
             algorithm = KeyAlgorithm(form.get("algorithm"))
         except ValueError:
             self.failed(req, "/keys", "Choose one of the offered algorithms.")
         try:
-            info = c.box.token.generate_key(label, algorithm)
+            _, details = generate(c.box.token, label, algorithm)
+        except InvalidRequest as exc:
+            self.failed(req, "/keys", f"Key not generated: {exc}.")
         except KeyExists:
             self.failed(req, "/keys", f"The token already has a key labelled {label!r}.")
         except TokenError as exc:
             self.failed(req, "/keys", f"The token refused to generate the key: {exc}")
-        record(c.db, c.actor(req), "key.generate", {"label": label, "algorithm": algorithm.value,
-                                                      "public_key_sha256": asn1_keys.PublicKeyInfo.load(
-                                                          info.public_key_info).sha256.hex()})
+        record(c.db, c.actor(req), "key.generate", details)
         self.done(req, "/keys", f"Key {label!r} ({algorithm.value}) generated on the token. Next: download its "
                                 f"CSR, have your CA issue the certificate, upload the chain.")
 
@@ -110,23 +96,14 @@ class Chain(Page):
         c = self.console
         form = req.context.form
         label = form.get("label")
-        data = form.file("chain") or form.get("chain_pem").encode()
         try:
-            path = chain_path(c.state_dir, label)
-            key = c.box.token.key(label)
-            chain = certinfo.order_chain(certinfo.parse_chain(data), key.public_key_info)
-            check_chain(c.box.token, label, chain)
-            leaf = certinfo.facts(chain[0])
-            if leaf.state == "expired":
-                raise InvalidRequest(f"the certificate expired on {leaf.not_after:%Y-%m-%d}")
+            chain = install_chain(c.state_dir, c.box.token, label, form.file("chain") or form.get("chain_pem").encode())
         except InvalidRequest as exc:
             self.failed(req, "/keys", f"Chain refused for key {label!r}: {exc}.")
         except KeyNotFound:
             self.failed(req, "/keys", f"There is no key {label!r} on the token.")
-        path.parent.mkdir(exist_ok=True)
-        write_durable(path, certinfo.chain_pem(chain))
-        record(c.db, c.actor(req), "chain.import", {"label": label, "subject": leaf.subject, "serial": leaf.serial,
-                                                      "not_after": leaf.not_after.isoformat(), "certificates": len(chain)})
+        leaf = certinfo.facts(chain[0])
+        record(c.db, c.actor(req), "chain.import", chain_details(label, chain))
         self.done(req, "/keys", f"Chain for key {label!r} checked and installed ({leaf.subject}, valid until "
                                 f"{leaf.not_after:%Y-%m-%d}). Activate the key to sign with it.")
 
@@ -134,21 +111,12 @@ class Chain(Page):
 class Activate(Page):
     def on_post(self, req: falcon.Request, resp: falcon.Response, label: str) -> None:
         c = self.console
-        try:
-            path = chain_path(c.state_dir, label)
-        except InvalidRequest as exc:
-            self.failed(req, "/keys", str(exc))
-        if not path.exists():
-            self.failed(req, "/keys", f"Key {label!r} has no certificate chain yet: upload it first.")
         previous = c.box.config.key_label
-        # Keep the outgoing key's chain beside the others, so that rolling back is one click too.
-        kept = chain_path(c.state_dir, previous) if LABEL.match(previous) else None
-        if kept is not None and not kept.exists() and c.box.config.chain_file.exists():
-            kept.parent.mkdir(exist_ok=True)
-            write_durable(kept, c.box.config.chain_file.read_bytes())
         try:
-            c.change_config(req, {"signing": {"key_label": label, "chain_file": f"{CHAINS}/{label}.pem"}},
-                            "key.activate", {"label": label, "previous": previous})
+            change = activation(c.box.config, c.box.token, label)
+            c.change_config(req, change.changes, "key.activate", change.details)
+        except KeyNotFound:
+            self.failed(req, "/keys", f"There is no key {label!r} on the token.")
         except (InvalidRequest, TokenError, OSError, ValueError) as exc:
             self.failed(req, "/keys", f"Key {label!r} was not activated, the signing service keeps {previous!r}: {exc}")
         self.done(req, "/keys", f"Key {label!r} is now the signing key (certificate serial {c.box.signer.cert_serial}). "

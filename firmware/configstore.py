@@ -1,0 +1,119 @@
+"""The one writer of box.toml: the admin console, the command line and provisioning change it here.
+
+Why one path: the console once wrote box.toml beside the provisioning generations, replacing the
+link into them with a file, and a later `provision rollback` silently threw the console's change
+away (issue 9). Now every change is
+
+- merged into the box.toml in force and checked before anything is written: it must load
+  (`BoxConfig.from_text`) and pass the caller's check (the console assembles the new signing
+  service and makes a test signature with it);
+- when box.toml is the link to the current generation (firmware/generations.py), a new
+  generation, committed together with its audit entry; its state.json says who changed what,
+  so a rollback goes back to the configuration before the change and says what it discards;
+- otherwise box.toml itself, replaced crash-safely (firmware.durable), then the audit entry.
+
+Bundles stage whole generations of their own (provisioning/apply.py) on the same store, under
+the same lock. tomli-w writes the file, so comments of a hand-written box.toml are not kept; a
+header says so.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import tomli_w
+
+from .config import BoxConfig
+from .durable import write_durable
+from .generations import Generations
+from .store import audit
+from .store.db import Database
+
+__all__ = ["ConfigChange", "differences", "merged", "update"]
+
+_SHOWN_CHARS = 60  # a value longer than this is shortened in the descriptions of a change
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    config: BoxConfig  # the configuration now in force
+    changes: list[str]  # "signing.default_level B-T→B-B", for people (audit entry, rollback report)
+    generation: int | None  # the new generation, when box.toml is generation-managed
+
+
+def merged(raw: dict[str, Any], changes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``raw`` with ``changes`` applied per section; a value of None removes the setting."""
+    result = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for section, values in changes.items():
+        target = result.setdefault(section, {})
+        for key, value in values.items():
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
+    return result
+
+
+def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS - 1] + "…"
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Each changed setting as 'section.key old→new', in the file's order."""
+    before, after = _flat(old), _flat(new)
+    keys = list(before) + [k for k in after if k not in before]
+    return [f"{k} {_shown(before.get(k))}→{_shown(after.get(k))}" for k in keys if before.get(k) != after.get(k)]
+
+
+def _header(actor: str, action: str) -> str:
+    return (f"# E-signature Box configuration. Last written by {actor} ({action}), which keeps no comments;\n"
+            "# every setting is described in README.md (\"Configuration\"). On a provisioned box the\n"
+            "# configuration before this change is provisioning/previous/box.toml.\n\n")
+
+
+def update(state_dir: Path, changes: dict[str, dict[str, Any]], *, actor: str, action: str,
+           details: dict[str, Any], db: Database | None = None,
+           check: Callable[[BoxConfig], None] | None = None) -> ConfigChange:
+    """Apply ``changes`` to the box's configuration and audit it as ``actor``/``action``.
+
+    ``check`` sees the new configuration before anything is written; what it raises leaves the
+    configuration as it was. The audit entry gets ``details`` plus the list of changes (and the
+    generation, if one was made).
+    """
+    generations = Generations(state_dir)
+    if db is not None:
+        generations.use_database(db)
+    with generations.locked():
+        generations.recover()  # a change a crash interrupted is finished or undone first
+        old = tomllib.loads(generations.box_toml.read_text())
+        new = merged(old, changes)
+        said = differences(old, new)
+        text = _header(actor, action) + tomli_w.dumps(new)
+        proposed = BoxConfig.from_text(generations.state_dir, text)
+        if check is not None:
+            check(proposed)
+        details = {**details, "changes": said}
+        if generations.config_is_linked():
+            number = generations.add(text, actor, action, details)
+        else:
+            number = None
+            write_durable(generations.box_toml, text.encode())
+            audit.record(generations.connect(), audit.AuditEntry(actor, action, None, details))
+    return ConfigChange(BoxConfig.load(generations.state_dir), said, number)
