@@ -135,7 +135,7 @@ def cmd_csr(args) -> None:
 
 
 def cmd_import_chain(args) -> None:
-    from .keys import chain_details, install_chain
+    from .keys import chain_details, chain_path, install_chain
 
     config = _config(args)
     label = args.label or config.key_label
@@ -144,7 +144,10 @@ def cmd_import_chain(args) -> None:
     _audit(config, "chain.import", details)
     print(f"installed {len(chain)} certificate(s) for key {label!r}: {details['subject']}, serial {details['serial']}, "
           f"valid until {details['not_after'][:10]}")
-    print(f"make it the signing key with: esignbox activate {label}")
+    if label == config.key_label and chain_path(config.state_dir, label).resolve() == config.chain_file:
+        print(f"it is the chain of the active key now: {RESTART}")
+    else:
+        print(f"make it the signing key with: esignbox activate {label}")
 
 
 def _apply_activation(args, rollback: bool) -> None:

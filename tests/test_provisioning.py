@@ -26,7 +26,6 @@ import tomli_w
 from cryptography import x509 as cx509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from firmware import configstore
 from firmware.config import BoxConfig
