@@ -274,6 +274,7 @@ class Generations:
             self.carry_forward(self.generation_dir(current), staging, set())
             write_new(staging / STATE_FILE, json.dumps(status, indent=2, ensure_ascii=False).encode())
         self.write_pending(number, current, [number])
+        test_hook("staged", self.root)
         conn = self.connect()
         try:
             with immediate(conn):

@@ -617,15 +617,19 @@ def test_root_copies_the_stick_then_applies_as_the_state_owner(box_config: BoxCo
 # -- power cuts: SIGKILL at every step of the apply -----------------------------------------------------
 
 def _kill_apply_at(pbox: ProvBox, source: Path, point: str) -> None:
+    _kill_esignbox_at(pbox, point, "provision", "apply", str(source))
+
+
+def _kill_esignbox_at(pbox: ProvBox, point: str, *args: str) -> None:
     env = dict(os.environ, **{HOOK_ENV: f"pause:{point}"})
     marker = pbox.state.root / "test-hook-paused"
-    process = subprocess.Popen([ESIGNBOX, "--state-dir", str(pbox.state_dir), "provision", "apply", str(source)],
+    process = subprocess.Popen([ESIGNBOX, "--state-dir", str(pbox.state_dir), *args],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while not marker.exists():
         if process.poll() is not None:
-            raise AssertionError(f"apply ended before {point}: {process.stdout.read().decode()}")
-        assert time.monotonic() < deadline, f"apply never reached {point}"
+            raise AssertionError(f"{args} ended before {point}: {process.stdout.read().decode()}")
+        assert time.monotonic() < deadline, f"{args} never reached {point}"
         time.sleep(0.02)
     assert marker.read_text() == point
     process.send_signal(signal.SIGKILL)
@@ -762,3 +766,29 @@ def test_console_change_after_rollback_is_a_generation_and_rollback_says_what_it
     assert f"generation {pbox.state.current_generation()}" in activated and "restart the service" in activated
     assert os.readlink(link) == "provisioning/current/box.toml"
     assert pbox.config().chain_file == (pbox.state_dir / "chains" / f"{box_config.key_label}.pem").resolve()
+
+
+@pytest.mark.parametrize("point", ["staged", "switched-current"])
+def test_power_cut_in_a_command_line_change_is_finished_or_undone_by_the_next_change(
+        pbox: ProvBox, tmp_path: Path, box_config: BoxConfig, point: str):
+    assert pbox.provision(make_bundle(tmp_path / "b", pbox.key, 1, box_name="first")).result == "applied"
+    subprocess.run([ESIGNBOX, "--state-dir", str(pbox.state_dir), "import-chain", str(box_config.chain_file),
+                    "--label", box_config.key_label], check=True, capture_output=True)
+    bundle_generation = pbox.state.current_generation()
+    _kill_esignbox_at(pbox, point, "activate", box_config.key_label)
+    assert pbox.state.pending_path.exists()
+    kept = (pbox.state_dir / "chains" / f"{box_config.key_label}.pem").resolve()
+    assert pbox.config().chain_file in (box_config.chain_file, kept)  # loads, old or new, never half
+
+    change = configstore.update(pbox.state_dir, {"signing": {"default_level": "B-B"}}, actor="admin:alice",
+                                action="settings.change", details={})
+    assert not pbox.state.pending_path.exists() and not list(pbox.state.generations.glob(".staging-*"))
+    config = pbox.config()
+    assert config.default_level == "B-B" and os.readlink(pbox.state_dir / "box.toml") == "provisioning/current/box.toml"
+    if point == "staged":  # not committed: the activation is gone, the console's change follows the bundle
+        assert config.chain_file == box_config.chain_file
+        assert pbox.state.previous_generation() == bundle_generation
+    else:  # committed: the activation is in force, and the console's change follows it
+        assert config.chain_file == kept
+        assert "operator key.activate" in pbox.state.describe(pbox.state.previous_generation())
+    assert change.generation == pbox.state.current_generation()
