@@ -66,7 +66,7 @@ def _refusals_counted(entries: list[dict], error: str) -> int:
     return total
 
 
-def test_a_flood_of_bad_keys_becomes_a_few_summary_entries(box_config, pki_server):
+def test_a_flood_of_bad_keys_becomes_a_few_summary_entries(box_config, pki_server, session_box_stopped):
     with audit_settings(box_config.state_dir, "refusal_window_seconds = 1"):
         flooded = BoxProcess(box_config.state_dir).start()
     try:
