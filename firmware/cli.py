@@ -16,6 +16,7 @@ from asn1crypto import pem
 from hsm import KeyAlgorithm, Token
 
 from .config import BoxConfig
+from .instance import hold_state_dir
 
 log = logging.getLogger("esignbox")
 
@@ -62,6 +63,7 @@ def cmd_serve(args) -> None:
     # dev PKI and nginx child processes are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.ExitStack() as running:  # whatever was started is stopped, whatever fails
+        running.enter_context(hold_state_dir(Path(args.state_dir)))
         pki_server = None
         if args.dev:
             from .devbox import init_dev

@@ -16,6 +16,7 @@ Both are checked by the server's maintenance pass, which runs every second.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import time
@@ -28,7 +29,11 @@ from waitress.task import ThreadedTaskDispatcher
 
 from .config import ApiSettings
 
-__all__ = ["serve"]
+__all__ = ["ServingError", "serve"]
+
+
+class ServingError(RuntimeError):
+    """The API could not listen where it was told to."""
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +108,13 @@ def serve(app, settings: ApiSettings, host: str, port: int) -> None:
     socket_map: dict = {}
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
-    servers = [_GuardedServer(app, settings, map=socket_map, dispatcher=dispatcher, adj=adj, sockinfo=info)
-               for info in adj.listen]
+    try:
+        servers = [_GuardedServer(app, settings, map=socket_map, dispatcher=dispatcher, adj=adj, sockinfo=info)
+                   for info in adj.listen]
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ServingError(f"port {port} on {host} is in use by another program; free it or set [api] port") from exc
+        raise
     for server in servers:
         log.info("Serving on http://%s:%s", server.effective_host, server.effective_port)  # as waitress says it
     servers[0].run()  # one loop over the shared map serves every listening address

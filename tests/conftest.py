@@ -56,6 +56,18 @@ def box(box_config: BoxConfig, pki_server: PkiServer) -> Iterator[BoxProcess]:
     process.stop()
 
 
+@pytest.fixture
+def session_box_stopped(box: BoxProcess) -> Iterator[None]:
+    """For a test that starts its own `esignbox serve` on the session's state directory (a fresh
+    process, other settings): one box serves a state directory at a time (firmware/instance.py),
+    so the session's box is stopped meanwhile and started again after the test."""
+    box.stop()
+    try:
+        yield
+    finally:
+        box.start()
+
+
 @pytest.fixture(scope="session")
 def clients(box_config: BoxConfig) -> ClientRegistry:
     return ClientRegistry(Database(box_config.database))

@@ -85,3 +85,28 @@ def test_provision_apply_with_a_missing_report_dir_changes_nothing(box_config: B
     result = esignbox("provision", "apply", str(tmp_path / "bundle"), "--report-dir", str(tmp_path / "nowhere"),
                       state_dir=box_config.state_dir)
     assert result.returncode != 0 and "nowhere" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_second_serve_says_the_box_is_already_running(box_config: BoxConfig, box):
+    second = esignbox("serve", "--port", "0", state_dir=box_config.state_dir)
+    assert second.returncode == 1
+    assert f"already running (pid {box.process.pid})" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+
+
+def test_serve_on_a_taken_port_names_the_port(box_config: BoxConfig, tmp_path: Path):
+    import socket
+
+    from .test_provisioning import write_box_toml
+
+    state_dir = tmp_path / "other"
+    state_dir.mkdir()
+    write_box_toml(state_dir, box_config)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = esignbox("serve", "--port", str(port), state_dir=state_dir)
+    assert result.returncode == 1
+    assert f"port {port}" in result.stderr and "in use" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

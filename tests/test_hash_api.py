@@ -254,7 +254,8 @@ def test_tsa_outage_gives_503_and_no_signature(api, box_config, pki_outage):
     assert _sign(api, "B-B").status_code == 201  # what needs no TSA still works
 
 
-def test_revocation_outage_refuses_b_lt_on_a_box_with_an_empty_cache(box_config, pki_server, api_key, tmp_path):
+def test_revocation_outage_refuses_b_lt_on_a_box_with_an_empty_cache(box_config, pki_server, api_key, tmp_path,
+                                                                      session_box_stopped):
     fresh = BoxProcess(box_config.state_dir).start()
     try:
         api = Api(fresh.url, api_key)

@@ -215,7 +215,8 @@ def test_anchor_timestamps_the_chain_head(box, box_config, api, tmp_path):
     assert "Verification: OK" in result.stdout, result.stdout + result.stderr
 
 
-def test_killing_the_server_mid_load_never_leaves_an_unlogged_signature(box_config, pki_server, api_key):
+def test_killing_the_server_mid_load_never_leaves_an_unlogged_signature(box_config, pki_server, api_key,
+                                                                          session_box_stopped):
     fresh = BoxProcess(box_config.state_dir).start()
     received: list[str] = []
     lock = threading.Lock()

@@ -359,7 +359,8 @@ def test_tsa_down_gives_503_and_no_pdf(api, document, client_id, ledger, pki_out
     assert len(ledger(client_id)) == before
 
 
-def test_revocation_down_with_empty_cache_gives_503(box_config, api_key, document, client_id, ledger, pki_outage):
+def test_revocation_down_with_empty_cache_gives_503(box_config, api_key, document, client_id, ledger, pki_outage,
+                                                   session_box_stopped):
     fresh = BoxProcess(box_config.state_dir).start()  # nothing cached yet
     try:
         before = len(ledger(client_id))
@@ -383,7 +384,7 @@ def test_sizes(api, tmp_path, size):
     print(f"\nB-B {size // KB} KB: best {min(timings) * 1000:.0f} ms over HTTP (of {[round(t * 1000) for t in timings]})")
 
 
-def test_stamp_colours_and_logo_from_box_toml(box_config, api_key, document, tmp_path):
+def test_stamp_colours_and_logo_from_box_toml(box_config, api_key, document, tmp_path, session_box_stopped):
     """A box whose box.toml sets the stamp's colours and has a logo installed draws both."""
 
     toml = box_config.state_dir / "box.toml"

@@ -40,7 +40,7 @@ class PkiServer:
     Requests are logged to ``animator.log`` in the PKI directory.
     """
 
-    def __init__(self, pki: DevPki, port: int, startup_timeout: float = 20.0) -> None:
+    def __init__(self, pki: DevPki, port: int, startup_timeout: float = 60.0) -> None:
         self.pki = pki
         self.port = port
         self.startup_timeout = startup_timeout
