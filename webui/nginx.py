@@ -15,7 +15,6 @@ back without anyone at the box; `status()` tells health and the dashboard how of
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import logging
 import os
@@ -28,9 +27,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from firmware.children import dies_with_this_process
+
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 _RESTART_PAUSES_S = (0.5, 1, 2, 5, 10, 30)  # after the 1st, 2nd, ... failure in a row; then the last
 
@@ -93,13 +93,6 @@ http {{
 """
 
 
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-
-
 class NginxFront:
     def __init__(self, directory: Path, addresses: list[str], port: int, upstream_port: int,
                  cert_file: Path, key_file: Path, binary: str | None = None) -> None:
@@ -145,7 +138,7 @@ class NginxFront:
         self._process = subprocess.Popen(
             self._command("-g", "daemon off; master_process on;"),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=dies_with_this_process(),  # from the watcher thread too: it lives as long as nginx
             start_new_session=True,  # its own process group: workers orphaned by a killed master can be found
         )
         deadline = time.monotonic() + timeout
