@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +43,7 @@ def future_tsa(dev_pki: DevPki, tmp_path: Path) -> Iterator[str]:
         [faketime, "-f", "+2h", certomancer, "--config", str(dev_pki.config_path),
          "animate", "--port", str(port), "--no-web-ui"],
         stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # faketime forks certomancer: the whole group is stopped below
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -56,7 +59,7 @@ def future_tsa(dev_pki: DevPki, tmp_path: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield dev_pki.tsa_url().replace(dev_pki.tsa_url().split("/")[2], f"127.0.0.1:{port}")
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=10)
         log.close()
 
