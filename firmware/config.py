@@ -11,7 +11,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from hsm import TokenConfig
 
@@ -156,6 +156,17 @@ class OutboundSettings:
             check_proxy_url(str(proxy))
         no_proxy = raw.get("no_proxy") or None
         return cls(proxy=proxy, no_proxy=None if no_proxy is None else str(no_proxy))
+
+
+def redacted_url(url: str | None) -> str:
+    """``url`` as people may see it (console, audit log, rollback report): a password becomes ****."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:****@{host}"))
 
 
 def check_proxy_url(url: str) -> str:

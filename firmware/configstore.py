@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import tomli_w
 
-from .config import BoxConfig
+from .config import BoxConfig, redacted_url
 from .durable import write_durable
 from .generations import Generations
 from .store import audit
@@ -71,6 +71,8 @@ def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _shown(value: Any) -> str:
     if value is None:
         return "(unset)"
+    if isinstance(value, str) and "://" in value:
+        value = redacted_url(value)  # a proxy URL may carry a password: never into the audit log
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS - 1] + "…"
 

@@ -6,7 +6,7 @@ import urllib.parse
 
 import falcon
 
-from firmware.config import ConfigError, check_proxy_url
+from firmware.config import ConfigError, check_proxy_url, redacted_url
 from firmware.signing.levels import Level
 from firmware.signing.pdf_signing import check_stamp_text
 
@@ -35,18 +35,7 @@ class Settings(Page):
         for item in interface_addresses():
             interfaces.setdefault(item.interface, []).append(item)
         c.render(req, resp, "settings.html", nav="settings", config=c.config, levels=[lv.value for lv in Level],
-                 interfaces=interfaces, tls=c.tls, proxy_shown=_without_password(c.config.outbound.proxy))
-
-
-def _without_password(url: str | None) -> str:
-    """The proxy URL as the page shows it: a password in it is replaced by ****."""
-    if not url:
-        return ""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:****@{host}"))
+                 interfaces=interfaces, tls=c.tls, proxy_shown=redacted_url(c.config.outbound.proxy))
 
 
 class OutboundSettings(Page):
@@ -55,7 +44,7 @@ class OutboundSettings(Page):
         form = req.context.form
         old = c.config.outbound
         proxy = form.get("proxy").strip() or None
-        if proxy is not None and proxy == _without_password(old.proxy):
+        if proxy is not None and proxy == redacted_url(old.proxy):
             proxy = old.proxy  # the page showed ****: the stored password stays
         no_proxy = form.get("no_proxy").strip() or None
         try:
@@ -67,8 +56,8 @@ class OutboundSettings(Page):
             self.done(req, "/settings", "Nothing changed.")
         try:
             c.change_config(req, {"outbound": {"proxy": proxy, "no_proxy": no_proxy}}, "settings.change",
-                            {"outbound_proxy": {"from": _without_password(old.proxy) or None,
-                                                "to": _without_password(proxy) or None}})
+                            {"outbound_proxy": {"from": redacted_url(old.proxy) or None,
+                                                "to": redacted_url(proxy) or None}})
         except Exception as exc:  # the old box.toml is back in place; say what went wrong
             self.failed(req, "/settings", f"Not saved, box.toml is unchanged: {exc}")
         self.done(req, "/settings", "Proxy saved to box.toml; TSA, OCSP and CRL requests use it from now on.")
