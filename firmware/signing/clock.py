@@ -15,6 +15,7 @@ has nothing to compare with.
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -38,14 +39,20 @@ class _Reading:
     source: str
 
 
-def kernel_synchronised() -> bool | None:
-    """What adjtimex(2) says of the system clock; None where it cannot be asked."""
+@functools.cache
+def _adjtimex() -> Callable[[ctypes.Array[ctypes.c_char]], int] | None:
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        timex = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
-        state = libc.adjtimex(timex)
+        return ctypes.CDLL("libc.so.6", use_errno=True).adjtimex  # type: ignore[no-any-return]
     except (OSError, AttributeError):
         return None
+
+
+def kernel_synchronised() -> bool | None:
+    """What adjtimex(2) says of the system clock; None where it cannot be asked."""
+    adjtimex = _adjtimex()
+    if adjtimex is None:
+        return None
+    state = adjtimex(ctypes.create_string_buffer(512))  # struct timex, modes = 0: read only
     return None if state < 0 else state != _TIME_ERROR
 
 
