@@ -1,8 +1,4 @@
-"""The firmware's commands of `esignbox`: each a thin call into the services.
-
-The entry point that adds the other faces (the admin console, USB provisioning) is esignbox.py at
-the top level: nothing under firmware/ imports webui/ or provisioning/.
-"""
+"""`esignbox`: the operator's command line. Each subcommand is a thin call into the services."""
 
 from __future__ import annotations
 
@@ -14,7 +10,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from asn1crypto import pem
 
@@ -22,9 +17,6 @@ from hsm import KeyAlgorithm, Token
 
 from .config import BoxConfig
 from .instance import hold_state_dir
-
-if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them at run time
-    from .box import Box
 
 log = logging.getLogger("esignbox")
 
@@ -95,12 +87,16 @@ def cmd_serve(args) -> None:
                 flush=True,
             )
         api_app = box.app()
-        if config.console.enabled and not args.no_console and args.console is not None:
+        if config.console.enabled and not args.no_console:
+            from webui import start_console
+            from webui.server import ConsoleError
+
             try:
-                api_app, stop_console = args.console(box, config)
-                running.callback(stop_console)
+                console = start_console(box, config, out=lambda text: print(text, flush=True))
+                running.callback(console.stop)
+                api_app = console.signing_app  # key rollover restarts the signing service in-process
             except Exception as exc:  # the signing API serves even if the console cannot start
-                log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleFailure))
+                log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleError))
         if box.timestamper is not None:
             from .anchoring import PeriodicAnchor
 
@@ -273,19 +269,7 @@ def cmd_audit(args) -> None:
         print(f"anchored at entry {anchored}" if anchored else "nothing new to anchor")
 
 
-class ConsoleFailure(RuntimeError):
-    """The console said why it could not start (no traceback needed in the log)."""
-
-
-# Starts the admin console for a serving box: returns the WSGI app that now serves the signing
-# API (the console swaps signing services in it) and a function that stops the console.
-ConsoleStarter = Callable[["Box", BoxConfig], tuple[Callable[..., Any], Callable[[], None]]]
-
-
-def parser(console: ConsoleStarter | None = None,
-           extensions: Iterable[Callable[[Any], None]] = ()) -> argparse.ArgumentParser:
-    """The operator's commands; ``console`` and ``extensions`` are the faces the entry point
-    (esignbox.py) wires in: this package never imports them."""
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="esignbox", description="E-signature Box operator commands")
     p.add_argument("--state-dir", default=os.environ.get("ESIGNBOX_STATE_DIR", "var"),
                    help="the box's state directory with box.toml and box.db (default: $ESIGNBOX_STATE_DIR or var)")
@@ -304,7 +288,7 @@ def parser(console: ConsoleStarter | None = None,
     s.add_argument("--host", help="address the API listens on (default: [api] host in box.toml)")
     s.add_argument("--port", type=int, help="API port (default: [api] port in box.toml)")
     s.add_argument("--no-console", action="store_true", help="do not start the admin console ([console] in box.toml)")
-    s.set_defaults(func=cmd_serve, log_info=True, console=console)
+    s.set_defaults(func=cmd_serve, log_info=True)
 
     s = sub.add_parser("pki-serve", help="serve the dev PKI (TSA, OCSP, CRLs) in the foreground")
     s.set_defaults(func=cmd_pki_serve, log_info=True)
@@ -373,8 +357,9 @@ def parser(console: ConsoleStarter | None = None,
     asub.add_parser("anchor", help="timestamp the chain's head now")
     s.set_defaults(func=cmd_audit)
 
-    for extend in extensions:
-        extend(sub)
+    from provisioning.cli import add_parser as add_provision_parser
+
+    add_provision_parser(sub)  # `esignbox provision …`: USB-stick bundles (provisioning/)
     return p
 
 
@@ -385,9 +370,8 @@ def _one_line(exc: Exception) -> str:
     return str(exc) or f"unexpected {type(exc).__name__} (ESIGNBOX_DEBUG=1 shows where)"
 
 
-def run(commands: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse ``argv`` with ``commands`` and run the command: its result, or one line saying why not."""
-    args = commands.parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     # The services log what they do; an operator's one-off command should print only its result.
     level = logging.INFO if getattr(args, "log_info", False) else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

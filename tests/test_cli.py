@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from esignbox import parser
+from firmware.cli import parser
 from firmware.config import BoxConfig
 
 from .support import ESIGNBOX
