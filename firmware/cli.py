@@ -1,4 +1,8 @@
-"""`esignbox`: the operator's command line. Each subcommand is a thin call into the services."""
+"""The firmware's commands of `esignbox`: each a thin call into the services.
+
+The entry point that adds the other faces (the admin console, USB provisioning) is esignbox.py at
+the top level: nothing under firmware/ imports webui/ or provisioning/.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from asn1crypto import pem
 
@@ -17,6 +22,9 @@ from hsm import KeyAlgorithm, Token
 
 from .config import BoxConfig
 from .instance import hold_state_dir
+
+if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them at run time
+    from .box import Box
 
 log = logging.getLogger("esignbox")
 
@@ -87,16 +95,12 @@ def cmd_serve(args) -> None:
                 flush=True,
             )
         api_app = box.app()
-        if config.console.enabled and not args.no_console:
-            from webui import start_console
-            from webui.server import ConsoleError
-
+        if config.console.enabled and not args.no_console and args.console is not None:
             try:
-                console = start_console(box, config, out=lambda text: print(text, flush=True))
-                running.callback(console.stop)
-                api_app = console.signing_app  # key rollover restarts the signing service in-process
+                api_app, stop_console = args.console(box, config)
+                running.callback(stop_console)
             except Exception as exc:  # the signing API serves even if the console cannot start
-                log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleError))
+                log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleFailure))
         if box.timestamper is not None:
             from .anchoring import PeriodicAnchor
 
@@ -269,7 +273,19 @@ def cmd_audit(args) -> None:
         print(f"anchored at entry {anchored}" if anchored else "nothing new to anchor")
 
 
-def parser() -> argparse.ArgumentParser:
+class ConsoleFailure(RuntimeError):
+    """The console said why it could not start (no traceback needed in the log)."""
+
+
+# Starts the admin console for a serving box: returns the WSGI app that now serves the signing
+# API (the console swaps signing services in it) and a function that stops the console.
+ConsoleStarter = Callable[["Box", BoxConfig], tuple[Callable[..., Any], Callable[[], None]]]
+
+
+def parser(console: ConsoleStarter | None = None,
+           extensions: Iterable[Callable[[Any], None]] = ()) -> argparse.ArgumentParser:
+    """The operator's commands; ``console`` and ``extensions`` are the faces the entry point
+    (esignbox.py) wires in: this package never imports them."""
     p = argparse.ArgumentParser(prog="esignbox", description="E-signature Box operator commands")
     p.add_argument("--state-dir", default=os.environ.get("ESIGNBOX_STATE_DIR", "var"),
                    help="the box's state directory with box.toml and box.db (default: $ESIGNBOX_STATE_DIR or var)")
@@ -288,7 +304,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="address the API listens on (default: [api] host in box.toml)")
     s.add_argument("--port", type=int, help="API port (default: [api] port in box.toml)")
     s.add_argument("--no-console", action="store_true", help="do not start the admin console ([console] in box.toml)")
-    s.set_defaults(func=cmd_serve, log_info=True)
+    s.set_defaults(func=cmd_serve, log_info=True, console=console)
 
     s = sub.add_parser("pki-serve", help="serve the dev PKI (TSA, OCSP, CRLs) in the foreground")
     s.set_defaults(func=cmd_pki_serve, log_info=True)
@@ -357,9 +373,8 @@ def parser() -> argparse.ArgumentParser:
     asub.add_parser("anchor", help="timestamp the chain's head now")
     s.set_defaults(func=cmd_audit)
 
-    from provisioning.cli import add_parser as add_provision_parser
-
-    add_provision_parser(sub)  # `esignbox provision …`: USB-stick bundles (provisioning/)
+    for extend in extensions:
+        extend(sub)
     return p
 
 
@@ -370,8 +385,9 @@ def _one_line(exc: Exception) -> str:
     return str(exc) or f"unexpected {type(exc).__name__} (ESIGNBOX_DEBUG=1 shows where)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def run(commands: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` with ``commands`` and run the command: its result, or one line saying why not."""
+    args = commands.parse_args(argv)
     # The services log what they do; an operator's one-off command should print only its result.
     level = logging.INFO if getattr(args, "log_info", False) else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,5 +1,5 @@
 """`esignbox provision …`: the administrator's commands (keygen, make-bundle, sign-bundle) and the
-box's (enroll, apply, watch, status, recover, rollback). Registered by firmware/cli.py."""
+box's (enroll, apply, watch, status, recover, rollback). Registered by the entry point, esignbox.py."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.cli import parser
+from esignbox import parser
 from firmware.config import BoxConfig
 
 from .support import ESIGNBOX

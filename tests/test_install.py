@@ -14,7 +14,7 @@ def test_the_package_builds_without_deprecation_warnings(tmp_path: Path):
     """A new user's first `make run` must not open with thirty lines of setuptools warnings."""
     source = tmp_path / "src"  # a copy: setuptools builds in ./build, which must not litter the checkout
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "esignbox.py"):
         shutil.copy2(ROOT / name, source / name)
     for package in ("firmware", "hsm", "provisioning", "webui"):
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))

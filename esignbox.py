@@ -1,0 +1,40 @@
+"""`esignbox`, the box's one command: the firmware's commands with the other faces wired in.
+
+The firmware (firmware/) is the layer below the faces, so it never imports them; this module is
+the only place that knows all of them: it adds the USB-provisioning commands (provisioning/) and
+hands `serve` the function that starts the admin console (webui/).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any, Callable
+
+from firmware import cli as firmware_cli
+from provisioning.cli import add_parser as add_provisioning_commands
+
+if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them at run time
+    from firmware.box import Box
+    from firmware.config import BoxConfig
+
+__all__ = ["main", "parser"]
+
+
+def _start_console(box: "Box", config: "BoxConfig") -> tuple[Callable[..., Any], Callable[[], None]]:
+    # webui (Jinja, TLS, nginx control) is needed by `serve` alone: imported here, not for every command.
+    from webui import start_console
+    from webui.server import ConsoleError
+
+    try:
+        console = start_console(box, config, out=lambda text: print(text, flush=True))
+    except ConsoleError as exc:
+        raise firmware_cli.ConsoleFailure(str(exc)) from exc
+    return console.signing_app, console.stop  # key rollover swaps the signing service inside signing_app
+
+
+def parser() -> argparse.ArgumentParser:
+    return firmware_cli.parser(console=_start_console, extensions=[add_provisioning_commands])
+
+
+def main(argv: list[str] | None = None) -> int:
+    return firmware_cli.run(parser(), argv)
