@@ -122,7 +122,7 @@ def _audit(config: BoxConfig, action: str, details: dict) -> None:
 
 
 def cmd_keygen(args) -> None:
-    from .keys import generate
+    from .operations.keys import generate
 
     config = _config(args)
     info, details = generate(Token(config.token_config()), args.label, KeyAlgorithm(args.algorithm))
@@ -131,7 +131,7 @@ def cmd_keygen(args) -> None:
 
 
 def cmd_csr(args) -> None:
-    from .keys import build_csr, parse_subject
+    from .operations.keys import build_csr, parse_subject
 
     config = _config(args)
     label, subject = args.label or config.key_label, parse_subject(args.subject)
@@ -141,7 +141,7 @@ def cmd_csr(args) -> None:
 
 
 def cmd_import_chain(args) -> None:
-    from .keys import chain_details, chain_path, install_chain
+    from .operations.keys import chain_details, chain_path, install_chain
 
     config = _config(args)
     label = args.label or config.key_label
@@ -157,8 +157,8 @@ def cmd_import_chain(args) -> None:
 
 
 def _apply_activation(args, rollback: bool) -> None:
-    from . import configstore
-    from .keys import activation, rollback_activation
+    from .operations import configstore
+    from .operations.keys import activation, rollback_activation
 
     config = _config(args)
     token = Token(config.token_config())

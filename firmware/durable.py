@@ -3,7 +3,7 @@
 A temporary file in the same directory, fsync, os.replace, then an fsync of the directory so
 the rename itself is on disk. Every configuration or key file the box rewrites goes through here,
 and so do the files of a new configuration generation and the symlinks that switch to it
-(firmware/generations.py).
+(firmware/operations/generations.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 1. Token work that cannot be undone but is harmless to repeat: generate the requested key (a key
    already carrying that label is reused), write its CSR; check an issued chain against its key
-   (firmware.keys.check_chain) and against the trust roots, signatures included.
+   (firmware.operations.keys.check_chain) and against the trust roots, signatures included.
 2. Stage a new generation directory: box.toml rendered from the configuration in force plus the
    manifest, the files carried forward or replaced, admin.json, the verified bundle's bytes;
    every file fsynced, then the directory renamed into place. A half-written stage is a
@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from firmware.config import BoxConfig, ConfigError
 from firmware.errors import InvalidRequest
-from firmware.keys import build_csr, check_chain, parse_subject
+from firmware.operations.keys import build_csr, check_chain, parse_subject
 from firmware.store import audit
 from firmware.store import clients as client_store
 from firmware.store.db import immediate
@@ -47,7 +47,7 @@ from hsm import KeyAlgorithm, KeyNotFound, Token, TokenError
 from .bundle import FILES, MANIFEST, SIGNATURE
 from .errors import ProvisioningRefused
 from firmware.durable import write_durable, write_new
-from firmware.generations import RolledBack
+from firmware.operations.generations import RolledBack
 from .manifest import ClientSpec, Manifest
 from .state import ProvisioningState, Record, box_id_path, test_hook
 from .verify import VerifiedBundle, load_pem_certificates

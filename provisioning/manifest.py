@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from firmware.errors import InvalidRequest
-from firmware.keys import parse_subject
+from firmware.operations.keys import parse_subject
 from firmware.store.metering import SCOPES
 from hsm import KeyAlgorithm
 

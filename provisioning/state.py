@@ -1,4 +1,4 @@
-"""The box's provisioning state: the configuration generations (firmware/generations.py) plus
+"""The box's provisioning state: the configuration generations (firmware/operations/generations.py) plus
 what only provisioning keeps beside them.
 
 Under ``<state>/provisioning/``, besides the generations, ``current``/``previous`` and the journal::
@@ -10,7 +10,7 @@ Under ``<state>/provisioning/``, besides the generations, ``current``/``previous
 A bundle's generation also holds admin.json and bundle/ (the verified bundle's bytes). The
 commit of a bundle records its counter (the replay guard) with the generation, the API-client
 changes and the audit entry in one SQLite transaction (apply.py); console and command-line
-changes make generations through the same store (firmware/configstore.py), so a rollback always
+changes make generations through the same store (firmware/operations/configstore.py), so a rollback always
 goes back one change and says which.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from firmware.generations import HOOK_ENV, Generations, Record, test_hook
+from firmware.operations.generations import HOOK_ENV, Generations, Record, test_hook
 
 __all__ = ["HOOK_ENV", "ProvisioningState", "Record", "box_id_path", "test_hook"]
 

@@ -1,4 +1,4 @@
-"""The one box.toml writer (firmware/configstore.py) on a box whose box.toml is a plain file.
+"""The one box.toml writer (firmware/operations/configstore.py) on a box whose box.toml is a plain file.
 
 The generation-managed case (box.toml linked into provisioning generations) is tested with the
 provisioning helpers in tests/test_provisioning.py.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware import configstore
+from firmware.operations import configstore
 from firmware.config import ConfigError
 from firmware.store import audit
 from firmware.store.db import Database

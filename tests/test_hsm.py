@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from firmware.errors import InvalidRequest
-from firmware.keys import build_csr, check_chain, parse_subject
+from firmware.operations.keys import build_csr, check_chain, parse_subject
 from hsm import (
     KeyAlgorithm, KeyExists, KeyNotFound, SignatureScheme, Token, UnsupportedDigest,
 )

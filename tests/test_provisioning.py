@@ -27,7 +27,7 @@ from cryptography import x509 as cx509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from firmware import configstore
+from firmware.operations import configstore
 from firmware.config import BoxConfig
 from firmware.store import audit
 from firmware.store.clients import ClientRegistry

@@ -12,7 +12,7 @@ Modules: lan (addresses and allow-list), accounts (administrator, set-up code, l
 sessions, app (Falcon app and middleware), pages/ (one per page), charts (SVG), probes (TSA,
 OCSP, CRL reachability), tls (box-local CA), nginx (the HTTPS front), signing (the swappable
 signing service), server (start-up inside `serve`). box.toml is written through
-firmware.configstore and keys are handled by firmware.keys, the same code the command line uses.
+firmware.operations.configstore and keys are handled by firmware.operations.keys, the same code the command line uses.
 """
 
 from .accounts import set_setup_code

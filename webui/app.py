@@ -27,10 +27,10 @@ from typing import Any
 import falcon
 import jinja2
 
-from firmware import configstore
+from firmware.operations import configstore
 from firmware.box import Box
 from firmware.config import BoxConfig
-from firmware.configstore import ConfigChange
+from firmware.operations.configstore import ConfigChange
 from firmware.store.db import Database
 
 from . import templating
@@ -38,7 +38,7 @@ from .accounts import Accounts
 from .lan import LanPolicy, parse_peer
 from .probes import Prober
 from .sessions import COOKIE, Session, SessionStore
-from .signing import reassemble
+from firmware.operations.live import reassemble
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class Console:
     # -- box.toml -----------------------------------------------------------------------------------
     def change_config(self, req: falcon.Request, changes: dict, action: str, details: dict,
                       restart_signing: bool = True) -> ConfigChange:
-        """Change box.toml through the one writer (firmware.configstore), audited; restart signing on it.
+        """Change box.toml through the one writer (firmware.operations.configstore), audited; restart signing on it.
 
         The new signing service is assembled and makes a test signature before anything is
         written; if that fails, box.toml and the running service stay as they were.

@@ -23,7 +23,7 @@ def key_description(public_key_info: keys.PublicKeyInfo) -> str:
 
 
 def subject_text(name: x509.Name) -> str:
-    """An x509.Name as 'CN=..,O=..,C=..', most specific first (what firmware.keys.parse_subject reads)."""
+    """An x509.Name as 'CN=..,O=..,C=..', most specific first (what firmware.operations.keys.parse_subject reads)."""
     parts = []
     for rdn in reversed(list(name.chosen)):
         for attribute in rdn:

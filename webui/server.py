@@ -5,7 +5,7 @@
                       └─ waitress 127.0.0.1:<internal> in a thread of the same process
                          (X-Forwarded-For trusted from 127.0.0.1 only)
 
-The signing API's app becomes a webui.signing.SigningService, so that a key rollover or a
+The signing API's app becomes a firmware.operations.live.SigningService, so that a key rollover or a
 settings change restarts the signing service in the process.
 """
 
@@ -28,7 +28,7 @@ from .app import Console, create_app
 from .lan import LanPolicy, allowed_networks, interface_addresses, listen_addresses
 from .nginx import NginxFront
 from .sessions import SessionStore
-from .signing import SigningService
+from firmware.operations.live import SigningService
 
 log = logging.getLogger(__name__)
 

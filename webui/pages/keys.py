@@ -1,9 +1,9 @@
 """Keys and certificates: generate on the token, CSR, import the issued chain, activate (rollover).
 
-The rules are firmware.keys' (the command line uses the same ones): each key's chain is kept in
+The rules are firmware.operations.keys' (the command line uses the same ones): each key's chain is kept in
 <state>/chains/<label>.pem once checked against the key; activating writes [signing] key_label,
 chain_file and previous_key_label through the one configuration writer and restarts the signing
-service inside the process (webui.signing): the next signing request uses the new key, no request
+service inside the process (firmware.operations.live): the next signing request uses the new key, no request
 is dropped, nothing else needs restarting. The outgoing key's chain is kept in chains/ too, so
 rolling back is the same click.
 """
@@ -14,7 +14,7 @@ import falcon
 from asn1crypto import keys as asn1_keys
 
 from firmware.errors import InvalidRequest
-from firmware.keys import (LABEL, activation, build_csr, chain_details, chain_path, generate, install_chain,
+from firmware.operations.keys import (LABEL, activation, build_csr, chain_details, chain_path, generate, install_chain,
                            load_certificates, parse_subject)
 from hsm import KeyAlgorithm, KeyExists, KeyNotFound, TokenError
 

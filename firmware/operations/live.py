@@ -2,7 +2,7 @@
 
 Key rollover and settings changes restart the signing service *inside* the process: a new Box
 is assembled from the new configuration around the same token connection and database and
-checked with a test signature before box.toml is written (firmware.configstore calls back), and
+checked with a test signature before box.toml is written (firmware.operations.configstore calls back), and
 swapped in once it is. Requests already running finish on the old objects; the
 next request uses the new ones; the listener never closes, so no request is refused. CSC access
 tokens carry over; a SAD names its credential (the key), so one issued for the old key is refused.
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import threading
 
-from firmware.box import Box
-from firmware.config import BoxConfig
-from firmware.keys import check_chain, load_certificates
+from ..box import Box
+from ..config import BoxConfig
+from .keys import check_chain, load_certificates
 
 
 def reassemble(old: Box, config: BoxConfig) -> Box:

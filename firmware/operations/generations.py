@@ -1,7 +1,7 @@
 """Generations of the box's configuration: every change kept, one symlink switch makes it current.
 
 On disk, under ``<state>/provisioning/`` (the name is historical: USB provisioning made the first
-generations; the admin console and the command line add theirs through firmware/configstore.py)::
+generations; the admin console and the command line add theirs through firmware/operations/configstore.py)::
 
     generations/000007/         a complete configuration: box.toml, trust-roots.pem, box-chain.pem,
                                 state.json (who made it and what changed), and for a bundle bundle/
@@ -37,10 +37,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .config import CONFIG_NAME, ConfigError
-from .durable import fsync_dir, replace_symlink, write_durable, write_new
-from .store import audit
-from .store.db import Database, immediate
+from ..config import CONFIG_NAME, ConfigError
+from ..durable import fsync_dir, replace_symlink, write_durable, write_new
+from ..store import audit
+from ..store.db import Database, immediate
 
 log = logging.getLogger("esignbox.generations")
 
@@ -261,7 +261,7 @@ class Generations:
 
         The other files of the current generation are carried forward; who made it and
         ``details["changes"]`` go to its state.json, so that a later rollback can say what it
-        discards. The caller (firmware/configstore.py) holds `locked()`; the audit entry is
+        discards. The caller (firmware/operations/configstore.py) holds `locked()`; the audit entry is
         committed with the generation.
         """
         current = self.current_generation()

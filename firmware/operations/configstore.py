@@ -7,7 +7,7 @@ away (issue 9). Now every change is
 - merged into the box.toml in force and checked before anything is written: it must load
   (`BoxConfig.from_text`) and pass the caller's check (the console assembles the new signing
   service and makes a test signature with it);
-- when box.toml is the link to the current generation (firmware/generations.py), a new
+- when box.toml is the link to the current generation (firmware/operations/generations.py), a new
   generation, committed together with its audit entry; its state.json says who changed what,
   so a rollback goes back to the configuration before the change and says what it discards;
 - otherwise box.toml itself, replaced crash-safely (firmware.durable), then the audit entry.
@@ -27,11 +27,11 @@ from typing import Any, Callable
 
 import tomli_w
 
-from .config import BoxConfig, redacted_url
-from .durable import write_durable
+from ..config import BoxConfig, redacted_url
+from ..durable import write_durable
 from .generations import Generations
-from .store import audit
-from .store.db import Database
+from ..store import audit
+from ..store.db import Database
 
 __all__ = ["ConfigChange", "differences", "merged", "update"]
 

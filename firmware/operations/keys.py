@@ -5,10 +5,10 @@ issued chain, activate the key. Installing refuses a chain whose leaf does not c
 key's public key (or that has expired), so a wrong certificate can never be paired with a key;
 each key's chain is kept in ``<state>/chains/<label>.pem``. Activating checks the installed chain
 against the key again and returns the configuration change ([signing] key_label, chain_file and
-previous_key_label) for firmware/configstore.py to write; the outgoing key keeps its chain in
+previous_key_label) for firmware/operations/configstore.py to write; the outgoing key keeps its chain in
 chains/, so rolling back is an activation of ``previous_key_label``. Who applies the change
 decides when it takes effect: the console restarts the signing service in-process
-(webui/signing.py), the command line says to restart the service.
+(firmware/operations/live.py), the command line says to restart the service.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from asn1crypto import csr, keys, pem, x509
 
 from hsm import KeyAlgorithm, KeyInfo, SignatureScheme, Token
 
-from .config import BoxConfig, ConfigError
-from .durable import write_durable
-from .errors import InvalidRequest
+from ..config import BoxConfig, ConfigError
+from ..durable import write_durable
+from ..errors import InvalidRequest
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CHAINS = "chains"
