@@ -172,7 +172,7 @@ def _csc_paths() -> dict[str, Any]:
                     **_errors(400, 401, 402, 403, 413, 429, 500, 503, schema=_CSC_ERROR),
                 },
             }
-            paths[f"/csc/{version.name}/{name}"] = {"post": operation}
+            paths[f"{version.root}/{name}"] = {"post": operation}
     return paths
 
 

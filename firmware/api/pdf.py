@@ -12,22 +12,12 @@ import falcon
 from ..errors import InvalidRequest
 from ..signing.levels import Level, parse_enum
 from ..signing.pdf_etsi_report import etsi_report
-from ..signing.pdf_fields import CertifiedDocument, CertifiedNoChanges, Stamp
-from ..signing.pdf_integrity import EarlierSignatureBroken
+from ..signing.pdf_fields import Stamp
 from ..signing.pdf_signing import PdfSigningService, PdfSignOptions
-from ..signing.pdf_verify import PdfInvalid, verify_pdf
+from ..signing.pdf_verify import verify_pdf
 from ..signing.revocation import RevocationService
 from .bodies import check_length, too_large
 from .errors import ApiError
-
-# Extra rows for errors.register: a body that is no usable PDF is a 422, not a 400; a sound PDF
-# whose signatures rule the request out is a 409.
-ERRORS = [
-    (PdfInvalid, falcon.HTTP_422, "invalid_pdf"),
-    (CertifiedNoChanges, falcon.HTTP_409, "certified_no_changes"),
-    (CertifiedDocument, falcon.HTTP_409, "certified_document"),
-    (EarlierSignatureBroken, falcon.HTTP_409, "earlier_signature_broken"),
-]
 
 _SIGN_PARAMS = {"level", "reason", "location", "field", "certify", "docmdp", "stamp_page", "stamp_box", "stamp_text"}
 
