@@ -23,7 +23,7 @@ from ..signing.levels import Level, Profile
 from ..signing.raw_signing import RawSigningService, digest_algorithm
 from ..signing.revocation import ValidationData
 from ..store.csc_grants import SadStore
-from ..store.metering import ScopeDenied
+from ..store.metering import require_scope
 from .auth import Caller, CscAuth
 from .credential import Credential
 from .errors import CscError
@@ -107,9 +107,8 @@ class CscResource:
         if self.requires_token:
             caller = self._csc.auth.caller(req)
             req.context.client = caller.client  # for the refusal audit
-            scopes = caller.client.scopes
-            if self.scope is not None and self.scope not in scopes:
-                raise ScopeDenied(f"the client has no {self.scope!r} scope (its scopes: {', '.join(scopes)})")
+            if self.scope is not None:
+                require_scope(caller.client.scopes, self.scope)
         result = self.respond(req, caller)
         if result is None:
             resp.status = falcon.HTTP_204

@@ -37,6 +37,16 @@ class RateLimited(Refusal):
     """The client's calls per minute or per day are used up."""
 
 
+_SCOPE_USES = {"hash": "hash signing", "pdf": "PDF signing", "timestamp": "the timestamp service"}
+
+
+def require_scope(scopes: tuple[str, ...], scope: str) -> None:
+    """Raise ScopeDenied unless ``scope`` is among a client's ``scopes``: the one scope check of
+    the native API and the CSC API."""
+    if scope not in scopes:
+        raise ScopeDenied(f"this client may not use {_SCOPE_USES[scope]} (scopes: {', '.join(scopes)})")
+
+
 def _signed_since(conn: sqlite3.Connection, client_id: str, since: datetime) -> int:
     return conn.execute(
         "SELECT COUNT(*) FROM metered_calls WHERE client_id = ? AND created_at >= ?",
