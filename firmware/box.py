@@ -108,7 +108,7 @@ class Box:
         app.add_route("/v1/pdf/sign", PdfSignResource(self.pdf_signing, level))
         app.add_route("/v1/pdf/verify", PdfVerifyResource(self.revocation, self.config.max_pdf_bytes))
         app.add_route("/v1/usage", UsageResource(self.db, self.clients))
-        app.add_route("/openapi.json", OpenApiResource())
+        app.add_route("/openapi.json", OpenApiResource(level))
         add_csc_routes(
             app, sessions=self.csc_sessions, signer=self.signer, raw_signing=self.raw_signing, hash_signing=self.hash_signing,
             timestamper=self.timestamper, clients=self.clients, ledger=self.ledger,
