@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import falcon
 
@@ -57,7 +57,7 @@ def _handler(fault: Fault) -> Callable[[falcon.Request, falcon.Response, Excepti
     return handle
 
 
-def _refuse(req: falcon.Request, fault: Fault, exc: BaseException) -> None:
+def _refuse(req: falcon.Request, fault: Fault, exc: BaseException) -> NoReturn:
     face = face_of(req)
     status, code = fault.on(face)
     log.info("%s %s refused: %s: %s", req.method, req.path, code, exc)
@@ -72,7 +72,7 @@ def _handle_os_error(req: falcon.Request, resp: falcon.Response, exc: Exception,
     _handle_internal(req, resp, exc, params)
 
 
-def _handle_internal(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
+def _handle_internal(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> NoReturn:
     log.error("internal error on %s %s", req.method, req.path, exc_info=exc)
     face = face_of(req)
     status, code = INTERNAL.on(face)
