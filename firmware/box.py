@@ -17,7 +17,6 @@ from .api import errors
 from .api.auth import ApiKeyAuth, RefusalAudit
 from .api.info import CertificateResource, HealthResource
 from .api.json_media import BoundedJsonHandler
-from .api.pdf import ERRORS as PDF_ERRORS
 from .api.pdf import PdfSignResource, PdfVerifyResource
 from .api.signatures import SignatureBatchResource, SignatureResource
 from .api.openapi import OpenApiResource
@@ -99,7 +98,7 @@ class Box:
 
     def app(self) -> falcon.App:
         app = falcon.App(middleware=[RefusalAudit(self.ledger), ApiKeyAuth(self.clients)])
-        errors.register(app, extra=PDF_ERRORS)
+        errors.register(app)
         app.req_options.media_handlers[falcon.MEDIA_JSON] = BoundedJsonHandler()
         app.add_route("/v1/health", HealthResource(self.token, self.signer, self.clock, self.health_parts))
         app.add_route("/v1/certificate", CertificateResource(self.signer))
@@ -109,7 +108,7 @@ class Box:
         app.add_route("/v1/pdf/sign", PdfSignResource(self.pdf_signing, level))
         app.add_route("/v1/pdf/verify", PdfVerifyResource(self.revocation, self.config.max_pdf_bytes))
         app.add_route("/v1/usage", UsageResource(self.db, self.clients))
-        app.add_route("/openapi.json", OpenApiResource())
+        app.add_route("/openapi.json", OpenApiResource(level))
         add_csc_routes(
             app, sessions=self.csc_sessions, signer=self.signer, raw_signing=self.raw_signing, hash_signing=self.hash_signing,
             timestamper=self.timestamper, clients=self.clients, ledger=self.ledger,

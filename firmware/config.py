@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from hsm import TokenConfig
 
+from .signing.levels import DEFAULT_LEVEL
 from .store.storage import MB, StorageBudget
 
 CONFIG_NAME = "box.toml"
@@ -213,7 +214,7 @@ class BoxConfig:
     free_calls: int
     anchor_interval_s: float
     max_clock_skew_s: float = 60.0  # [signing] max_clock_skew_seconds: against the TSA's genTime
-    default_level: str = "B-T"  # [signing] default_level, set from the admin console
+    default_level: str = DEFAULT_LEVEL.value  # [signing] default_level, set from the admin console
     previous_key_label: str | None = None  # [signing] previous_key_label: written by activation, for rollback-key
     stamp_text: str = ""  # [signing] stamp_text: the default text of a visible PDF stamp
     stamp_background: str = "#eef3f8"  # [signing] stamp_background: the stamp's opaque panel
@@ -290,7 +291,7 @@ class BoxConfig:
                 free_calls=int(metering.get("free_calls", 100)),
                 anchor_interval_s=float(audit.get("anchor_interval_minutes", 60)) * 60,
                 max_clock_skew_s=float(signing.get("max_clock_skew_seconds", 60)),
-                default_level=str(signing.get("default_level", "B-T")),
+                default_level=str(signing.get("default_level", DEFAULT_LEVEL.value)),
                 stamp_text=str(signing.get("stamp_text", "")),
                 stamp_background=str(signing.get("stamp_background", cls.stamp_background)),
                 stamp_border=str(signing.get("stamp_border", cls.stamp_border)),

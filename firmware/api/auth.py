@@ -13,7 +13,7 @@ import falcon
 
 from ..store.clients import ClientRegistry
 from ..store.ledger import SignatureLedger
-from ..store.metering import ScopeDenied
+from ..store.metering import require_scope
 from ..store.storage import StorageFull
 from .errors import ApiError
 
@@ -37,8 +37,8 @@ class ApiKeyAuth:
             raise ApiError(falcon.HTTP_401, "invalid_api_key", "the API key is unknown or disabled", challenge)
         req.context.client = client
         scope = getattr(resource, "scope", None)
-        if scope is not None and scope not in client.scopes:
-            raise ScopeDenied(f"this client may not use {scope} signing (scopes: {', '.join(client.scopes)})")
+        if scope is not None:
+            require_scope(client.scopes, scope)
 
 
 class RefusalAudit:

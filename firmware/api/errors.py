@@ -1,79 +1,91 @@
-"""One JSON error shape for every failure: {"error": <code>, "message": <text>}.
+"""The box's errors on the wire: one Falcon handler per exception type of the one error table
+(firmware/operations/errors.py), and the JSON shape of the route's face.
 
-Domain exceptions are mapped to status codes here, in one table, so resources stay free of
-try/except and every endpoint reports the same fault the same way. Internal errors say nothing
-about their cause to the caller (the log has it); nothing here ever echoes a key or PIN.
+Native routes answer {"error": <code>, "message": <text>}; CSC routes (under /csc/) answer
+{"error": <code>, "error_description": <text>} (CSC API §10.2). Which status and code a failure
+gets is the table's business, not this module's, so resources stay free of try/except and every
+endpoint reports the same fault the same way. Internal errors say nothing about their cause to the
+caller (the log has it); nothing here ever echoes a key or PIN.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import falcon
 
-from hsm import KeyNotFound, TokenError, TokenUnavailable, UnsupportedDigest
-
-from ..errors import InvalidRequest
-from ..signing.clock import ClockSkewed
-from ..signing.revocation import CertificateRevoked, RevocationUnavailable
-from ..signing.timestamps import TimestampUnavailable
-from ..store.clients import ClientError
-from ..store.metering import QuotaExhausted, RateLimited, Refusal
+from ..csc.versions import PREFIX as CSC_PREFIX
+from ..operations.errors import FAULTS, INTERNAL, Face, Fault
 from ..store.storage import StorageFull, full_error
 
 log = logging.getLogger(__name__)
 
+_DETAIL = {Face.NATIVE: "message", Face.CSC: "error_description"}
+
 
 class ApiError(falcon.HTTPError):
-    def __init__(self, status: str, code: str, message: str, headers: dict | None = None) -> None:
-        super().__init__(status, title=code, description=message, headers=headers)
+    """An error with its code for one face: raised by the handlers below, and by resources for
+    what only HTTP knows (a missing API key, an oversized body, a wrong content type)."""
 
-    def to_dict(self, obj_type=dict):
-        return obj_type(error=self.title, message=self.description)
-
-
-# exception type -> (HTTP status, error code); the first matching entry wins.
-_MAPPING: list[tuple[type[Exception], str, str]] = [
-    (InvalidRequest, falcon.HTTP_400, "invalid_request"),
-    (ClientError, falcon.HTTP_400, "invalid_request"),
-    (QuotaExhausted, falcon.HTTP_402, QuotaExhausted.code),
-    (RateLimited, falcon.HTTP_429, RateLimited.code),
-    (Refusal, falcon.HTTP_403, "scope_denied"),
-    (UnsupportedDigest, falcon.HTTP_400, "invalid_hash"),
-    (TimestampUnavailable, falcon.HTTP_503, "timestamp_unavailable"),
-    (ClockSkewed, falcon.HTTP_503, "clock_skewed"),
-    (RevocationUnavailable, falcon.HTTP_503, "revocation_unavailable"),
-    (CertificateRevoked, falcon.HTTP_503, "signing_certificate_revoked"),
-    (TokenUnavailable, falcon.HTTP_503, "token_unavailable"),
-    (KeyNotFound, falcon.HTTP_503, "signing_key_missing"),
-    (TokenError, falcon.HTTP_500, "token_error"),
-    (StorageFull, falcon.HTTP_503, "storage_full"),
-]
+    def __init__(self, status: str | int, code: str, message: str, headers: dict[str, str] | None = None,
+                 face: Face = Face.NATIVE) -> None:
+        super().__init__(falcon.code_to_http_status(status), title=code, description=message, headers=headers)
+        self.face = face
 
 
-def register(app: falcon.App, extra: list[tuple[type[Exception], str, str]] = ()) -> None:
-    table = [*extra, *_MAPPING]
+def face_of(req: falcon.Request) -> Face:
+    return Face.CSC if req.path.startswith(CSC_PREFIX) else Face.NATIVE
 
-    def handle(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict) -> None:
-        if isinstance(exc, falcon.HTTPError):
-            raise exc
-        exc = full_error(exc)  # a full disk met outside the ledger (a temporary file, the client registry)
-        for exc_type, status, code in table:
-            if isinstance(exc, exc_type):
-                log.info("%s %s refused: %s: %s", req.method, req.path, code, exc)
-                raise ApiError(status, code, str(exc))
-        log.exception("internal error on %s %s", req.method, req.path)
-        raise ApiError(falcon.HTTP_500, "internal_error", "internal error; see the box's log")
 
-    app.add_error_handler(Exception, handle)
+def register(app: falcon.App) -> None:
+    """A handler per table entry (Falcon picks the most specific registered type), one for a full
+    disk met outside the ledger, and a last one for everything else."""
+    for exc_type, fault in FAULTS.items():
+        app.add_error_handler(exc_type, _handler(fault))
+    app.add_error_handler((OSError, sqlite3.Error), _handle_os_error)
+    app.add_error_handler(Exception, _handle_internal)
     app.set_error_serializer(_serialize)
 
 
+def _handler(fault: Fault) -> Callable[[falcon.Request, falcon.Response, Exception, dict[str, Any]], None]:
+    def handle(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
+        _refuse(req, fault, exc)
+
+    return handle
+
+
+def _refuse(req: falcon.Request, fault: Fault, exc: BaseException) -> NoReturn:
+    face = face_of(req)
+    status, code = fault.on(face)
+    log.info("%s %s refused: %s: %s", req.method, req.path, code, exc)
+    raise ApiError(status, code, str(exc), face=face)
+
+
+def _handle_os_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
+    """A full disk met outside the ledger (a temporary file, the client registry) is StorageFull."""
+    full = full_error(exc)
+    if isinstance(full, StorageFull):
+        _refuse(req, FAULTS[StorageFull], full)
+    _handle_internal(req, resp, exc, params)
+
+
+def _handle_internal(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> NoReturn:
+    log.error("internal error on %s %s", req.method, req.path, exc_info=exc)
+    face = face_of(req)
+    status, code = INTERNAL.on(face)
+    raise ApiError(status, code, "internal error; see the box's log", face=face)
+
+
 def _serialize(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
-    if isinstance(exc, ApiError):
-        body = exc.to_dict()
-    else:  # Falcon's own errors: 404, 405, malformed JSON, ...
+    face = face_of(req)
+    if isinstance(exc, ApiError) and exc.face is face:
+        code = exc.title
+    elif face is Face.NATIVE:  # Falcon's own errors: 404, 405, malformed JSON, ...
         code = (exc.title or "error").lower().replace(" ", "_")
-        body = {"error": code, "message": exc.description or exc.title}
-    resp.media = body
+    else:  # Falcon's and the native ones on a CSC route: malformed JSON, oversized body, ...
+        code = "invalid_request" if exc.status_code < 500 else "server_error"
+    resp.media = {"error": code, _DETAIL[face]: exc.description or exc.title}
     resp.content_type = falcon.MEDIA_JSON

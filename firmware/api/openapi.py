@@ -1,8 +1,9 @@
 """GET /openapi.json: the box's API described for integrators and for schema-driven testing.
 
-Written by hand next to the resources it describes (Falcon has no schema introspection); the
-schemathesis run in the tests keeps the two honest: any response that strays from this document
-fails CI.
+Written by hand next to the resources it describes (Falcon has no schema introspection), except
+for the request schemas: those come from schema.py, which the resources read requests with, and
+their level defaults are the running box's. The schemathesis run in the tests keeps the rest
+honest: any response that strays from this document fails CI.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import falcon
 
 from ..csc.resources import CscResource, served
 from ..csc.versions import V1, V2
+from ..signing.levels import HASH_LEVELS, Level, Profile
+from .schema import hash_body, level_schema, pdf_sign_query, pdf_verify_query
 
 _ERROR = {
     "type": "object",
@@ -25,7 +28,6 @@ _CSC_ERROR = {
     "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
 }
 _B64 = {"type": "string", "format": "byte"}
-_LEVEL = {"type": "string", "enum": ["B-B", "B-T", "B-LT"], "default": "B-T"}
 _VALIDATION_INFO = {
     "type": "object",
     "properties": {k: {"type": "array", "items": _B64} for k in ("certificates", "crls", "ocsps")},
@@ -35,15 +37,10 @@ _SIGNATURE = {
     "required": ["signature", "level", "profile"],
     "properties": {
         "signature": {**_B64, "description": "detached CMS SignedData, DER"},
-        "level": _LEVEL,
-        "profile": {"type": "string", "enum": ["PAdES", "CAdES"]},
+        "level": level_schema(HASH_LEVELS),
+        "profile": {"type": "string", "enum": [p.value for p in Profile]},
         "validation_info": _VALIDATION_INFO,
     },
-}
-_HASH_FIELDS = {
-    "hash_algorithm": {"type": "string", "enum": ["sha256", "sha384", "sha512"]},
-    "level": _LEVEL,
-    "profile": {"type": "string", "enum": ["PAdES", "CAdES"], "default": "PAdES"},
 }
 
 _MESSAGES = {
@@ -72,10 +69,21 @@ def _json(schema: dict, description: str = "OK") -> dict[str, Any]:
 _SIGNING_ERRORS = (400, 401, 402, 403, 413, 429, 500, 503)
 
 
-def _native_paths() -> dict[str, Any]:
+def _query(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """OpenAPI parameters for a query schema's properties (all optional)."""
+    return [{"name": name, "in": "query", "required": False, "description": prop.get("description", ""),
+             "schema": {k: v for k, v in prop.items() if k != "description"}}
+            for name, prop in schema["properties"].items()]
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _native_paths(default_level: Level) -> dict[str, Any]:
     pdf_body = {"required": True, "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}}
-    query = lambda name, schema, description: {  # noqa: E731
-        "name": name, "in": "query", "required": False, "schema": schema, "description": description}
+    days = {"type": "object", "properties": {
+        "days": {"type": "integer", "minimum": 1, "maximum": 366, "description": "days back"}}}
     return {
         "/v1/health": {"get": {
             "summary": "Is the token present and the signing key usable?", "security": [],
@@ -90,22 +98,17 @@ def _native_paths() -> dict[str, Any]:
                 "subject": {"type": "string"}, "serial": {"type": "string"}, "chain_pem": {"type": "string"}}})}}},
         "/v1/signatures": {"post": {
             "summary": "Sign a document hash: detached CMS with timestamp and LTV data",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["hash_algorithm", "hash"],
-                "properties": {**_HASH_FIELDS, "hash": _B64}}}}},
+            "requestBody": _json_body(hash_body(default_level, batch=False)),
             "responses": {"201": _json(_SIGNATURE, "signed"), **_errors(*_SIGNING_ERRORS)}}},
         "/v1/signatures/batch": {"post": {
             "summary": "Sign up to 1000 hashes in one call; all or none",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["hash_algorithm", "hashes"],
-                "properties": {**_HASH_FIELDS,
-                               "hashes": {"type": "array", "items": _B64, "minItems": 1, "maxItems": 1000}}}}}},
+            "requestBody": _json_body(hash_body(default_level, batch=True)),
             "responses": {"201": _json({"type": "object", "required": ["signatures"], "properties": {
                 "signatures": {"type": "array", "items": _SIGNATURE}}}, "signed"),
                 **_errors(*_SIGNING_ERRORS)}}},
         "/v1/usage": {"get": {
             "summary": "The calling client's quota and metered calls per endpoint per day",
-            "parameters": [query("days", {"type": "integer", "minimum": 1, "maximum": 366}, "days back")],
+            "parameters": _query(days),
             "responses": {"200": _json({"type": "object", "required": ["client", "usage"], "properties": {
                 "client": {"type": "object"},
                 "usage": {"type": "array", "items": {"type": "object", "properties": {
@@ -115,19 +118,7 @@ def _native_paths() -> dict[str, Any]:
                 **_errors(400, 401)}}},
         "/v1/pdf/sign": {"post": {
             "summary": "Sign a PDF (PAdES); the signed PDF comes back",
-            "parameters": [
-                query("level", {"type": "string", "enum": ["B-B", "B-T", "B-LT", "B-LTA"]}, "default B-T"),
-                query("reason", {"type": "string"}, "signature reason"),
-                query("location", {"type": "string"}, "signing location"),
-                query("field", {"type": "string"},
-                      "signature field name; default: the first empty field, else a new SignatureN"),
-                query("certify", {"type": "boolean"}, "certification (DocMDP) signature"),
-                query("docmdp", {"type": "integer", "enum": [1, 2, 3]}, "DocMDP permission level"),
-                query("stamp_page", {"type": "integer", "minimum": 1}, "page of a new visible stamp"),
-                query("stamp_box", {"type": "string"}, "x1,y1,x2,y2 in points: a new visible field there"),
-                query("stamp_text", {"type": "string"},
-                      "stamp text (Latin-1), in a new stamp or an existing visible field"),
-            ],
+            "parameters": _query(pdf_sign_query(default_level)),
             "requestBody": pdf_body,
             "responses": {
                 "200": {"description": "the signed PDF", "content": {"application/pdf": {
@@ -137,8 +128,7 @@ def _native_paths() -> dict[str, Any]:
                 **_errors(*_SIGNING_ERRORS, 409, 415, 422)}}},
         "/v1/pdf/verify": {"post": {
             "summary": "Report on every signature in a PDF: the box's JSON, or an ETSI TS 119 102-2 report",
-            "parameters": [query("format", {"type": "string", "enum": ["json", "etsi"]},
-                                 "default json; etsi (or Accept: application/xml) gives the ETSI validation report")],
+            "parameters": _query(pdf_verify_query()),
             "requestBody": pdf_body,
             "responses": {"200": {"description": "OK", "content": {
                 "application/json": {"schema": {"type": "object"}},
@@ -172,11 +162,12 @@ def _csc_paths() -> dict[str, Any]:
                     **_errors(400, 401, 402, 403, 413, 429, 500, 503, schema=_CSC_ERROR),
                 },
             }
-            paths[f"/csc/{version.name}/{name}"] = {"post": operation}
+            paths[f"{version.root}/{name}"] = {"post": operation}
     return paths
 
 
-def build_spec() -> dict[str, Any]:
+def build_spec(default_level: Level) -> dict[str, Any]:
+    """The document for a box whose [signing] default_level is ``default_level``."""
     return {
         "openapi": "3.0.3",
         "info": {"title": "E-signature Box API", "version": "1",
@@ -186,17 +177,19 @@ def build_spec() -> dict[str, Any]:
             "apiKey": {"type": "http", "scheme": "bearer", "description": "the client's API key"},
             "cscToken": {"type": "http", "scheme": "bearer", "description": "access token from auth/login"}}},
         "security": [{"apiKey": []}],
-        "paths": {**_native_paths(), **_csc_paths(),
+        "paths": {**_native_paths(default_level), **_csc_paths(),
                   "/openapi.json": {"get": {"summary": "this document", "security": [],
                                             "responses": {"200": _json({"type": "object"})}}}},
     }
 
 
 class OpenApiResource:
+    """Built with each app of the live signing service, so a settings change shows in it."""
+
     public = True
 
-    def __init__(self) -> None:
-        self._spec = build_spec()
+    def __init__(self, default_level: str) -> None:
+        self._spec = build_spec(Level(default_level))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self._spec

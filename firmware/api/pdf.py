@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import enum
+import io
 from datetime import datetime
+from typing import Any
 
 import falcon
 
 from ..errors import InvalidRequest
-from ..signing.levels import Level, parse_enum
+from ..signing.levels import Level
 from ..signing.pdf_etsi_report import etsi_report
-from ..signing.pdf_fields import CertifiedDocument, CertifiedNoChanges, Stamp
-from ..signing.pdf_integrity import EarlierSignatureBroken
+from ..signing.pdf_fields import Stamp
 from ..signing.pdf_signing import PdfSigningService, PdfSignOptions
-from ..signing.pdf_verify import PdfInvalid, verify_pdf
+from ..signing.pdf_verify import verify_pdf
 from ..signing.revocation import RevocationService
 from .bodies import check_length, too_large
 from .errors import ApiError
-
-# Extra rows for errors.register: a body that is no usable PDF is a 422, not a 400; a sound PDF
-# whose signatures rule the request out is a 409.
-ERRORS = [
-    (PdfInvalid, falcon.HTTP_422, "invalid_pdf"),
-    (CertifiedNoChanges, falcon.HTTP_409, "certified_no_changes"),
-    (CertifiedDocument, falcon.HTTP_409, "certified_document"),
-    (EarlierSignatureBroken, falcon.HTTP_409, "earlier_signature_broken"),
-]
-
-_SIGN_PARAMS = {"level", "reason", "location", "field", "certify", "docmdp", "stamp_page", "stamp_box", "stamp_text"}
+from .schema import pdf_sign_query, pdf_verify_query, read_query
 
 
 def _read_pdf_body(req: falcon.Request, limit: int) -> bytes:
@@ -43,21 +33,6 @@ def _read_pdf_body(req: falcon.Request, limit: int) -> bytes:
     return data
 
 
-def _int(value: str, name: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer") from None
-
-
-def _bool(value: str | None, name: str) -> bool:
-    if value is None or value.lower() in ("false", "0", "no"):
-        return False
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    raise InvalidRequest(f"{name} must be true or false")
-
-
 def _box(value: str) -> tuple[float, float, float, float]:
     parts = value.split(",")
     try:
@@ -67,25 +42,22 @@ def _box(value: str) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
-def _sign_options(params: dict[str, str], default_level: str) -> PdfSignOptions:
-    unknown = sorted(set(params) - _SIGN_PARAMS)
-    if unknown:
-        raise InvalidRequest(f"unknown option(s) {', '.join(unknown)}; use {', '.join(sorted(_SIGN_PARAMS))}")
+def _sign_options(options: dict[str, Any]) -> PdfSignOptions:
+    """``options``: the query read by its schema (schema.pdf_sign_query)."""
     stamp = None
-    if "stamp_box" in params:
-        page = _int(params["stamp_page"], "stamp_page") if "stamp_page" in params else 1
-        stamp = Stamp(page=page, box=_box(params["stamp_box"]))
-    elif "stamp_page" in params:
+    if "stamp_box" in options:
+        stamp = Stamp(page=options.get("stamp_page", 1), box=_box(options["stamp_box"]))
+    elif "stamp_page" in options:
         raise InvalidRequest("stamp_page places a new stamp, which needs stamp_box=x1,y1,x2,y2")
     return PdfSignOptions(
-        level=parse_enum(Level, params.get("level", default_level), "level"),
-        reason=params.get("reason"),
-        location=params.get("location"),
-        field_name=params.get("field"),
-        certify=_bool(params.get("certify"), "certify"),
-        docmdp=_int(params["docmdp"], "docmdp") if "docmdp" in params else None,
+        level=Level(options["level"]),
+        reason=options.get("reason"),
+        location=options.get("location"),
+        field_name=options.get("field"),
+        certify=options["certify"],
+        docmdp=options.get("docmdp"),
         stamp=stamp,
-        stamp_text=params.get("stamp_text") or None,
+        stamp_text=options.get("stamp_text") or None,
     )
 
 
@@ -117,10 +89,10 @@ class PdfSignResource:
         """The default level comes from box.toml's [signing] section (set in the admin console);
         the stamp's default text and look belong to the signing service."""
         self._service = service
-        self._default_level = default_level
+        self._schema = pdf_sign_query(Level(default_level))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        options = _sign_options(_params(req), self._default_level)
+        options = _sign_options(read_query(self._schema, _params(req)))
         pdf = _read_pdf_body(req, self._service.max_pdf_bytes)
         signed = self._service.sign(req.context.client.id, pdf, options)
         resp.content_type = "application/pdf"
@@ -131,19 +103,14 @@ class PdfSignResource:
         resp.set_stream(io.BytesIO(signed.pdf), len(signed.pdf))
 
 
-_VERIFY_FORMATS = ("json", "etsi")
+_VERIFY_QUERY = pdf_verify_query()
 
 
 def _verify_format(req: falcon.Request) -> str:
     """``format=json|etsi``; without it, an Accept header that prefers XML to JSON asks for ETSI."""
-    params = _params(req)
-    unknown = sorted(set(params) - {"format"})
-    if unknown:
-        raise InvalidRequest(f"unknown option(s) {', '.join(unknown)}; use format")
-    if "format" in params:
-        if params["format"] not in _VERIFY_FORMATS:
-            raise InvalidRequest(f"format must be one of {', '.join(_VERIFY_FORMATS)}")
-        return params["format"]
+    chosen = read_query(_VERIFY_QUERY, _params(req)).get("format")
+    if chosen is not None:
+        return chosen
     preferred = req.client_prefers([falcon.MEDIA_JSON, falcon.MEDIA_XML]) if req.accept != "*/*" else None
     return "etsi" if preferred == falcon.MEDIA_XML else "json"
 

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import falcon
 
-from ..errors import InvalidRequest
 from ..signing.hash_signing import HashSignature, HashSigningService, HashSignRequest
-from ..signing.levels import Level, Profile, parse_enum
-from .bodies import b64, b64decode, field, read_json
-
-
-def _options(body: dict, default_level: str) -> tuple[str, Level, Profile]:
-    algorithm = field(body, "hash_algorithm", str)
-    level = parse_enum(Level, field(body, "level", str, default=default_level), "level")
-    profile = parse_enum(Profile, field(body, "profile", str, default="PAdES"), "profile")
-    return algorithm, level, profile
+from ..signing.levels import Level, Profile
+from .bodies import b64, read_json
+from .schema import hash_body, read_body
 
 
 def _serialize(signature: HashSignature) -> dict:
@@ -34,47 +27,31 @@ def _serialize(signature: HashSignature) -> dict:
 
 
 class _HashSigningResource:
-    """What the single and the batch endpoint share: options, signing, the 201 response."""
+    """What the single and the batch endpoint share: the body's schema, signing, the 201 response."""
 
     scope = "hash"
+    batch = False
 
     def __init__(self, service: HashSigningService, default_level: str) -> None:
         """``default_level``: the level of requests that name none ([signing] default_level)."""
         self._service = service
-        self._default_level = default_level if default_level != Level.B_LTA.value else Level.B_LT.value
+        self._schema = hash_body(Level(default_level), self.batch)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json(req)
-        algorithm, level, profile = _options(body, self._default_level)
-        requests = [HashSignRequest(algorithm, digest, level, profile) for digest in self._digests(body)]
-        signatures = self._service.sign(req.context.client.id, requests)
+        body = read_body(self._schema, read_json(req))
+        level, profile = Level(body["level"]), Profile(body["profile"])
+        digests = body["hashes"] if self.batch else [body["hash"]]
+        requests = [HashSignRequest(body["hash_algorithm"], digest, level, profile) for digest in digests]
+        signatures = [_serialize(s) for s in self._service.sign(req.context.client.id, requests)]
         resp.status = falcon.HTTP_201
-        resp.media = self._response([_serialize(s) for s in signatures])
-
-    def _digests(self, body: dict) -> list[bytes]:
-        raise NotImplementedError
-
-    def _response(self, signatures: list[dict]) -> dict:
-        raise NotImplementedError
+        resp.media = {"signatures": signatures} if self.batch else signatures[0]
 
 
 class SignatureResource(_HashSigningResource):
-    def _digests(self, body: dict) -> list[bytes]:
-        return [b64decode(field(body, "hash", str), "hash")]
-
-    def _response(self, signatures: list[dict]) -> dict:
-        return signatures[0]
+    """One hash, one signature."""
 
 
 class SignatureBatchResource(_HashSigningResource):
     """Many hashes in one call, for bulk jobs such as a month's bills."""
 
-    def _digests(self, body: dict) -> list[bytes]:
-        hashes = field(body, "hashes", list)
-        for index, value in enumerate(hashes):
-            if not isinstance(value, str):
-                raise InvalidRequest(f"hashes[{index}] must be a base64 string, not {type(value).__name__}")
-        return [b64decode(h, f"hashes[{i}]") for i, h in enumerate(hashes)]
-
-    def _response(self, signatures: list[dict]) -> dict:
-        return {"signatures": signatures}
+    batch = True

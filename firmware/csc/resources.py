@@ -2,8 +2,9 @@
 
 Each resource parses, calls a store or service, and serialises; the base class does what every
 CSC method shares: the access-token check (the box's API-key middleware stands aside for these
-resources), the CSC error shape, ``Cache-Control: no-store`` (tokens, SADs and signatures must
-not sit in caches). Refusals are audited by the box's RefusalAudit middleware.
+resources) and ``Cache-Control: no-store`` (tokens, SADs and signatures must not sit in caches).
+Failures are shown in CSC's shape by the box's error handlers (api/errors.py); refusals are
+audited by the box's RefusalAudit middleware.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from ..signing.levels import Level, Profile
 from ..signing.raw_signing import RawSigningService, digest_algorithm
 from ..signing.revocation import ValidationData
 from ..store.csc_grants import SadStore
-from ..store.metering import ScopeDenied
+from ..store.metering import require_scope
 from .auth import Caller, CscAuth
 from .credential import Credential
-from .errors import CscError, to_csc_error
+from .errors import CscError
 from .timestamping import TimestampService
 from .versions import CscVersion
 
@@ -102,17 +103,13 @@ class CscResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.cache_control = ["no-store"]
-        try:
-            caller = None
-            if self.requires_token:
-                caller = self._csc.auth.caller(req)
-                req.context.client = caller.client  # for the refusal audit
-                scopes = caller.client.scopes
-                if self.scope is not None and self.scope not in scopes:
-                    raise ScopeDenied(f"the client has no {self.scope!r} scope (its scopes: {', '.join(scopes)})")
-            result = self.respond(req, caller)
-        except Exception as exc:
-            raise to_csc_error(req, exc) from exc
+        caller = None
+        if self.requires_token:
+            caller = self._csc.auth.caller(req)
+            req.context.client = caller.client  # for the refusal audit
+            if self.scope is not None:
+                require_scope(caller.client.scopes, self.scope)
+        result = self.respond(req, caller)
         if result is None:
             resp.status = falcon.HTTP_204
         else:
@@ -134,7 +131,7 @@ class InfoResource(CscResource):
             "lang": "en-US",
             "description": "Remote signing with a key that never leaves the box's PKCS#11 token",
             "authType": ["basic", "oauth2client"],
-            "oauth2": f"{req.prefix}/csc/{self._version.name}",
+            "oauth2": f"{req.prefix}{self._version.root}",
             "methods": methods(self._version),
         }
         if not self._version.is_v1:

@@ -56,4 +56,4 @@ def add_csc_routes(
     )
     for version in (V1, V2):
         for name, resource in served(version).items():
-            app.add_route(f"/csc/{version.name}/{name}", resource(services, version))
+            app.add_route(f"{version.root}/{name}", resource(services, version))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+PREFIX = "/csc/"  # every CSC route, and only CSC routes, starts here: its errors take CSC's shape
+
 
 @dataclass(frozen=True)
 class CscVersion:
@@ -11,6 +13,11 @@ class CscVersion:
     specs: str  # what `info` reports
     hashes_field: str  # the list of base64 digests in credentials/authorize and signatures/signHash
     hash_algo_field: str  # the digest algorithm OID beside it
+
+    @property
+    def root(self) -> str:
+        """The path every method of this version hangs under, without a trailing slash."""
+        return f"{PREFIX}{self.name}"
 
     @property
     def is_v1(self) -> bool:

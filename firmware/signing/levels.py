@@ -1,4 +1,6 @@
-"""Signature levels and profiles the box offers, and what each level requires."""
+"""Signature levels and profiles the box offers, what each level requires, and which level a
+request gets that names none: the one statement of these rules for the API, its OpenAPI document,
+the console's settings page and the configuration."""
 
 from __future__ import annotations
 
@@ -22,6 +24,18 @@ class Level(str, enum.Enum):
     @property
     def needs_revocation_data(self) -> bool:
         return self in (Level.B_LT, Level.B_LTA)
+
+
+DEFAULT_LEVEL = Level.B_T  # [signing] default_level of a box whose box.toml names none
+
+# From a hash the box makes a CMS; B-LTA needs the whole document (its archive timestamp covers the
+# PDF's DSS), so only the PDF endpoint offers it.
+HASH_LEVELS = (Level.B_B, Level.B_T, Level.B_LT)
+
+
+def hash_level(default: Level) -> Level:
+    """The level a hash request naming none gets when the box's default is ``default``."""
+    return Level.B_LT if default is Level.B_LTA else default
 
 
 class Profile(str, enum.Enum):

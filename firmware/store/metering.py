@@ -19,24 +19,32 @@ DEFAULT_SCOPES = ("hash", "pdf")
 
 
 class Refusal(Exception):
-    """A request the client is not allowed to make right now; nothing was signed or charged."""
+    """A request the client is not allowed to make right now; nothing was signed or charged.
 
-    status = "403 Forbidden"
-    code = "forbidden"
+    Each kind has one status and code on every face of the box: see firmware/operations/errors.py.
+    """
 
 
 class ScopeDenied(Refusal):
-    code = "scope_denied"
+    """The client's scopes do not include the endpoint's."""
 
 
 class QuotaExhausted(Refusal):
-    status = "402 Payment Required"
-    code = "quota_exhausted"
+    """The client's purchased calls are used up."""
 
 
 class RateLimited(Refusal):
-    status = "429 Too Many Requests"
-    code = "rate_limited"
+    """The client's calls per minute or per day are used up."""
+
+
+_SCOPE_USES = {"hash": "hash signing", "pdf": "PDF signing", "timestamp": "the timestamp service"}
+
+
+def require_scope(scopes: tuple[str, ...], scope: str) -> None:
+    """Raise ScopeDenied unless ``scope`` is among a client's ``scopes``: the one scope check of
+    the native API and the CSC API."""
+    if scope not in scopes:
+        raise ScopeDenied(f"this client may not use {_SCOPE_USES[scope]} (scopes: {', '.join(scopes)})")
 
 
 def _signed_since(conn: sqlite3.Connection, client_id: str, since: datetime) -> int:

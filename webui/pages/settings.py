@@ -7,7 +7,7 @@ import urllib.parse
 import falcon
 
 from firmware.config import ConfigError, check_proxy_url, redacted_url
-from firmware.signing.levels import Level
+from firmware.signing.levels import Level, parse_enum
 from firmware.signing.pdf_signing import check_stamp_text
 
 from .. import tls
@@ -69,9 +69,7 @@ class SigningSettings(Page):
         form = req.context.form
         try:
             urls = _tsa_urls(form.get("tsa_urls"))
-            level = form.get("default_level")
-            if level not in [lv.value for lv in Level]:
-                raise ValueError("choose one of the offered levels")
+            level = parse_enum(Level, form.get("default_level"), "level").value
             stamp = form.get("stamp_text").strip()
             check_stamp_text(stamp)
         except ValueError as exc:  # InvalidRequest included

@@ -1,0 +1,139 @@
+"""The native API's request schemas: one description of each JSON body and query string, from which
+the OpenAPI document is built (openapi.py) and requests are read (signatures.py, pdf.py).
+
+One source for field names, types, levels and defaults, so the document cannot promise a field the
+parser does not read, and a level default shown to integrators is the running box's ([signing]
+default_level, changed from the console). The schemas are a small subset of JSON Schema — type,
+format byte, enum, default, minimum, minItems/maxItems, required — checked by hand here: the box
+carries no jsonschema dependency for five keywords.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from hsm import DIGEST_SIZES
+
+from ..errors import InvalidRequest
+from ..signing.hash_signing import MAX_BATCH
+from ..signing.levels import HASH_LEVELS, Level, Profile, hash_level
+from .bodies import b64decode
+
+__all__ = ["hash_body", "level_schema", "pdf_sign_query", "pdf_verify_query", "read_body", "read_query"]
+
+_B64 = {"type": "string", "format": "byte"}
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str, "integer": int, "boolean": bool, "array": list, "object": dict, "number": (int, float)}
+
+
+def level_schema(levels: Iterable[Level], default: Level | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "enum": [lv.value for lv in levels]}
+    return schema if default is None else {**schema, "default": default.value}
+
+
+def hash_body(default_level: Level, batch: bool) -> dict[str, Any]:
+    """POST /v1/signatures (one ``hash``) or /v1/signatures/batch (``hashes``)."""
+    digests = ({"hashes": {"type": "array", "items": _B64, "minItems": 1, "maxItems": MAX_BATCH}}
+               if batch else {"hash": {**_B64, "description": "the document's digest"}})
+    return {
+        "type": "object",
+        "required": ["hash_algorithm", *digests],
+        "properties": {
+            # no enum: the token decides, and refuses others as invalid_hash
+            "hash_algorithm": {"type": "string", "description": f"one of {', '.join(sorted(DIGEST_SIZES))}"},
+            "level": level_schema(HASH_LEVELS, hash_level(default_level)),
+            "profile": {"type": "string", "enum": [p.value for p in Profile], "default": Profile.PADES.value},
+            **digests,
+        },
+    }
+
+
+def pdf_sign_query(default_level: Level) -> dict[str, Any]:
+    """POST /v1/pdf/sign: the options, as query parameters beside the PDF body."""
+    return {"type": "object", "properties": {
+        "level": {**level_schema(list(Level), default_level), "description": "signature level"},
+        "reason": {"type": "string", "description": "signature reason"},
+        "location": {"type": "string", "description": "signing location"},
+        "field": {"type": "string", "description": "signature field name; default: the first empty field, "
+                                                    "else a new SignatureN"},
+        "certify": {"type": "boolean", "default": False, "description": "certification (DocMDP) signature"},
+        "docmdp": {"type": "integer", "enum": [1, 2, 3], "description": "DocMDP permission level"},
+        "stamp_page": {"type": "integer", "minimum": 1, "description": "page of a new visible stamp"},
+        "stamp_box": {"type": "string", "description": "x1,y1,x2,y2 in points: a new visible field there"},
+        "stamp_text": {"type": "string", "description": "stamp text, in a new stamp or an existing visible "
+                                                        "field; characters its font cannot show are refused"},
+    }}
+
+
+def pdf_verify_query() -> dict[str, Any]:
+    """POST /v1/pdf/verify."""
+    return {"type": "object", "properties": {
+        "format": {"type": "string", "enum": ["json", "etsi"],
+                   "description": "default json; etsi (or Accept: application/xml) gives the ETSI validation report"},
+    }}
+
+
+def read_body(schema: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The body's fields the schema names, checked, with defaults filled in and base64 decoded.
+
+    Fields the schema does not name are ignored (clients may send more than the box reads).
+    """
+    out: dict[str, Any] = {}
+    for name, prop in schema["properties"].items():
+        value = body.get(name)
+        if value is None:
+            value = prop.get("default")
+        if value is None:
+            if name in schema.get("required", ()):
+                raise InvalidRequest(f"missing field {name!r}")
+            continue
+        out[name] = _checked(prop, value, name)
+    return out
+
+
+def read_query(schema: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+    """The query's options (one value each), converted to the schema's types, with defaults."""
+    properties = schema["properties"]
+    unknown = sorted(set(params) - set(properties))
+    if unknown:
+        raise InvalidRequest(f"unknown option(s) {', '.join(unknown)}; use {', '.join(sorted(properties))}")
+    out: dict[str, Any] = {}
+    for name, prop in properties.items():
+        if name in params:
+            out[name] = _checked(prop, _from_text(prop["type"], params[name], name), name)
+        elif "default" in prop:
+            out[name] = prop["default"]
+    return out
+
+
+def _from_text(kind: str, text: str, name: str) -> object:
+    if kind == "integer":
+        try:
+            return int(text)
+        except ValueError:
+            raise InvalidRequest(f"{name} must be an integer") from None
+    if kind == "boolean":
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise InvalidRequest(f"{name} must be true or false")
+    return text
+
+
+def _checked(prop: dict[str, Any], value: object, name: str) -> Any:
+    kind = prop["type"]
+    if not isinstance(value, _JSON_TYPES[kind]) or (kind != "boolean" and isinstance(value, bool)):
+        raise InvalidRequest(f"field {name!r} must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
+    if "enum" in prop and value not in prop["enum"]:
+        raise InvalidRequest(f"unknown {name} {value!r}; use one of {', '.join(map(str, prop['enum']))}")
+    if isinstance(value, int) and value < prop.get("minimum", value):
+        raise InvalidRequest(f"{name} must be at least {prop['minimum']}")
+    if isinstance(value, list):
+        if not prop["minItems"] <= len(value) <= prop["maxItems"]:  # arrays here always bound both
+            raise InvalidRequest(f"{name} holds {prop['minItems']} to {prop['maxItems']} items")
+        return [_checked(prop["items"], item, f"{name}[{i}]") for i, item in enumerate(value)]
+    if prop.get("format") == "byte":
+        return b64decode(value, name)
+    return value
