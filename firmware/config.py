@@ -1,50 +1,99 @@
-"""The box's configuration: one TOML file in the state directory.
+"""The box's configuration: one TOML file in the state directory, and its one schema.
 
 Everything that differs between a development box and a field box (token module, TSA URLs,
-certificate chain) is here, so moving to a YubiHSM2 or a production CA is a config change.
+certificate chain, network) is here, so moving to a YubiHSM2 or a production CA is a config change.
 Secrets are never in this file: the token PIN is read from a file or an environment variable.
+
+The schema is the section classes below: one frozen dataclass per ``[section]`` whose fields are
+the section's keys, with their types and defaults (`SECTIONS`). Every reader goes through it: the
+signing service (`BoxConfig.load`), provisioning, the console, and the image's scripts through
+`esignbox config get KEY` (`effective_value`), so no default is written down twice. A box.toml
+with an unknown section or key, a value of the wrong type or one that breaks a rule (a level the
+box does not offer, a TSA URL that is not http(s), a port out of range) is refused at load with
+the line and the reason: a typo must stop the box at start, not be ignored.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from hsm import TokenConfig
 
-from .signing.levels import DEFAULT_LEVEL
+from .signing.levels import DEFAULT_LEVEL, Level
 from .store.storage import MB, StorageBudget
+
+__all__ = [
+    "CONFIG_NAME", "SECTIONS", "STAMP_LOGO_NAME", "ApiSettings", "AuditSettings", "BoxConfig", "BoxSettings",
+    "ConfigError", "ConsoleSettings", "DevSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
+    "ProvisionedSettings", "RevocationSettings", "SigningSettings", "TokenSettings", "check_http_url",
+    "check_proxy_url", "default_value", "effective_value", "redacted_url",
+]
 
 CONFIG_NAME = "box.toml"
 STAMP_LOGO_NAME = "stamp-logo.png"  # the stamp logo's file unless [signing] stamp_logo_file names another
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 class ConfigError(ValueError):
     """The configuration is missing or inconsistent."""
 
 
+class _Section:
+    """A section of the schema: a frozen dataclass whose fields are the section's keys."""
+
+    def check(self) -> None:
+        """Rules beyond the types (ranges, URLs, levels); raises _Invalid."""
+
+
+class _Invalid(Exception):
+    """A rule a section's values break: ``key`` None means the section as a whole."""
+
+    def __init__(self, key: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.key, self.reason = key, reason
+
+
+def _port(key: str, value: int | None, low: int = 1) -> None:
+    if value is not None and not low <= value <= 65535:
+        raise _Invalid(key, f"must be a port from {low} to 65535, not {value}")
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise _Invalid(key, f"must be positive, not {value}")
+
+
+def check_http_url(url: str, key: str = "url") -> str:
+    """The rule for a TSA, OCSP or CRL URL: http:// or https:// with a host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid(key, f"must be an http:// or https:// URL, not {url!r}")
+    return url
+
+
+def _hostname(key: str, value: str) -> None:
+    if len(value) > 253 or not all(_HOSTNAME_LABEL.match(label) for label in value.rstrip(".").split(".")):
+        raise _Invalid(key, f"must be a host name (letters, digits, '-', dot-separated), not {value!r}")
+
+
+def _ip(key: str, value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise _Invalid(key, f"must be an IP address, not {value!r}") from None
+
+
 @dataclass(frozen=True)
-class TokenSettings:
-    module: str
-    label: str
-    pin_file: Path | None
-    pin_env: str | None
-    sessions: int
-    environment: dict[str, str] = field(default_factory=dict)
-
-    def read_pin(self) -> str:
-        if self.pin_env and os.environ.get(self.pin_env):
-            return os.environ[self.pin_env]
-        if self.pin_file and self.pin_file.exists():
-            return self.pin_file.read_text().strip()
-        raise ConfigError("token PIN not found: set token.pin_file or token.pin_env")
-
-
-@dataclass(frozen=True)
-class ApiSettings:
+class ApiSettings(_Section):
     """``[api]``: where the signing API listens, and the limits that keep one client from blocking the others.
 
     waitress alone holds a connection until ``channel_timeout`` of silence and stops accepting
@@ -64,6 +113,12 @@ class ApiSettings:
     # Not capped per peer: the box itself (its nginx front, which caps per client, and health checks).
     uncapped_peers: tuple[str, ...] = ("127.0.0.1", "::1")
 
+    def check(self) -> None:
+        _port("port", self.port)
+        for key in ("threads", "max_pdf_mb", "connection_limit", "peer_connection_limit", "channel_timeout",
+                    "header_timeout"):
+            _positive(key, getattr(self, key))
+
     @property
     def max_pdf_bytes(self) -> int:
         return self.max_pdf_mb * 1024 * 1024
@@ -73,25 +128,105 @@ class ApiSettings:
         """The largest request body: a PDF plus 1 MiB for a JSON envelope around it."""
         return self.max_pdf_bytes + 1024 * 1024
 
-    @classmethod
-    def from_toml(cls, raw: dict) -> "ApiSettings":
-        default = cls()
-        peers = raw.get("uncapped_peers", list(default.uncapped_peers))
-        return cls(
-            host=str(raw.get("host", default.host)),
-            port=int(raw.get("port", default.port)),
-            threads=int(raw.get("threads", default.threads)),
-            max_pdf_mb=int(raw.get("max_pdf_mb", default.max_pdf_mb)),
-            connection_limit=int(raw.get("connection_limit", default.connection_limit)),
-            channel_timeout=float(raw.get("channel_timeout", default.channel_timeout)),
-            header_timeout=float(raw.get("header_timeout", default.header_timeout)),
-            peer_connection_limit=int(raw.get("peer_connection_limit", default.peer_connection_limit)),
-            uncapped_peers=tuple(str(p) for p in ([peers] if isinstance(peers, str) else peers)),
-        )
+
+@dataclass(frozen=True)
+class TokenSettings(_Section):
+    """``[token]``: the PKCS#11 module and token; paths are relative to the state directory."""
+
+    module: str
+    label: str
+    pin_file: Path | None = None
+    pin_env: str | None = None
+    sessions: int = 2
+    # Environment variables the module reads (SOFTHSM2_CONF, YUBIHSM_PKCS11_CONF), as paths.
+    environment_files: dict[str, Path] = field(default_factory=dict)
+
+    def check(self) -> None:
+        _positive("sessions", self.sessions)
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {name: str(path) for name, path in self.environment_files.items()}
+
+    def read_pin(self) -> str:
+        if self.pin_env and os.environ.get(self.pin_env):
+            return os.environ[self.pin_env]
+        if self.pin_file and self.pin_file.exists():
+            return self.pin_file.read_text().strip()
+        raise ConfigError("token PIN not found: set token.pin_file or token.pin_env")
 
 
 @dataclass(frozen=True)
-class ConsoleSettings:
+class SigningSettings(_Section):
+    """``[signing]``: the signing key, its chain, the TSAs, and what a signature looks like by default."""
+
+    key_label: str = "box-signing"
+    previous_key_label: str | None = None  # written by activation, for rollback-key
+    chain_file: Path = Path("box-chain.pem")  # leaf first
+    trust_roots_file: Path = Path("trust-roots.pem")
+    prefer_pss: bool = False
+    tsa_urls: tuple[str, ...] = ()  # tried in order
+    max_clock_skew_seconds: float = 60.0  # against the TSA's genTime
+    default_level: str = DEFAULT_LEVEL.value  # set from the admin console
+    stamp_text: str = ""  # the default text of a visible PDF stamp
+    stamp_background: str = "#eef3f8"  # the stamp's opaque panel
+    stamp_border: str = "#1f3a5f"
+    stamp_logo_file: Path = Path(STAMP_LOGO_NAME)  # PNG inside the state directory
+
+    def check(self) -> None:
+        if self.default_level not in [level.value for level in Level]:
+            raise _Invalid("default_level", f"must be one of {', '.join(level.value for level in Level)},"
+                                             f" not {self.default_level!r}")
+        for url in self.tsa_urls:
+            check_http_url(url, "tsa_urls")
+        _positive("max_clock_skew_seconds", self.max_clock_skew_seconds)
+
+
+@dataclass(frozen=True)
+class MeteringSettings(_Section):
+    """``[metering]``."""
+
+    free_calls: int = 100  # calls a new API client may make unless it is given a quota
+
+    def check(self) -> None:
+        if self.free_calls < 0:
+            raise _Invalid("free_calls", "must not be negative")
+
+
+@dataclass(frozen=True)
+class AuditSettings(_Section):
+    """``[audit]``: anchoring, summarising refusals without a valid key, and the disk budget."""
+
+    anchor_interval_minutes: float = 60.0  # how often the audit chain's head is timestamped
+    refusal_window_seconds: float = 60.0  # refusals per peer and reason in one window: one entry + one summary
+    max_db_mb: float = StorageBudget().max_db_bytes / MB
+    min_free_mb: float = StorageBudget().min_free_bytes / MB
+
+    def check(self) -> None:
+        _positive("anchor_interval_minutes", self.anchor_interval_minutes)
+        _positive("refusal_window_seconds", self.refusal_window_seconds)
+
+    @property
+    def refusal_window_s(self) -> float:
+        return self.refusal_window_seconds
+
+    @property
+    def budget(self) -> StorageBudget:
+        return StorageBudget(max_db_bytes=int(self.max_db_mb * MB), min_free_bytes=int(self.min_free_mb * MB))
+
+
+@dataclass(frozen=True)
+class DevSettings(_Section):
+    """``[dev]``: the development box's PKI servers (`esignbox init-dev`)."""
+
+    pki_port: int | None = None
+
+    def check(self) -> None:
+        _port("pki_port", self.pki_port)
+
+
+@dataclass(frozen=True)
+class ConsoleSettings(_Section):
     """``[console]``: the LAN-only admin console (webui/). Off unless ``enabled = true``."""
 
     enabled: bool = False
@@ -107,39 +242,13 @@ class ConsoleSettings:
     tls_cert_file: Path | None = None  # the organisation's certificate chain (PEM), if uploaded
     tls_key_file: Path | None = None
 
-    @classmethod
-    def from_toml(cls, raw: dict, resolve) -> "ConsoleSettings":
-        def strings(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-            value = raw.get(name, list(default))
-            if isinstance(value, str):
-                value = [value]
-            return tuple(str(v) for v in value)
-
-        return cls(
-            enabled=bool(raw.get("enabled", False)),
-            port=int(raw.get("port", 8443)),
-            listen=strings("listen", ("auto",)),
-            allow=strings("allow", ("auto",)),
-            names=strings("names", ()),
-            session_idle_minutes=float(raw.get("session_idle_minutes", 15)),
-            max_failures=int(raw.get("max_failures", 5)),
-            lockout_minutes=float(raw.get("lockout_minutes", 10)),
-            internal_port=int(raw.get("internal_port", 0)),
-            nginx=raw.get("nginx"),
-            tls_cert_file=resolve(raw.get("tls_cert_file")),
-            tls_key_file=resolve(raw.get("tls_key_file")),
-        )
-
-
-def _inside(state_dir: Path, path: Path, setting: str) -> Path:
-    """Files the console may rewrite stay in the state directory."""
-    if not path.is_relative_to(state_dir.resolve()):
-        raise ConfigError(f"{setting}: {path} is outside the state directory {state_dir}")
-    return path
+    def check(self) -> None:
+        _port("port", self.port)
+        _port("internal_port", self.internal_port, low=0)
 
 
 @dataclass(frozen=True)
-class OutboundSettings:
+class OutboundSettings(_Section):
     """``[outbound]``: how the box reaches TSAs, OCSP responders and CRL servers.
 
     ``proxy`` is the organisation's HTTP proxy (http://host:port, credentials allowed in the
@@ -150,13 +259,98 @@ class OutboundSettings:
     proxy: str | None = None
     no_proxy: str | None = None
 
-    @classmethod
-    def from_toml(cls, raw: dict) -> "OutboundSettings":
-        proxy = raw.get("proxy") or None
-        if proxy is not None:
-            check_proxy_url(str(proxy))
-        no_proxy = raw.get("no_proxy") or None
-        return cls(proxy=proxy, no_proxy=None if no_proxy is None else str(no_proxy))
+    def check(self) -> None:
+        if self.proxy:
+            try:
+                check_proxy_url(self.proxy)
+            except ConfigError as exc:
+                raise _Invalid("proxy", str(exc)) from None
+
+
+@dataclass(frozen=True)
+class BoxSettings(_Section):
+    """``[box]``: the box's name, written by provisioning (``box_name``) and shown on its reports."""
+
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class NetworkSettings(_Section):
+    """``[network]``: the box's address on the LAN, applied by `esignbox network apply` (firmware/network.py).
+
+    Unset, the image's default holds: DHCP on every wired interface. Provisioning writes it
+    (provisioning/manifest.py ``network``); ``api_host``/``api_port`` of a bundle go to ``[api]``.
+    """
+
+    hostname: str | None = None
+    mode: str | None = None  # "dhcp" or "static"; None: DHCP, as the image does by default
+    address: str | None = None  # with its prefix length, e.g. 192.0.2.10/24 (static only)
+    gateway: str | None = None
+    dns: tuple[str, ...] = ()  # IP addresses of name servers
+    ntp: tuple[str, ...] = ()  # time servers, names or addresses
+
+    def check(self) -> None:
+        if self.hostname is not None:
+            _hostname("hostname", self.hostname)
+        if self.mode not in (None, "dhcp", "static"):
+            raise _Invalid("mode", f'must be "dhcp" or "static", not {self.mode!r}')
+        if self.address is not None:
+            try:
+                ipaddress.ip_interface(self.address)
+            except ValueError:
+                raise _Invalid("address", f"must be an address with prefix length, e.g. 192.0.2.10/24,"
+                                          f" not {self.address!r}") from None
+            if "/" not in self.address:
+                raise _Invalid("address", f"needs its prefix length, e.g. {self.address}/24")
+        if self.gateway is not None:
+            _ip("gateway", self.gateway)
+        if self.mode == "static" and self.address is None:
+            raise _Invalid(None, "a static configuration needs an address")
+        if self.mode != "static" and (self.address or self.gateway):
+            raise _Invalid(None, 'an address or gateway needs mode = "static"')
+        for server in self.dns:
+            _ip("dns", server)
+        for server in self.ntp:
+            try:
+                _ip("ntp", server)
+            except _Invalid:
+                _hostname("ntp", server)
+
+
+@dataclass(frozen=True)
+class RevocationSettings(_Section):
+    """``[revocation]``: where the box gets revocation data for its certificates (firmware/signing/revocation.py).
+
+    Set, these are asked instead of the OCSP responders and CRL distribution points the
+    certificates name: for a box whose network reaches the CA only through an internal mirror.
+    """
+
+    ocsp_urls: tuple[str, ...] = ()
+    crl_urls: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        for key in ("ocsp_urls", "crl_urls"):
+            for url in getattr(self, key):
+                check_http_url(url, key)
+
+
+@dataclass(frozen=True)
+class ProvisionedSettings(_Section):
+    """``[provisioned]``: which bundle made this configuration generation (provisioning/apply.py). Read-only."""
+
+    generation: int | None = None
+    counter: int | None = None
+    bundle: str | None = None  # the bundle's digest
+    key_id: str | None = None  # the provisioning key that signed it
+    applied_at: str | None = None
+
+
+SECTIONS: dict[str, type] = {
+    "api": ApiSettings, "token": TokenSettings, "signing": SigningSettings, "metering": MeteringSettings,
+    "audit": AuditSettings, "dev": DevSettings, "console": ConsoleSettings, "outbound": OutboundSettings,
+    "box": BoxSettings, "network": NetworkSettings, "revocation": RevocationSettings,
+    "provisioned": ProvisionedSettings,
+}
 
 
 def redacted_url(url: str | None) -> str:
@@ -178,55 +372,182 @@ def check_proxy_url(url: str) -> str:
     return url
 
 
-@dataclass(frozen=True)
-class AuditSettings:
-    """``[audit]`` beyond anchoring: summarising refusals without a valid key, and the disk budget."""
+# -- reading a section through the schema ---------------------------------------------------------
 
-    refusal_window_s: float = 60.0  # refusals per peer and reason in one window: one entry + one summary
-    budget: StorageBudget = field(default_factory=StorageBudget)
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", Path: "a path (text)"}
 
-    @classmethod
-    def from_toml(cls, raw: dict) -> "AuditSettings":
-        default = StorageBudget()
-        window_s = float(raw.get("refusal_window_seconds", 60))
-        if window_s <= 0:
-            raise ConfigError("[audit] refusal_window_seconds must be positive")
-        return cls(
-            refusal_window_s=window_s,
-            budget=StorageBudget(
-                max_db_bytes=int(float(raw.get("max_db_mb", default.max_db_bytes / MB)) * MB),
-                min_free_bytes=int(float(raw.get("min_free_mb", default.min_free_bytes / MB)) * MB),
-            ),
-        )
+
+def _scalar(kind: type, value: Any, key: str) -> Any:
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else
+                                                                   str if kind is Path else kind):
+        raise _Invalid(key, f"must be {_TYPE_NAMES[kind]}, not {value!r}")
+    return float(value) if kind is float else Path(value) if kind is Path else value
+
+
+def _typed(hint: Any, value: Any, key: str) -> Any:
+    """``value`` from TOML as the field's type says, or _Invalid."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _Invalid(key, f"must be a list of {_TYPE_NAMES[args[0]]}, not {value!r}")
+        return tuple(_scalar(args[0], item, key) for item in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Invalid(key, f"must be a table of {_TYPE_NAMES[args[1]]}, not {value!r}")
+        return {str(name): _scalar(args[1], item, f"{key}.{name}") for name, item in value.items()}
+    return _scalar(args[0] if args else hint, value, key)
+
+
+def _resolved(value: Any, state_dir: Path) -> Any:
+    """Paths in box.toml are relative to the state directory."""
+    if isinstance(value, Path):
+        return (state_dir / value).resolve()
+    if isinstance(value, dict):
+        return {name: _resolved(item, state_dir) for name, item in value.items()}
+    return value
+
+
+def _section(cls: type, raw: dict[str, Any], state_dir: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise _Invalid(key, f"unknown setting (known: {', '.join(fields)})")
+    values = {}
+    for name, spec in fields.items():
+        if name in raw:
+            values[name] = _typed(hints[name], raw[name], name)
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise _Invalid(name, "missing setting (it has no default)")
+    section = cls(**values)
+    section = dataclasses.replace(section, **{
+        name: _resolved(getattr(section, name), state_dir) for name in fields})
+    section.check()
+    return section
+
+
+def _line_of(text: str, section: str, key: str | None) -> int | None:
+    """The line of ``key`` in ``[section]`` (or of the section's header), where it can be found."""
+    current = None
+    for number, line in enumerate(text.splitlines(), 1):
+        header = re.match(r"\s*\[\s*([A-Za-z0-9_.-]+)\s*\]", line)
+        if header:
+            current = header.group(1)
+            if key is None and current == section:
+                return number
+        elif key is not None and current == section and re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return number
+    return None
+
+
+def _sections(path: Path, text: str, state_dir: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    for name in raw:
+        if name not in SECTIONS:
+            line = _line_of(text, name, None)
+            where = f", line {line}" if line else ""
+            raise ConfigError(f"{path}{where}: [{name}]: unknown section (known: {', '.join(SECTIONS)})")
+    for name, cls in SECTIONS.items():
+        values = raw.get(name, {})
+        try:
+            if not isinstance(values, dict):
+                raise _Invalid(None, "must be a table")
+            yield name, _section(cls, values, state_dir)
+        except _Invalid as exc:
+            section, key = (f"{name}.{exc.key.split('.')[0]}", exc.key.split(".", 1)[1]) \
+                if exc.key and "." in exc.key else (name, exc.key)
+            line = _line_of(text, section, key) or _line_of(text, name, None)
+            where = f", line {line}" if line else ""
+            raise ConfigError(f"{path}{where}: [{name}]{' ' + exc.key if exc.key else ''}: {exc.reason}") from None
 
 
 @dataclass(frozen=True)
 class BoxConfig:
+    """Every section of box.toml, checked, with the defaults applied; paths resolved in the state directory."""
+
     state_dir: Path
     api: ApiSettings
     token: TokenSettings
-    key_label: str
-    chain_file: Path
-    trust_roots_file: Path
-    prefer_pss: bool
-    tsa_urls: list[str]
-    pki_port: int | None
-    free_calls: int
-    anchor_interval_s: float
-    max_clock_skew_s: float = 60.0  # [signing] max_clock_skew_seconds: against the TSA's genTime
-    default_level: str = DEFAULT_LEVEL.value  # [signing] default_level, set from the admin console
-    previous_key_label: str | None = None  # [signing] previous_key_label: written by activation, for rollback-key
-    stamp_text: str = ""  # [signing] stamp_text: the default text of a visible PDF stamp
-    stamp_background: str = "#eef3f8"  # [signing] stamp_background: the stamp's opaque panel
-    stamp_border: str = "#1f3a5f"  # [signing] stamp_border
-    stamp_logo_file: Path | None = None  # [signing] stamp_logo_file: PNG in the state dir; None: the default name
-    console: ConsoleSettings = field(default_factory=ConsoleSettings)
-    outbound: OutboundSettings = field(default_factory=OutboundSettings)
-    audit: AuditSettings = field(default_factory=AuditSettings)
+    signing: SigningSettings
+    metering: MeteringSettings
+    audit: AuditSettings
+    dev: DevSettings
+    console: ConsoleSettings
+    outbound: OutboundSettings
+    box: BoxSettings
+    network: NetworkSettings
+    revocation: RevocationSettings
+    provisioned: ProvisionedSettings
 
     def __post_init__(self) -> None:
-        if self.stamp_logo_file is None:
-            object.__setattr__(self, "stamp_logo_file", self.state_dir / STAMP_LOGO_NAME)
+        if not self.signing.stamp_logo_file.is_relative_to(self.state_dir):  # the console may rewrite it
+            raise ConfigError(f"[signing] stamp_logo_file: {self.signing.stamp_logo_file} is outside the state"
+                              f" directory {self.state_dir}")
+
+    # The settings by the names the services have always used.
+    @property
+    def key_label(self) -> str:
+        return self.signing.key_label
+
+    @property
+    def previous_key_label(self) -> str | None:
+        return self.signing.previous_key_label
+
+    @property
+    def chain_file(self) -> Path:
+        return self.signing.chain_file
+
+    @property
+    def trust_roots_file(self) -> Path:
+        return self.signing.trust_roots_file
+
+    @property
+    def prefer_pss(self) -> bool:
+        return self.signing.prefer_pss
+
+    @property
+    def tsa_urls(self) -> list[str]:
+        return list(self.signing.tsa_urls)
+
+    @property
+    def max_clock_skew_s(self) -> float:
+        return self.signing.max_clock_skew_seconds
+
+    @property
+    def default_level(self) -> str:
+        return self.signing.default_level
+
+    @property
+    def stamp_text(self) -> str:
+        return self.signing.stamp_text
+
+    @property
+    def stamp_background(self) -> str:
+        return self.signing.stamp_background
+
+    @property
+    def stamp_border(self) -> str:
+        return self.signing.stamp_border
+
+    @property
+    def stamp_logo_file(self) -> Path:
+        return self.signing.stamp_logo_file
+
+    @property
+    def free_calls(self) -> int:
+        return self.metering.free_calls
+
+    @property
+    def pki_port(self) -> int | None:
+        return self.dev.pki_port
+
+    @property
+    def anchor_interval_s(self) -> float:
+        return self.audit.anchor_interval_minutes * 60
 
     @property
     def api_host(self) -> str:
@@ -260,46 +581,42 @@ class BoxConfig:
     @classmethod
     def from_text(cls, state_dir: Path, text: str) -> "BoxConfig":
         """What box.toml ``text`` would configure; a change is checked with it before it is written."""
-        path = state_dir / CONFIG_NAME
-        raw = tomllib.loads(text)
+        resolved = state_dir.resolve()
+        return cls(state_dir=resolved, **dict(_sections(state_dir / CONFIG_NAME, text, resolved)))
 
-        def resolve(value: str | None) -> Path | None:
-            return None if value is None else (state_dir / value).resolve()
 
-        api, token, signing = raw.get("api", {}), raw.get("token", {}), raw.get("signing", {})
-        metering, audit = raw.get("metering", {}), raw.get("audit", {})
+# -- one setting by name, for `esignbox config get` and the image's scripts -----------------------
+
+def _split(key: str) -> tuple[type, str, str]:
+    section, _, name = key.partition(".")
+    cls = SECTIONS.get(section)
+    known = cls is not None and (name in {f.name for f in dataclasses.fields(cls)}
+                                 or isinstance(getattr(cls, name, None), property))
+    if not known:
+        raise ConfigError(f"no setting {key!r} in box.toml; settings are SECTION.KEY, sections:"
+                          f" {', '.join(SECTIONS)}")
+    return cls, section, name
+
+
+def default_value(key: str, state_dir: Path = Path(".")) -> Any:
+    """The value ``key`` ("api.port") has when box.toml does not set it."""
+    cls, section, name = _split(key)
+    spec = {f.name: f for f in dataclasses.fields(cls)}.get(name)
+    if spec is None:  # a value derived from the section's settings, e.g. api.max_request_bytes
         try:
-            environment = {k: str(resolve(v)) for k, v in token.get("environment_files", {}).items()}
-            return cls(
-                state_dir=state_dir.resolve(),
-                api=ApiSettings.from_toml(api),
-                token=TokenSettings(
-                    module=token["module"],
-                    label=token["label"],
-                    pin_file=resolve(token.get("pin_file")),
-                    pin_env=token.get("pin_env"),
-                    sessions=int(token.get("sessions", 2)),
-                    environment=environment,
-                ),
-                key_label=signing.get("key_label", "box-signing"),
-                previous_key_label=signing.get("previous_key_label"),
-                chain_file=resolve(signing.get("chain_file", "box-chain.pem")),
-                trust_roots_file=resolve(signing.get("trust_roots_file", "trust-roots.pem")),
-                prefer_pss=bool(signing.get("prefer_pss", False)),
-                tsa_urls=list(signing.get("tsa_urls", [])),
-                pki_port=raw.get("dev", {}).get("pki_port"),
-                free_calls=int(metering.get("free_calls", 100)),
-                anchor_interval_s=float(audit.get("anchor_interval_minutes", 60)) * 60,
-                max_clock_skew_s=float(signing.get("max_clock_skew_seconds", 60)),
-                default_level=str(signing.get("default_level", DEFAULT_LEVEL.value)),
-                stamp_text=str(signing.get("stamp_text", "")),
-                stamp_background=str(signing.get("stamp_background", cls.stamp_background)),
-                stamp_border=str(signing.get("stamp_border", cls.stamp_border)),
-                stamp_logo_file=_inside(state_dir, resolve(signing.get("stamp_logo_file", STAMP_LOGO_NAME)),
-                                        "[signing] stamp_logo_file"),
-                console=ConsoleSettings.from_toml(raw.get("console", {}), resolve),
-                outbound=OutboundSettings.from_toml(raw.get("outbound", {})),
-                audit=AuditSettings.from_toml(audit),
-            )
-        except KeyError as exc:
-            raise ConfigError(f"{path}: missing setting {exc}") from exc
+            return getattr(_section(cls, {}, state_dir.resolve()), name)
+        except _Invalid:
+            raise ConfigError(f"{key} has no default: box.toml must set [{section}]") from None
+    if spec.default is not dataclasses.MISSING:
+        return _resolved(spec.default, state_dir.resolve())
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    raise ConfigError(f"{key} has no default: box.toml must set it")
+
+
+def effective_value(state_dir: Path, key: str) -> Any:
+    """The value of ``key`` in force: box.toml's (checked as at start), else the default."""
+    _, section, name = _split(key)
+    if not (state_dir / CONFIG_NAME).exists():
+        return default_value(key, state_dir)
+    return getattr(getattr(BoxConfig.load(state_dir), section), name)

@@ -16,7 +16,7 @@ from firmware.config import ConfigError
 from firmware.store import audit
 from firmware.store.db import Database
 
-BOX_TOML = '[api]\nport = 1\n[token]\nmodule = "m.so"\nlabel = "t"\n[signing]\nkey_label = "a"\ntsa_urls = ["x"]\n'
+BOX_TOML = '[api]\nport = 1\n[token]\nmodule = "m.so"\nlabel = "t"\n[signing]\nkey_label = "a"\ntsa_urls = ["http://tsa"]\n'
 
 
 def _entries(state_dir: Path) -> list[dict]:
@@ -32,7 +32,7 @@ def test_update_is_crash_safe_keeps_other_settings_and_is_audited(tmp_path: Path
                    "console": {"port": 9}}
     assert not list(tmp_path.glob(".box.toml.tmp-*"))  # no temporary file left behind
     assert change.generation is None and change.config.key_label == "b"
-    assert change.changes == ["signing.key_label a→b", 'signing.tsa_urls ["x"]→(unset)', "console.port (unset)→9"]
+    assert change.changes == ["signing.key_label a→b", 'signing.tsa_urls ["http://tsa"]→(unset)', "console.port (unset)→9"]
     entry = _entries(tmp_path)[-1]
     assert (entry["actor"], entry["action"], entry["details"]) == (
         "admin:root", "settings.change", {"why": "test", "changes": change.changes})
