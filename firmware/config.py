@@ -35,7 +35,7 @@ __all__ = [
     "CONFIG_NAME", "SECTIONS", "STAMP_LOGO_NAME", "ApiSettings", "AuditSettings", "BoxConfig", "BoxSettings",
     "ConfigError", "ConsoleSettings", "DevSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
     "ProvisionedSettings", "RevocationSettings", "SigningSettings", "TokenSettings", "check_http_url",
-    "check_proxy_url", "default_value", "effective_value", "redacted_url",
+    "check_proxy_url", "default_value", "effective_value", "parse", "redacted_url",
 ]
 
 CONFIG_NAME = "box.toml"
@@ -441,11 +441,17 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
     return None
 
 
-def _sections(path: Path, text: str, state_dir: Path) -> Iterator[tuple[str, Any]]:
+def parse(text: str, path: Path = Path(CONFIG_NAME)) -> dict[str, Any]:
+    """box.toml's settings as written, unchecked and without defaults: what a change is merged into
+    (firmware/operations/configstore.py). Refused only if it is no TOML at all."""
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _sections(path: Path, text: str, state_dir: Path) -> Iterator[tuple[str, Any]]:
+    raw = parse(text, path)
     for name in raw:
         if name not in SECTIONS:
             line = _line_of(text, name, None)

@@ -24,18 +24,17 @@ import logging
 import os
 import shutil
 import sqlite3
-import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import tomli_w
 from asn1crypto import pem, x509
 from cryptography import x509 as cx509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-from firmware.config import BoxConfig, ConfigError
+from firmware.config import BoxConfig, ConfigError, parse
+from firmware.operations import configstore
 from firmware.errors import InvalidRequest
 from firmware.operations.keys import build_csr, check_chain, parse_subject
 from firmware.store import audit
@@ -258,10 +257,8 @@ def _render_config(base: dict, verified: VerifiedBundle, generation: int, applie
         "generation": generation, "counter": m.counter, "bundle": verified.raw.digest,
         "key_id": verified.key_id, "applied_at": applied_at,
     }
-    header = (f"# E-signature Box configuration, generation {generation}: written by provisioning bundle"
-              f" counter {m.counter}.\n# Edits here are replaced by the next bundle; previous generation:"
-              f" provisioning/previous/box.toml\n\n")
-    return header + tomli_w.dumps(raw)
+    return configstore.render(raw, f"provisioning bundle counter {m.counter} (generation {generation};"
+                                   " the next bundle replaces edits made here)")
 
 
 def _stage_snapshot(state: ProvisioningState, number: int, base_text: str, carry_from: Path | None) -> None:
@@ -273,15 +270,16 @@ def _stage_snapshot(state: ProvisioningState, number: int, base_text: str, carry
 
 
 def _stage(state: ProvisioningState, number: int, base: dict, carry_from: Path | None,
-           verified: VerifiedBundle, applied_at: str, source: str) -> None:
+           verified: VerifiedBundle, applied_at: str, source: str) -> BoxConfig:
+    """Stage generation ``number``; the configuration it makes, checked as the box will load it."""
     m, raw = verified.manifest, verified.raw
     with state.staging(number) as staging:
         text = _render_config(base, verified, number, applied_at)
         write_new(staging / "box.toml", text.encode())
         test_hook("staging", state.root)
         try:
-            BoxConfig.load(staging)
-        except (ConfigError, ValueError, tomllib.TOMLDecodeError) as exc:
+            config = BoxConfig.load(staging)
+        except ConfigError as exc:
             raise ProvisioningRefused("invalid-content", f"the resulting box.toml would not load: {exc}") from exc
         replaced = set()
         if m.trust_roots is not None:
@@ -304,6 +302,7 @@ def _stage(state: ProvisioningState, number: int, base: dict, carry_from: Path |
         status = {"generation": number, "adopted": False, "counter": m.counter, "bundle": raw.digest,
                   "key_id": verified.key_id, "applied_at": applied_at, "sections": m.sections(), "source": source}
         write_new(staging / "state.json", json.dumps(status, indent=2).encode() + b"\n")
+    return config
 
 
 # -- API clients, inside the commit transaction -------------------------------------------------------
@@ -350,8 +349,8 @@ def apply_bundle(state: ProvisioningState, verified: VerifiedBundle, tokens: Tok
         raise ProvisioningRefused("invalid-content", f"{state.box_toml} not found: the box image must provide one")
     base_text = state.box_toml.read_text()
     try:
-        base = tomllib.loads(base_text)
-    except tomllib.TOMLDecodeError as exc:
+        base = parse(base_text, state.box_toml)
+    except ConfigError as exc:
         raise ProvisioningRefused("invalid-content", f"the box.toml in force does not parse: {exc}") from exc
     conn = state.connect()
     _check_client_ids(conn, m.clients)
@@ -378,17 +377,16 @@ def apply_bundle(state: ProvisioningState, verified: VerifiedBundle, tokens: Tok
             result.previous, number = number, number + 1
             current_dir = state.generation_dir(result.previous)
         result.generation = number
-        _stage(state, number, base, current_dir, verified, applied_at, source)
+        config = _stage(state, number, base, current_dir, verified, applied_at, source)
         created.append(number)
         state.write_pending(number, result.previous, created, post_commit=m.admin_setup_code is not None)
         test_hook("staged", state.root)
 
-        free_calls = int(base.get("metering", {}).get("free_calls", 100))
         with immediate(conn):
             last = state.record(conn)
             if last is not None and m.counter <= last.counter:
                 raise ProvisioningRefused("replay", f"counter {m.counter} is not above {last.counter}")
-            entries, client_actions = _apply_clients(conn, m.clients, free_calls)
+            entries, client_actions = _apply_clients(conn, m.clients, config.free_calls)
             state.store_record(conn, Record(m.counter, number, raw.digest, verified.key_id, applied_at))
             result.actions.extend(client_actions)
             entries.append(audit.AuditEntry(ACTOR, "provision.apply", None, {

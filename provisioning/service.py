@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from firmware.config import BoxConfig, ConfigError
 from firmware.store import audit
 from firmware.store.db import immediate
 from hsm import Token
@@ -179,10 +180,8 @@ def _finish(state: ProvisioningState, tokens: TokenAccess, report: Report, files
     except Exception as exc:  # the report is still worth writing
         report.box_serial = f"unknown ({exc})"
     try:
-        import tomllib
-
-        report.box_name = tomllib.loads(state.box_toml.read_text()).get("box", {}).get("name")
-    except Exception:
+        report.box_name = BoxConfig.load(state.state_dir).box.name
+    except (ConfigError, OSError):  # the report is still worth writing without it
         pass
     if report.last_counter is None or report.result == "applied":
         record = state.record()

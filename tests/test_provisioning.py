@@ -162,6 +162,14 @@ def test_good_bundle_applies_everything_atomically(pbox: ProvBox, tmp_path: Path
                               "gateway": "192.0.2.1", "dns": ["192.0.2.53"], "ntp": ["ntp.example"]}
     assert raw["revocation"] == {"ocsp_urls": ["http://ocsp.example"], "crl_urls": ["http://crl.example/ca.crl"]}
     assert raw["token"]["pin_file"] == str(box_config.token.pin_file)  # the rest is carried over as it was
+    # the sections a bundle writes are read through the one schema, and box.toml has the one header
+    assert (config.box.name, config.network.hostname, config.network.address) == (
+        "signing-box-hq", "esign-hq", "192.0.2.10/24")
+    assert config.revocation.crl_urls == ("http://crl.example/ca.crl",) and config.provisioned.counter == 7
+    text = (pbox.state_dir / "box.toml").read_text()
+    written_by = f"provisioning bundle counter 7 (generation {report.generation};"
+    assert text.startswith(configstore.header("§").split("§")[0] + written_by)
+    assert configstore.header("§").split("§")[1] in text
 
     # box.toml now follows `current`; the configuration before is kept as `previous`
     assert os.readlink(pbox.state_dir / "box.toml") == "provisioning/current/box.toml"

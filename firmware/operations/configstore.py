@@ -13,27 +13,27 @@ away (issue 9). Now every change is
 - otherwise box.toml itself, replaced crash-safely (firmware.durable), then the audit entry.
 
 Bundles stage whole generations of their own (provisioning/apply.py) on the same store, under
-the same lock. tomli-w writes the file, so comments of a hand-written box.toml are not kept; a
-header says so.
+the same lock, with their box.toml made by `render` here. tomli-w writes the file, so comments of
+a hand-written box.toml are not kept; the one header (`header`) says so, who wrote it, and where
+the settings are described.
 """
 
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import tomli_w
 
-from ..config import BoxConfig, redacted_url
+from ..config import BoxConfig, parse, redacted_url
 from ..durable import write_durable
 from .generations import Generations
 from ..store import audit
 from ..store.db import Database
 
-__all__ = ["ConfigChange", "differences", "merged", "update"]
+__all__ = ["ConfigChange", "differences", "header", "merged", "render", "update"]
 
 _SHOWN_CHARS = 60  # a value longer than this is shortened in the descriptions of a change
 
@@ -84,10 +84,17 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k} {_shown(before.get(k))}→{_shown(after.get(k))}" for k in keys if before.get(k) != after.get(k)]
 
 
-def _header(actor: str, action: str) -> str:
-    return (f"# E-signature Box configuration. Last written by {actor} ({action}), which keeps no comments;\n"
-            "# every setting is described in README.md (\"Configuration\"). On a provisioned box the\n"
-            "# configuration before this change is provisioning/previous/box.toml.\n\n")
+def header(written_by: str) -> str:
+    """The comment every box.toml the box writes starts with."""
+    return (f"# E-signature Box configuration. Last written by {written_by}, which keeps no comments;\n"
+            "# every setting is described in README.md (\"Configuration\"); `esignbox config get SECTION.KEY`\n"
+            "# prints the value in force, defaults included. On a provisioned box the configuration\n"
+            "# before this change is provisioning/previous/box.toml.\n\n")
+
+
+def render(raw: dict[str, Any], written_by: str) -> str:
+    """box.toml's text for the settings ``raw``: the header, then the settings."""
+    return header(written_by) + tomli_w.dumps(raw)
 
 
 def update(state_dir: Path, changes: dict[str, dict[str, Any]], *, actor: str, action: str,
@@ -104,10 +111,10 @@ def update(state_dir: Path, changes: dict[str, dict[str, Any]], *, actor: str, a
         generations.use_database(db)
     with generations.locked():
         generations.recover()  # a change a crash interrupted is finished or undone first
-        old = tomllib.loads(generations.box_toml.read_text())
+        old = parse(generations.box_toml.read_text(), generations.box_toml)
         new = merged(old, changes)
         said = differences(old, new)
-        text = _header(actor, action) + tomli_w.dumps(new)
+        text = render(new, f"{actor} ({action})")
         proposed = BoxConfig.from_text(generations.state_dir, text)
         if check is not None:
             check(proposed)
