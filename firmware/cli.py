@@ -20,7 +20,7 @@ from asn1crypto import pem
 
 from hsm import KeyAlgorithm, Token
 
-from .config import BoxConfig
+from .config import BoxConfig, default_value, effective_value
 from .instance import hold_state_dir
 
 if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them at run time
@@ -273,6 +273,31 @@ def cmd_audit(args) -> None:
         print(f"anchored at entry {anchored}" if anchored else "nothing new to anchor")
 
 
+def _shown(value: Any) -> str:
+    """A setting as a script reads it: TOML's true/false, a list's items separated by spaces, nothing for unset."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return " ".join(_shown(item) for item in value)
+    return str(value)
+
+
+def cmd_config(args) -> None:
+    state_dir = Path(args.state_dir)
+    values = [default_value(key, state_dir) if args.default else effective_value(state_dir, key) for key in args.keys]
+    for value in values:
+        print(_shown(value))
+
+
+def cmd_network(args) -> None:
+    from .network import apply
+
+    for done in apply(_config(args).network, Path(args.run_dir)):
+        print(done)
+
+
 class ConsoleFailure(RuntimeError):
     """The console said why it could not start (no traceback needed in the log)."""
 
@@ -372,6 +397,19 @@ def parser(console: ConsoleStarter | None = None,
         "--after", type=int, default=0, metavar="SEQ", help="only entries after this sequence number")
     asub.add_parser("anchor", help="timestamp the chain's head now")
     s.set_defaults(func=cmd_audit)
+
+    s = sub.add_parser("config", help="read box.toml's settings as the box sees them")
+    csub = s.add_subparsers(dest="action", required=True)
+    c = csub.add_parser("get", help="print settings in force (defaults applied), one line each; exit 1 if box.toml is invalid")
+    c.add_argument("keys", nargs="+", metavar="SECTION.KEY", help="e.g. api.port (a list prints space-separated)")
+    c.add_argument("--default", action="store_true", help="the defaults, whatever box.toml says")
+    s.set_defaults(func=cmd_config)
+
+    s = sub.add_parser("network", help="apply [network] of box.toml to the system (esignbox-network.service)")
+    nsub = s.add_subparsers(dest="action", required=True)
+    c = nsub.add_parser("apply", help="write the systemd-networkd/timesyncd files and set the host name")
+    c.add_argument("--run-dir", default="/run", help="where systemd reads the files from (default /run)")
+    s.set_defaults(func=cmd_network)
 
     for extend in extensions:
         extend(sub)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from firmware.config import BoxConfig, ConfigError, default_value, effective_value
+
+from .support import ESIGNBOX
 
 MINIMAL = '[token]\nmodule = "m.so"\nlabel = "t"\n'
 
@@ -78,3 +81,17 @@ def test_effective_value_applies_defaults(tmp_path: Path):
             effective_value(tmp_path, key)
     with pytest.raises(ConfigError, match="no default"):
         effective_value(tmp_path / "nowhere", "token.module")
+
+
+def test_esignbox_config_get_prints_the_values_in_force(tmp_path: Path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([ESIGNBOX, "--state-dir", str(tmp_path), "config", "get", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    (tmp_path / "box.toml").write_text(MINIMAL + '[api]\nport = 9000\n[console]\nenabled = true\n')
+    result = run("api.port", "metering.free_calls", "console.enabled", "api.uncapped_peers", "network.hostname")
+    assert result.returncode == 0 and result.stdout == "9000\n100\ntrue\n127.0.0.1 ::1\n\n", result.stderr
+    assert run("--default", "api.port").stdout == "8080\n"
+    (tmp_path / "box.toml").write_text(MINIMAL + '[signing]\ndefault_level = "B-Q"\n')
+    result = run("api.port")
+    assert result.returncode == 1 and "line 5" in result.stderr and "default_level" in result.stderr
