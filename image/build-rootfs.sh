@@ -220,7 +220,7 @@ log "finish: users, units, read-only root"
 mount_chroot "$ROOT"
 in_root "$ROOT" systemd-sysusers
 in_root "$ROOT" systemctl enable systemd-networkd.service systemd-resolved.service systemd-timesyncd.service \
-    esignbox.service esignbox-tls.service esignbox-health.service nginx.service >/dev/null 2>&1
+    esignbox.service esignbox-network.service esignbox-tls.service esignbox-health.service nginx.service >/dev/null 2>&1
 in_root "$ROOT" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
     systemd-networkd-wait-online.service >/dev/null 2>&1
 in_root "$ROOT" systemctl set-default multi-user.target >/dev/null 2>&1

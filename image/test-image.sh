@@ -19,6 +19,7 @@ passed=0
 failed=0
 ok() { passed=$((passed + 1)); printf '  ok    %s\n' "$*"; }
 bad() { failed=$((failed + 1)); printf '  FAIL  %s\n' "$*"; }
+check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else bad "$what"; fi; }
 
 if [ -z "${SKIP_BUILD:-}" ]; then
     "$IMAGE_DIR/build-rootfs.sh" "$ARCH"
@@ -50,8 +51,29 @@ else
     bad "firmware self-test in the rootfs"
 fi
 
+log "test: [network] of box.toml -> systemd-networkd/timesyncd files and host name (esignbox network apply)"
+# The [network] a provisioning bundle writes (provisioning/apply.py, as tests/test_provisioning.py
+# checks), applied by the rootfs's own firmware in a private mount and UTS namespace.
+network_out=$(unshare --mount --uts --fork --propagation private -- bash -c '
+        set -e
+        root=$1
+        mount -t tmpfs tmpfs "$root/tmp" -o mode=1777
+        mkdir "$root/tmp/box"
+        printf "%s\n" "[token]" "module = \"m.so\"" "label = \"t\"" "[network]" "hostname = \"esign-hq\"" \
+            "mode = \"static\"" "address = \"192.0.2.10/24\"" "gateway = \"192.0.2.1\"" "dns = [\"192.0.2.53\"]" \
+            "ntp = [\"ntp.example\"]" > "$root/tmp/box/box.toml"
+        chroot "$root" /opt/esignbox/venv/bin/esignbox --state-dir /tmp/box network apply --run-dir /tmp/run
+        cat "$root/tmp/run/systemd/network/10-esignbox.network" "$root/tmp/run/systemd/timesyncd.conf.d/50-esignbox.conf"
+        echo "hostname=$(hostname)"
+    ' network "$ROOT" 2>&1) || true
+for line in Address=192.0.2.10/24 Gateway=192.0.2.1 DNS=192.0.2.53 NTP=ntp.example hostname=esign-hq; do
+    check "[network] in box.toml gives $line" grep -qx "$line" <<<"$network_out"
+done
+check "the image's default network (DHCP) sorts after the box's own file" \
+    test -f "$ROOT/etc/systemd/network/20-wired.network"
+
 log "test: systemd-analyze verify"
-UNITS=(esignbox.service esignbox-tls.service esignbox-health.service esignbox-provision@sdz1.service nginx.service)
+UNITS=(esignbox.service esignbox-network.service esignbox-tls.service esignbox-health.service esignbox-provision@sdz1.service nginx.service)
 verify_out=$BUILD_DIR/$ARCH/systemd-analyze-verify.txt
 ( cd "$ROOT/etc/systemd/system" && SYSTEMD_LOG_LEVEL=notice systemd-analyze --root="$ROOT" --man=no verify "${UNITS[@]}" ) \
     >"$verify_out" 2>&1
@@ -69,7 +91,6 @@ exposure=$(grep -oE 'Overall exposure level for esignbox.service: [0-9.]+ [A-Z]+
 [ -n "$exposure" ] && ok "systemd-analyze security (offline): ${exposure#Overall }"
 
 log "test: image wiring"
-check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else bad "$what"; fi; }
 svc=$ROOT/etc/systemd/system/esignbox.service
 for d in 'User=esignbox' 'ProtectSystem=strict' 'NoNewPrivileges=yes' 'PrivateTmp=yes' 'Restart=on-failure' \
          'StateDirectory=esignbox/box' 'SupplementaryGroups=esignbox-token'; do
@@ -79,7 +100,7 @@ check "esignbox.service listens on loopback only (nginx is its network face)" \
     grep -qE '^ExecStart=.* serve --host 127\.0\.0\.1$' "$svc"
 check "nginx includes the per-client limits from box.toml" \
     grep -qx 'include /run/nginx/esignbox-limits.conf;' "$ROOT/etc/nginx/sites-available/esignbox.conf"
-for u in esignbox esignbox-tls esignbox-health nginx systemd-networkd systemd-resolved; do
+for u in esignbox esignbox-network esignbox-tls esignbox-health nginx systemd-networkd systemd-resolved; do
     check "$u.service enabled" bash -c "ls $ROOT/etc/systemd/system/*.target.wants/$u.service"
 done
 check "user esignbox exists, no login shell" grep -qE '^esignbox:[^:]*:[0-9]+:[0-9]+:[^:]*:/var/lib/esignbox/box:/usr/sbin/nologin$' "$ROOT/etc/passwd"
