@@ -85,7 +85,8 @@ class Box:
         timestamper = FallbackTimeStamper(config.tsa_urls, clock=clock) if config.tsa_urls else None
         if timestamper is not None:
             clock.probe = timestamper.probe
-        revocation = RevocationService(load_certificates(config.trust_roots_file))
+        revocation = RevocationService(load_certificates(config.trust_roots_file),
+                                       ocsp_urls=config.revocation.ocsp_urls, crl_urls=config.revocation.crl_urls)
         hash_signing = HashSigningService(signer, timestamper, revocation, ledger)
         pdf_signing = PdfSigningService(
             signer, timestamper, revocation, ledger, config.max_pdf_bytes, StampLook.from_config(config)

@@ -5,6 +5,9 @@ is not one OCSP/CRL round trip per signature; (2) `collect`, which validates a c
 in hard-fail mode and returns exactly the certificates, CRLs and OCSP responses that proved it —
 the LTV data a PDF's DSS or a CAdES B-LT needs. Hard-fail is the point: if revocation data
 cannot be had, no one gets a signature that claims B-LT.
+
+``[revocation]`` of box.toml (ocsp_urls, crl_urls) names responders and CRLs asked instead of
+those the certificates name, for a box that reaches its CA only through an internal mirror.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from asn1crypto import crl, ocsp, x509
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError, RevokedError
 from pyhanko_certvalidator.fetchers.api import CRLFetcher, Fetchers, OCSPFetcher
+from pyhanko_certvalidator.fetchers.common_utils import (
+    crl_job_results_as_completed,
+    format_ocsp_request,
+    ocsp_job_get_earliest,
+)
 from pyhanko_certvalidator.fetchers.requests_fetchers import RequestsFetcherBackend
+from pyhanko_certvalidator.fetchers.requests_fetchers.crl_client import RequestsCRLFetcher
+from pyhanko_certvalidator.fetchers.requests_fetchers.ocsp_client import RequestsOCSPFetcher
 
 # Revocation data without a nextUpdate is reused for at most this long.
 DEFAULT_TTL_S = 300.0
@@ -131,16 +141,45 @@ class _CachingCRLFetcher(CRLFetcher):
         return self._fetched[cert.issuer_serial]
 
 
+class _ConfiguredOCSPFetcher(RequestsOCSPFetcher):
+    """Asks the responders of [revocation] ocsp_urls (the first good answer wins), not the certificate's."""
+
+    def __init__(self, urls: tuple[str, ...], timeout_s: float) -> None:
+        super().__init__(per_request_timeout=timeout_s)
+        self._urls = urls
+
+    async def _fetch(self, cert, authority) -> ocsp.OCSPResponse:
+        request = format_ocsp_request(cert, authority, certid_hash_algo=self.certid_hash_algo,
+                                      request_nonces=self.request_nonces)
+        return await ocsp_job_get_earliest(self._fetch_single(url, request) for url in self._urls)
+
+
+class _ConfiguredCRLFetcher(RequestsCRLFetcher):
+    """Fetches the CRLs of [revocation] crl_urls, not the certificate's distribution points."""
+
+    def __init__(self, urls: tuple[str, ...], timeout_s: float) -> None:
+        super().__init__(per_request_timeout=timeout_s)
+        self._urls = urls
+
+    async def _fetch(self, cert, *, use_deltas):
+        async for fetched in crl_job_results_as_completed(self._fetch_single(url) for url in self._urls):
+            yield fetched
+
+
 class RevocationService:
     def __init__(
         self,
         trust_roots: list[x509.Certificate],
         cache: RevocationCache | None = None,
         timeout_s: float = 10.0,
+        ocsp_urls: tuple[str, ...] = (),
+        crl_urls: tuple[str, ...] = (),
     ) -> None:
         self._trust_roots = trust_roots
         self._cache = cache or RevocationCache()
         self._backend = RequestsFetcherBackend(per_request_timeout=timeout_s)
+        self._timeout_s = timeout_s
+        self._ocsp_urls, self._crl_urls = ocsp_urls, crl_urls
 
     @property
     def trust_roots(self) -> list[x509.Certificate]:
@@ -149,9 +188,11 @@ class RevocationService:
     def validation_context(self, other_certs: Iterable[x509.Certificate] = ()) -> ValidationContext:
         """A hard-fail context whose fetchers go through the shared cache."""
         inner = self._backend.get_fetchers()
+        ocsp_fetcher = _ConfiguredOCSPFetcher(self._ocsp_urls, self._timeout_s) if self._ocsp_urls else inner.ocsp_fetcher
+        crl_fetcher = _ConfiguredCRLFetcher(self._crl_urls, self._timeout_s) if self._crl_urls else inner.crl_fetcher
         fetchers = Fetchers(
-            ocsp_fetcher=_CachingOCSPFetcher(inner.ocsp_fetcher, self._cache),
-            crl_fetcher=_CachingCRLFetcher(inner.crl_fetcher, self._cache),
+            ocsp_fetcher=_CachingOCSPFetcher(ocsp_fetcher, self._cache),
+            crl_fetcher=_CachingCRLFetcher(crl_fetcher, self._cache),
             cert_fetcher=inner.cert_fetcher,
         )
         return ValidationContext(
