@@ -23,7 +23,7 @@ from .api.openapi import OpenApiResource
 from .api.usage import UsageResource
 from .config import BoxConfig, ConfigError
 from .errors import InvalidRequest
-from .operations.keys import check_chain, load_certificates
+from .certificates import check_chain, load_certificates
 from .outbound import apply_outbound
 from .csc.routes import CscSessions, add_csc_routes
 from .signing.clock import ClockWatch

@@ -2,7 +2,7 @@
 
 1. Token work that cannot be undone but is harmless to repeat: generate the requested key (a key
    already carrying that label is reused), write its CSR; check an issued chain against its key
-   (firmware.operations.keys.check_chain) and against the trust roots, signatures included.
+   (firmware.certificates.check_chain) and against the trust roots, signatures included.
 2. Stage a new generation directory: box.toml rendered from the configuration in force plus the
    manifest, the files carried forward or replaced, admin.json, the verified bundle's bytes;
    every file fsynced, then the directory renamed into place. A half-written stage is a
@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Callable
 
 from asn1crypto import pem, x509
-from cryptography import x509 as cx509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from firmware.config import BoxConfig, ConfigError, parse
 from firmware.operations import configstore
 from firmware.errors import InvalidRequest
-from firmware.operations.keys import build_csr, check_chain, parse_subject
+from firmware.certificates import as_pyca, check_chain, load_certificates
+from firmware.operations.keys import build_csr, parse_subject
 from firmware.store import audit
 from firmware.store import clients as client_store
 from firmware.store.db import immediate
@@ -49,7 +49,7 @@ from firmware.durable import write_durable, write_new
 from firmware.operations.generations import RolledBack
 from .manifest import ClientSpec, Manifest
 from .state import ProvisioningState, Record, box_id_path, test_hook
-from .verify import VerifiedBundle, load_pem_certificates
+from .verify import VerifiedBundle
 
 log = logging.getLogger("esignbox.provisioning")
 
@@ -169,13 +169,9 @@ def _key_request(tokens: TokenAccess, manifest: Manifest, state: ProvisioningSta
     result.actions.append(f"wrote {request.label}.csr for subject {request.subject!r}: send it to the CA")
 
 
-def _crypto(cert: x509.Certificate) -> cx509.Certificate:
-    return cx509.load_der_x509_certificate(cert.dump())
-
-
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     try:
-        _crypto(child).verify_directly_issued_by(_crypto(parent))
+        as_pyca(child).verify_directly_issued_by(as_pyca(parent))
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
@@ -188,8 +184,7 @@ def _current_trust_roots(state: ProvisioningState) -> list[x509.Certificate]:
         return []
     if not path.exists():
         return []
-    data = path.read_bytes()
-    return load_pem_certificates(data, path.name) if pem.detect(data) else [x509.Certificate.load(data)]
+    return load_certificates(path)
 
 
 def _check_chain(tokens: TokenAccess, verified: VerifiedBundle, state: ProvisioningState, result: ApplyResult) -> None:

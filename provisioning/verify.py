@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from asn1crypto import pem, x509
+from asn1crypto import x509
+
+from firmware.certificates import CertificateError, read_certificates
 
 from . import keys as pkeys
 from . import manifest as manifest_mod
@@ -46,18 +48,11 @@ class VerifiedBundle:
 
 
 def load_pem_certificates(data: bytes, name: str) -> list[x509.Certificate]:
+    """A bundle's certificate file: PEM only (firmware.certificates reads it), refused as invalid content."""
     try:
-        if not pem.detect(data):
-            raise ValueError("not PEM")
-        certs = [x509.Certificate.load(der) for kind, _, der in pem.unarmor(data, multiple=True)
-                 if kind == "CERTIFICATE"]
-        for cert in certs:
-            cert.native  # parse all of it now, not when first used
-    except Exception as exc:  # asn1crypto raises ValueError, TypeError, …
+        return read_certificates(data, pem_only=True)
+    except CertificateError as exc:
         raise ProvisioningRefused("invalid-content", f"files/{name} is not PEM certificates: {exc}") from exc
-    if not certs:
-        raise ProvisioningRefused("invalid-content", f"files/{name} holds no certificate")
-    return certs
 
 
 def _signature(raw: RawBundle) -> tuple[str, str, bytes]:

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from firmware.agent import sign_pdf_locally
-from firmware.box import load_certificates
+from firmware.certificates import load_certificates
 from firmware.errors import InvalidRequest
 from firmware.store.db import Database
 

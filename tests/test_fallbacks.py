@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from asn1crypto import x509
 
-from firmware.box import load_certificates
+from firmware.certificates import load_certificates
 from firmware.signing.revocation import (
     CertificateRevoked, RevocationCache, RevocationService, RevocationUnavailable,
 )

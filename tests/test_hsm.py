@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from firmware.errors import InvalidRequest
-from firmware.operations.keys import build_csr, check_chain, parse_subject
+from firmware.certificates import check_chain
+from firmware.operations.keys import build_csr, parse_subject
 from hsm import (
     KeyAlgorithm, KeyExists, KeyNotFound, SignatureScheme, Token, UnsupportedDigest,
 )

@@ -18,7 +18,7 @@ from PIL import Image
 from pyhanko.sign.diff_analysis import ModificationLevel
 from pyhanko.sign.fields import enumerate_sig_fields
 
-from firmware.box import load_certificates
+from firmware.certificates import load_certificates
 from firmware.signing.stamp_logo import install_stamp_logo, remove_stamp_logo
 from firmware.store.db import Database
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from firmware.certificates import CertificateError, as_pyca, read_certificates
 from firmware.durable import write_durable
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
@@ -45,6 +46,11 @@ def _write_key(path: Path, key) -> None:
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
     write_durable(path, data, mode=0o600)
+
+
+def _chain(data: bytes) -> list[x509.Certificate]:
+    """PEM certificates through the box's one loader (firmware.certificates), as ``cryptography`` objects."""
+    return [as_pyca(cert) for cert in read_certificates(data, pem_only=True)]
 
 
 def _load_key(path: Path):
@@ -81,7 +87,7 @@ def ensure_ca(directory: Path, box_name: str) -> tuple[x509.Certificate, object]
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     cert_path, key_path = directory / CA_CERT, directory / CA_KEY
     if cert_path.exists() and key_path.exists():
-        return x509.load_pem_x509_certificate(cert_path.read_bytes()), _load_key(key_path)
+        return _chain(cert_path.read_bytes())[0], _load_key(key_path)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "E-signature Box"),
@@ -124,7 +130,7 @@ def ensure_server_cert(directory: Path, names: list[str], addresses: list[str]) 
     cert_path, key_path = directory / SERVER_CERT, directory / SERVER_KEY
     entries = _san_entries(names, addresses)
     if cert_path.exists() and key_path.exists():
-        leaf = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+        leaf = _chain(cert_path.read_bytes())[0]
         try:
             current = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             same = _wanted(list(current)) == _wanted(entries)
@@ -157,15 +163,15 @@ def ensure_server_cert(directory: Path, names: list[str], addresses: list[str]) 
 
 
 def load_organisation(cert_file: Path, key_file: Path) -> ConsoleTls:
-    chain = x509.load_pem_x509_certificates(cert_file.read_bytes())
+    chain = _chain(cert_file.read_bytes())
     return ConsoleTls(cert_file, key_file, chain[0], None, True)
 
 
 def check_organisation(cert_pem: bytes, key_pem: bytes) -> tuple[list[x509.Certificate], object]:
     """Refuse an uploaded certificate that cannot serve: unreadable, expired, or not for the key."""
     try:
-        chain = x509.load_pem_x509_certificates(cert_pem)
-    except ValueError as exc:
+        chain = _chain(cert_pem)
+    except CertificateError as exc:
         raise TlsError("the certificate file is not PEM (-----BEGIN CERTIFICATE-----)") from exc
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)

@@ -24,7 +24,8 @@ from asn1crypto import csr, keys, pem, x509
 
 from hsm import KeyAlgorithm, KeyInfo, SignatureScheme, Token
 
-from ..config import BoxConfig, ConfigError
+from ..certificates import CertificateError, check_chain, load_certificates, read_certificates
+from ..config import BoxConfig
 from ..durable import write_durable
 from ..errors import InvalidRequest
 
@@ -75,48 +76,15 @@ def build_csr(token: Token, key_label: str, subject: x509.Name) -> bytes:
     return pem.armor("CERTIFICATE REQUEST", request.dump())
 
 
-def check_chain(token: Token, key_label: str, chain: list[x509.Certificate]) -> None:
-    """Refuse a chain that is empty, out of order, or whose leaf is not for the token key."""
-    if not chain:
-        raise InvalidRequest("the chain holds no certificate")
-    if chain[0].public_key.dump() != keys.PublicKeyInfo.load(token.key(key_label).public_key_info).dump():
-        raise InvalidRequest(f"the leaf certificate is not for token key {key_label!r}")
-    for child, parent in zip(chain, chain[1:]):
-        if child.issuer != parent.subject:
-            raise InvalidRequest(
-                f"certificate {child.subject.human_friendly!r} is not issued by {parent.subject.human_friendly!r}"
-            )
-
-
-def load_certificates(path: Path) -> list[x509.Certificate]:
-    """The certificates in a PEM or DER file the box already trusts (its own chain, trust roots)."""
-    if not path.exists():
-        raise ConfigError(f"certificate file {path} not found")
-    data = path.read_bytes()
-    if pem.detect(data):
-        return [x509.Certificate.load(der) for _, _, der in pem.unarmor(data, multiple=True)]
-    return [x509.Certificate.load(data)]
-
-
 def parse_chain(data: bytes) -> list[x509.Certificate]:
     """PEM (one or more certificates) or a single DER certificate; unreadable input is refused."""
-    data = data.strip()
-    if not data:
+    if not data.strip():
         raise InvalidRequest("no file was sent")
     try:
-        if pem.detect(data):
-            chain = [x509.Certificate.load(der) for kind, _, der in pem.unarmor(data, multiple=True)
-                     if kind == "CERTIFICATE"]
-        else:
-            chain = [x509.Certificate.load(data)]
-        for cert in chain:  # asn1crypto parses lazily: touch what is used later
-            cert.subject.human_friendly, cert.public_key.dump(), cert["tbs_certificate"]["validity"].native
-    except (ValueError, TypeError, KeyError) as exc:
+        return read_certificates(data)
+    except CertificateError as exc:
         raise InvalidRequest("the file is not a certificate chain (PEM with CERTIFICATE blocks, or one DER "
                              "certificate)") from exc
-    if not chain:
-        raise InvalidRequest("the file holds no certificate")
-    return chain
 
 
 def order_chain(chain: list[x509.Certificate], public_key_info: bytes) -> list[x509.Certificate]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import threading
 
 from ..box import Box
+from ..certificates import check_chain, load_certificates
 from ..config import BoxConfig
-from .keys import check_chain, load_certificates
 
 
 def reassemble(old: Box, config: BoxConfig) -> Box:
