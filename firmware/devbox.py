@@ -20,6 +20,7 @@ from hsm import KeyAlgorithm, KeyNotFound, Token, TokenConfig
 
 from .config import CONFIG_NAME, BoxConfig
 from .devpki import DevPki
+from .durable import write_durable, write_new
 
 DEV_TOKEN_LABEL = "esignbox-dev"
 DEV_KEY_LABEL = "box-signing"
@@ -39,9 +40,7 @@ def softhsm_module() -> str:
 def _secret_file(path: Path, length: int) -> str:
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(length))
+        write_new(path, secrets.token_hex(length).encode(), mode=0o600)
     return path.read_text().strip()
 
 
@@ -104,7 +103,7 @@ def _init_softhsm(state_dir: Path) -> TokenConfig:
     tokens = state_dir / "tokens"
     tokens.mkdir(mode=0o700, parents=True, exist_ok=True)
     conf = state_dir / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens.resolve()}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    write_durable(conf, f"directories.tokendir = {tokens.resolve()}\nobjectstore.backend = file\nlog.level = ERROR\n".encode())
     os.environ["SOFTHSM2_CONF"] = str(conf.resolve())
     user_pin = _secret_file(state_dir / "secrets" / "user.pin", 8)
     so_pin = _secret_file(state_dir / "secrets" / "so.pin", 8)
@@ -155,7 +154,7 @@ def init_dev(
     # Only what is missing: after a key rollover the chain file holds the new key's chain, and
     # the next `make run` must not put the dev key's chain back over it.
     if not config.chain_file.exists():
-        config.chain_file.write_bytes(b"".join(pem.armor("CERTIFICATE", der) for der in pki.box_chain()))
+        write_durable(config.chain_file, b"".join(pem.armor("CERTIFICATE", der) for der in pki.box_chain()))
     if not config.trust_roots_file.exists():
-        config.trust_roots_file.write_bytes(pem.armor("CERTIFICATE", pki.root_cert()))
+        write_durable(config.trust_roots_file, pem.armor("CERTIFICATE", pki.root_cert()))
     return config

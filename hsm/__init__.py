@@ -13,8 +13,11 @@ from .token import (
     TokenUnavailable,
 )
 
+# What Token.generate_key accepts, by name: the choices every face offers (CLI, console, bundles).
+KEY_ALGORITHMS: tuple[str, ...] = tuple(algorithm.value for algorithm in KeyAlgorithm)
+
 __all__ = [
-    "DIGEST_SIZES", "KeyAlgorithm", "KeyExists", "KeyInfo", "KeyNotFound", "SignatureScheme",
+    "DIGEST_SIZES", "KEY_ALGORITHMS", "KeyAlgorithm", "KeyExists", "KeyInfo", "KeyNotFound", "SignatureScheme",
     "Token", "TokenConfig", "TokenError", "TokenStatus",
     "TokenUnavailable", "UnsupportedDigest", "check_digest",
 ]

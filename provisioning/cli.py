@@ -6,12 +6,14 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import os
 import secrets
 import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+from firmware.durable import write_new
+from hsm import KEY_ALGORITHMS
 
 from . import bundle as bundle_mod
 from . import keys as pkeys
@@ -27,12 +29,6 @@ def _read_secret_file(path: str | None) -> bytes | None:
     return Path(path).read_text().rstrip("\r\n").encode()
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
 # -- on the administrator's PC -------------------------------------------------------------------------
 
 def cmd_keygen(args) -> None:
@@ -44,8 +40,8 @@ def cmd_keygen(args) -> None:
     passphrase = _read_secret_file(args.passphrase_file)
     if passphrase is None:
         print("warning: the private key is not encrypted (use --passphrase-file)", file=sys.stderr)
-    _write_private(private, pkeys.private_pem(key, passphrase))
-    public.write_bytes(pkeys.public_pem(key.public_key()))
+    write_new(private, pkeys.private_pem(key, passphrase), mode=0o600)
+    write_new(public, pkeys.public_pem(key.public_key()))
     print(f"private key: {private} (keep it off the box)\npublic key:  {public}\n"
           f"key id:      {pkeys.key_id(key.public_key())}")
 
@@ -139,7 +135,7 @@ def cmd_make_bundle(args) -> None:
     if keys_shown:
         lines = [f"{name}\t{key}" for name, key in keys_shown]
         if args.keys_out:
-            _write_private(Path(args.keys_out), ("\n".join(lines) + "\n").encode())
+            write_new(Path(args.keys_out), ("\n".join(lines) + "\n").encode(), mode=0o600)
             print(f"API keys of the new clients written to {args.keys_out} (0600)")
         print("API keys, shown only now; each works once the box has applied the bundle and created that client:")
         print("\n".join(lines))
@@ -321,7 +317,7 @@ def add_parser(sub) -> None:
     c.add_argument("--chain", help="PEM chain issued for a token key, leaf first")
     c.add_argument("--chain-key-label", help="the token key the chain certifies")
     c.add_argument("--key-request", metavar="LABEL", help="ask the box to generate this key and write its CSR")
-    c.add_argument("--key-algorithm", default="ec-p256", choices=["rsa2048", "rsa3072", "ec-p256", "ec-p384"],
+    c.add_argument("--key-algorithm", default="ec-p256", choices=KEY_ALGORITHMS,
                    help="algorithm of the key the box generates (default ec-p256)")
     c.add_argument("--subject", help="CSR subject, e.g. 'CN=Signing Box,O=Example Ltd,C=BE'")
     c.set_defaults(func=cmd_make_bundle)

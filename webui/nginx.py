@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from firmware.children import dies_with_this_process
+from firmware.durable import write_durable
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,8 @@ class NginxFront:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         for name in _TEMP_DIRS:
             (self.directory / "tmp" / name).mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text(render_config(self.directory, self.addresses, self.port, self.upstream_port,
-                                                self.cert_file, self.key_file))
+        write_durable(self.conf_path, render_config(self.directory, self.addresses, self.port, self.upstream_port,
+                                                    self.cert_file, self.key_file).encode())
 
     def _command(self, *extra: str) -> list[str]:
         d = self.directory.resolve()
