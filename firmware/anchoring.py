@@ -12,12 +12,15 @@ import base64
 import json
 import logging
 import threading
+from typing import TYPE_CHECKING
 
-from asn1crypto import cms
+from asn1crypto import cms, tsp  # noqa: F401  tsp registers TSTInfo, which a token's content parses as
 
-from .signing.timestamps import FallbackTimeStamper
 from .store import audit
 from .store.db import Database, immediate
+
+if TYPE_CHECKING:  # pyHanko's TSA client: only `anchor` needs one, handed in by its caller
+    from .signing.timestamps import FallbackTimeStamper
 
 log = logging.getLogger(__name__)
 

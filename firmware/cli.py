@@ -8,20 +8,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from asn1crypto import pem
 
-from hsm import KeyAlgorithm, Token
+from hsm import KEY_ALGORITHMS, KeyAlgorithm, Token
 
+from .anchoring import PeriodicAnchor, anchor
 from .config import BoxConfig, default_value, effective_value
+from .durable import write_durable, write_new
 from .instance import hold_state_dir
+from .operations import configstore, reports
+from .operations.keys import (activation, build_csr, chain_details, chain_path, generate, install_chain,
+                              parse_subject, rollback_activation)
+from .serving import serve
+from .store import audit
+from .store.clients import ClientRegistry
+from .store.db import Database
 
 if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them at run time
     from .box import Box
@@ -34,7 +45,7 @@ def _config(args) -> BoxConfig:
 
 
 def cmd_init_dev(args) -> None:
-    from .devbox import init_dev
+    from .devbox import init_dev  # optional heavy dependency: certomancer, for development boxes only
 
     config = init_dev(Path(args.state_dir), pki_port=args.pki_port, api_port=args.port,
                       key_algorithm=KeyAlgorithm(args.key_algorithm), console=True)
@@ -42,7 +53,7 @@ def cmd_init_dev(args) -> None:
 
 
 def cmd_pki_serve(args) -> None:
-    from .devpki import DevPki, PkiServer
+    from .devpki import DevPki, PkiServer  # optional heavy dependency: certomancer, for development boxes only
 
     config = _config(args)
     pki = DevPki(config.state_dir / "pki", f"http://127.0.0.1:{config.pki_port}")
@@ -57,15 +68,12 @@ def _dev_client_key(box, state_dir: Path) -> Path:
     path = state_dir / "secrets" / "dev-api-key"
     if not path.exists():
         _, api_key = box.clients.add(f"dev-{os.urandom(3).hex()}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(api_key + "\n")
+        write_new(path, (api_key + "\n").encode(), mode=0o600)
     return path
 
 
 def cmd_serve(args) -> None:
-    from .box import Box
-    from .serving import serve
+    from .box import Box  # optional heavy dependency: the signing services load pyHanko; only `serve` needs them
 
     # systemd and the tests stop the box with SIGTERM; turn it into an orderly exit so the
     # dev PKI and nginx child processes are stopped too.
@@ -74,6 +82,7 @@ def cmd_serve(args) -> None:
         running.enter_context(hold_state_dir(Path(args.state_dir)))
         pki_server = None
         if args.dev:
+            # optional heavy dependency: certomancer, for development boxes only
             from .devbox import init_dev
             from .devpki import DevPki, PkiServer
 
@@ -102,8 +111,6 @@ def cmd_serve(args) -> None:
             except Exception as exc:  # the signing API serves even if the console cannot start
                 log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleFailure))
         if box.timestamper is not None:
-            from .anchoring import PeriodicAnchor
-
             anchoring = PeriodicAnchor(box.db, box.timestamper, config.anchor_interval_s)
             anchoring.start()
             running.callback(anchoring.stop)
@@ -115,15 +122,10 @@ RESTART = "restart the service: a running box does not see this change until the
 
 
 def _audit(config: BoxConfig, action: str, details: dict) -> None:
-    from .store import audit
-    from .store.db import Database
-
     audit.record(Database(config.database).connect(), audit.AuditEntry(OPERATOR, action, None, details))
 
 
 def cmd_keygen(args) -> None:
-    from .operations.keys import generate
-
     config = _config(args)
     info, details = generate(Token(config.token_config()), args.label, KeyAlgorithm(args.algorithm))
     _audit(config, "key.generate", details)
@@ -131,18 +133,14 @@ def cmd_keygen(args) -> None:
 
 
 def cmd_csr(args) -> None:
-    from .operations.keys import build_csr, parse_subject
-
     config = _config(args)
     label, subject = args.label or config.key_label, parse_subject(args.subject)
     request = build_csr(Token(config.token_config()), label, subject)
     _audit(config, "key.csr", {"label": label, "subject": subject.human_friendly})
-    Path(args.out).write_bytes(request) if args.out else sys.stdout.write(request.decode())
+    write_durable(Path(args.out), request) if args.out else sys.stdout.write(request.decode())
 
 
 def cmd_import_chain(args) -> None:
-    from .operations.keys import chain_details, chain_path, install_chain
-
     config = _config(args)
     label = args.label or config.key_label
     chain = install_chain(config.state_dir, Token(config.token_config()), label, Path(args.file).read_bytes())
@@ -157,9 +155,6 @@ def cmd_import_chain(args) -> None:
 
 
 def _apply_activation(args, rollback: bool) -> None:
-    from .operations import configstore
-    from .operations.keys import activation, rollback_activation
-
     config = _config(args)
     token = Token(config.token_config())
     change = rollback_activation(config, token) if rollback else activation(config, token, args.label)
@@ -179,10 +174,7 @@ def cmd_rollback_key(args) -> None:
     _apply_activation(args, rollback=True)
 
 
-def _registry(args):
-    from .store.clients import ClientRegistry
-    from .store.db import Database
-
+def _registry(args) -> ClientRegistry:
     return ClientRegistry(Database(_config(args).database))
 
 
@@ -233,41 +225,29 @@ def cmd_clients(args) -> None:
 
 
 def cmd_usage(args) -> None:
-    import json
-
-    from .store import metering
-    from .store.db import Database
-
-    rows = metering.usage(Database(_config(args).database).connect(), args.client, args.days)
+    rows = reports.usage(Database(_config(args).database), args.client, args.days)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([asdict(row) for row in rows], indent=2))
         return
     print(f"{'DAY':10}  {'CLIENT':12}  {'NAME':24}  {'ENDPOINT':8}  SIGNATURES")
     for row in rows:
-        print(f"{row['day']:10}  {row['client_id']:12}  {row['client_name'] or '':24}  {row['endpoint']:8}"
-              f"  {row['signatures']:>10}")
+        print(f"{row.day:10}  {row.client_id:12}  {row.client_name or '':24}  {row.endpoint:8}"
+              f"  {row.signatures:>10}")
 
 
 def cmd_audit(args) -> None:
-    import json
-
-    from .anchoring import anchor, check_anchors
-    from .store import audit
-    from .store.db import Database
-
     config = _config(args)
     db = Database(config.database)
     if args.action == "verify":
-        report = audit.verify(db.connect())
-        problems = ([report.problem] if report.problem else []) + check_anchors(db)
-        if problems:
-            raise SystemExit("audit chain BROKEN: " + "; ".join(problems))
+        report = reports.check_audit(db)
+        if not report.ok:
+            raise SystemExit("audit chain BROKEN: " + "; ".join(report.problems))
         print(f"audit chain intact: {report.checked} entries, head {report.head_seq} {report.head_hash}")
     elif args.action == "export":
-        for item in audit.export(db.connect(), args.after):
+        for item in reports.export_audit(db, args.after):
             print(json.dumps(item, sort_keys=True))
     else:
-        from .signing.timestamps import FallbackTimeStamper
+        from .signing.timestamps import FallbackTimeStamper  # optional heavy dependency: pyHanko's TSA client
 
         anchored = anchor(db, FallbackTimeStamper(config.tsa_urls))
         print(f"anchored at entry {anchored}" if anchored else "nothing new to anchor")
@@ -336,8 +316,7 @@ def parser(console: ConsoleStarter | None = None,
 
     s = sub.add_parser("keygen", help="generate a key pair on the token")
     s.add_argument("--label", required=True, help="label of the new key on the token, e.g. box-2027")
-    s.add_argument("--algorithm", choices=[a.value for a in KeyAlgorithm], default="rsa2048",
-                   help="key type (default rsa2048)")
+    s.add_argument("--algorithm", choices=KEY_ALGORITHMS, default="rsa2048", help="key type (default rsa2048)")
     s.set_defaults(func=cmd_keygen)
 
     s = sub.add_parser("csr", help="write a CSR signed by a token key")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from types import SimpleNamespace
 
+from firmware.operations.reports import UsageRow
 from webui.charts import usage_chart
 from webui.templating import counted, environment, fingerprint
 
@@ -26,8 +27,7 @@ def _top_label(svg: str) -> int:
 
 def test_chart_scale_fits_the_busiest_day():
     for busiest, top in ((0, 1), (3, 5), (7, 10), (60, 100), (150, 200), (4200, 5000)):
-        rows = [{"client_id": "c1", "client_name": "one", "endpoint": "hash", "day": "2026-12-01",
-                 "signatures": busiest}] if busiest else []
+        rows = [UsageRow("c1", "one", "hash", "2026-12-01", busiest)] if busiest else []
         import datetime as dt
 
         svg = str(usage_chart(rows, {"c1": "one"}, today=dt.date(2026, 12, 4)))
@@ -57,12 +57,12 @@ def test_audit_page_names_clients_and_says_why_a_call_was_refused(box_config, cl
     import requests
 
     from firmware.store.db import Database
-    from webui.pages.audit import search
+    from firmware.operations.reports import AuditQuery, search_audit
 
     client, key = clients.add("audit-names", scopes=("pdf",))
     refused = requests.post(f"{box.url}/v1/signatures", headers={"Authorization": f"Bearer {key}"}, timeout=30,
                             json={"hash_algorithm": "sha256", "hash": base64.b64encode(hashlib.sha256(b"x").digest()).decode()})
     assert refused.status_code == 403
-    entries, _ = search(Database(box_config.database).connect(), action="refusal", client=client.id)
-    assert entries and entries[0]["client_name"] == "audit-names"
-    assert "message=this client may not use hash signing" in entries[0]["details"]
+    lines = search_audit(Database(box_config.database), AuditQuery(action="refusal", client=client.id)).lines
+    assert lines and lines[0].client_name == "audit-names"
+    assert "message=this client may not use hash signing" in lines[0].details

@@ -17,6 +17,7 @@ import pytest
 
 from firmware.config import BoxConfig
 from firmware.store.db import Database
+from firmware.operations.reports import AUDIT_PAGE_SIZE, AuditQuery, UsageRow, audit_actions, search_audit
 from webui import tls
 from webui.accounts import AccountError, Accounts, set_setup_code
 from webui.app import Console, authority, create_app
@@ -251,9 +252,8 @@ def test_nginx_config_overwrites_forwarded_for_and_listens_where_told(tmp_path):
 
 def test_usage_chart_is_an_svg_picture_without_inline_styles():
     today = dt.date(2026, 11, 26)
-    rows = [{"client_id": "a", "kind": "hash", "day": "2026-11-26", "signatures": 7},
-            {"client_id": "b", "kind": "pdf", "day": "2026-11-20", "signatures": 3},
-            {"client_id": "a", "kind": "hash", "day": "2026-09-01", "signatures": 99}]  # older than 30 days
+    rows = [UsageRow("a", None, "hash", "2026-11-26", 7), UsageRow("b", None, "pdf", "2026-11-20", 3),
+            UsageRow("a", None, "hash", "2026-09-01", 99)]  # older than 30 days
     svg = str(usage_chart(rows, {"a": "billing <system>", "b": "hr"}, today=today))
     assert svg.startswith("<svg") and svg.count("<rect x=") == 2 and "style=" not in svg
     assert "billing &lt;system&gt;" in svg and "<script" not in svg and ">10<" in svg  # axis top
@@ -269,21 +269,26 @@ def test_unreachable_service_is_reported_not_raised():
 def test_audit_search_filters_and_pages(tmp_path):
     from firmware.store import audit
     from firmware.store.db import immediate
-    from webui.pages.audit import PAGE_SIZE, search
 
     db = Database(tmp_path / "box.db")
     conn = db.connect()
     with immediate(conn):
         audit.append(conn, [audit.AuditEntry("client:c1", "signature", "c1", {"level": "B-T", "n": i})
-                            for i in range(PAGE_SIZE + 10)])
+                            for i in range(AUDIT_PAGE_SIZE + 10)])
         audit.append(conn, [audit.AuditEntry("admin:root", "client.add", "c2", {"name": "100%_sure"})])
-    entries, total = search(conn)
-    assert total == PAGE_SIZE + 11 and len(entries) == PAGE_SIZE and entries[0]["action"] == "client.add"
-    entries, total = search(conn, action="signature", page=2)
-    assert total == PAGE_SIZE + 10 and len(entries) == 10 and entries[-1]["seq"] == 1
-    assert search(conn, actor="admin")[1] == 1 and search(conn, actor="%")[1] == 0  # LIKE wildcards are literal
-    assert search(conn, text="100%_sure")[1] == 1 and search(conn, client="c1")[1] == PAGE_SIZE + 10
-    assert search(conn, since="2999-01-01")[1] == 0 and search(conn, until="2999-01-01")[1] == PAGE_SIZE + 11
+
+    def total(**query) -> int:
+        return search_audit(db, AuditQuery(**query)).total
+
+    found = search_audit(db)
+    assert found.total == AUDIT_PAGE_SIZE + 11 and len(found.lines) == AUDIT_PAGE_SIZE and found.pages == 2
+    assert found.lines[0].action == "client.add" and found.lines[0].details == "name=100%_sure"
+    found = search_audit(db, AuditQuery(action="signature"), page=2)
+    assert found.total == AUDIT_PAGE_SIZE + 10 and len(found.lines) == 10 and found.lines[-1].seq == 1
+    assert total(actor="admin") == 1 and total(actor="%") == 0  # LIKE wildcards are literal
+    assert total(text="100%_sure") == 1 and total(client="c1") == AUDIT_PAGE_SIZE + 10
+    assert total(since="2999-01-01") == 0 and total(until="2999-01-01") == AUDIT_PAGE_SIZE + 11
+    assert audit_actions(db) == ["client.add", "signature"]
 
 
 def test_quota_warnings_for_clients_near_their_limits():

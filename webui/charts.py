@@ -12,6 +12,8 @@ from html import escape
 
 from markupsafe import Markup
 
+from firmware.operations.reports import UsageRow
+
 PALETTE = ["#2f6fb0", "#e07b39", "#3a9a5b", "#b8434e", "#7d5bb5", "#8c6d3f", "#c45fa0", "#5f8c99"]
 OTHERS = "others"
 
@@ -26,18 +28,18 @@ def _nice_max(value: int) -> int:
         scale *= 10
 
 
-def usage_chart(rows: list[dict], names: dict[str, str], days: int = 30, today: dt.date | None = None,
+def usage_chart(rows: list[UsageRow], names: dict[str, str], days: int = 30, today: dt.date | None = None,
                 max_series: int = 6) -> Markup:
     """Stacked bars: signatures per day for the last ``days`` days, one colour per client.
 
-    ``rows`` as metering.usage() returns them (client_id, client_name, endpoint, day, signatures).
+    ``rows`` as firmware.operations.reports.usage() returns them.
     """
     today = today or dt.datetime.now(dt.timezone.utc).date()
     first = today - dt.timedelta(days=days - 1)
     per_client: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in rows:
-        if row["day"] >= first.isoformat():
-            per_client[row["client_id"]][row["day"]] += row["signatures"]
+        if row.day >= first.isoformat():
+            per_client[row.client_id][row.day] += row.signatures
     totals = sorted(per_client, key=lambda c: -sum(per_client[c].values()))
     series = totals[:max_series]
     if len(totals) > max_series:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import falcon
 
-from ..store import metering
+from ..operations import reports
 from ..store.clients import ClientRegistry
 from ..store.db import Database
 
@@ -25,7 +25,7 @@ class UsageResource:
                 "rate_per_day": client.rate_per_day,
             },
             "usage": [
-                {"endpoint": row["endpoint"], "day": row["day"], "signatures": row["signatures"]}
-                for row in metering.usage(self._db.connect(), client.id, days)
+                {"endpoint": row.endpoint, "day": row.day, "signatures": row.signatures}
+                for row in reports.usage(self._db, client.id, days)
             ],
         }

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import falcon
 
+from firmware.operations import reports
 from firmware.store import metering
 from firmware.store.clients import ClientError
 
@@ -26,21 +25,12 @@ def _int(form, name: str) -> int | None:
     return value
 
 
-def _today_counts(conn) -> dict[str, int]:
-    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    return dict(conn.execute("SELECT client_id, COUNT(*) FROM signatures WHERE created_at >= ? GROUP BY client_id",
-                             (today,)).fetchall())
-
-
 class Clients(Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         c = self.console
-        conn = c.db.connect()
-        month = {}
-        for row in metering.usage(conn, None, 30):
-            month[row["client_id"]] = month.get(row["client_id"], 0) + row["signatures"]
-        c.render(req, resp, "clients.html", nav="clients", clients=c.box.clients.list(), today=_today_counts(conn),
-                 month=month, scopes=metering.SCOPES, default_scopes=metering.DEFAULT_SCOPES, free_calls=c.config.free_calls)
+        month = reports.totals_by_client(reports.usage(c.db, None, 30))
+        c.render(req, resp, "clients.html", nav="clients", clients=c.box.clients.list(),
+                 today=reports.today(c.db).per_client, month=month, scopes=metering.SCOPES, default_scopes=metering.DEFAULT_SCOPES, free_calls=c.config.free_calls)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create a client; its key is on this response only."""
@@ -64,10 +54,10 @@ class ClientPage(Page):
             client = c.box.clients.get(client_id)
         except ClientError:
             raise falcon.HTTPNotFound(title="No such client", description=f"There is no API client {client_id!r}.")
-        conn = c.db.connect()
-        rows = metering.usage(conn, client_id, 30)
+        rows = reports.usage(c.db, client_id, 30)
         c.render(req, resp, "client.html", nav="clients", client=client, rows=rows, scopes=metering.SCOPES,
-                 chart=usage_chart(rows, {client.id: client.name}), today=_today_counts(conn).get(client_id, 0))
+                 chart=usage_chart(rows, {client.id: client.name}),
+                 today=reports.today(c.db).per_client.get(client_id, 0))
 
 
 class ClientAction(Page):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import falcon
 
-from firmware.store import metering, refusals
+from firmware.operations import reports
 from firmware.store.storage import MB, StorageState
 from hsm import TokenError
 
@@ -67,20 +65,15 @@ class Dashboard(Page):
             token["detail"] = str(exc)
         chain = signing_chain(box.signer)
         probes = c.prober.results(chain, box.config.tsa_urls)
-        conn = c.db.connect()
-        today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-        signed_today = conn.execute("SELECT COUNT(*) FROM signatures WHERE created_at >= ?", (today,)).fetchone()[0]
-        refused_today = refusals.refused_since(conn, today)
+        today = reports.today(c.db)
         storage = box.config.audit.budget.state(box.config.database)
-        per_client_today = dict(conn.execute(
-            "SELECT client_id, COUNT(*) FROM signatures WHERE created_at >= ? GROUP BY client_id", (today,)).fetchall())
         clients = box.clients.list()
-        rows = metering.usage(conn, None, 30)
+        rows = reports.usage(c.db, None, 30)
         c.render(
             req, resp, "dashboard.html", nav="dashboard", token=token, key_label=box.signer.key_label,
             cert=certinfo.facts(box.signer.signing_cert), probes=probes,
-            probe_ttl=int(c.prober.ttl_s), signed_today=signed_today, refused_today=refused_today,
-            signed_30=sum(r["signatures"] for r in rows), warnings=quota_warnings(clients, per_client_today),
+            probe_ttl=int(c.prober.ttl_s), signed_today=today.signatures, refused_today=today.refusals,
+            signed_30=sum(r.signatures for r in rows), warnings=quota_warnings(clients, today.per_client),
             chart=usage_chart(rows, {cl.id: cl.name for cl in clients}), clients=len(clients),
             storage=storage, storage_warnings=storage_warnings(storage), clock=box.clock.status(),
         )
