@@ -127,7 +127,7 @@ def _audit(config: BoxConfig, action: str, details: dict) -> None:
 
 def cmd_keygen(args) -> None:
     config = _config(args)
-    info, details = generate(Token(config.token_config()), args.label, KeyAlgorithm(args.algorithm))
+    info, details = generate(Token(config.token_config()), args.label, args.algorithm)
     _audit(config, "key.generate", details)
     print(pem.armor("PUBLIC KEY", info.public_key_info).decode(), end="")
 

@@ -22,12 +22,18 @@ from typing import Any
 
 from asn1crypto import csr, keys, pem, x509
 
-from hsm import KeyAlgorithm, KeyInfo, SignatureScheme, Token
+from hsm import KEY_ALGORITHMS, KeyAlgorithm, KeyExists, KeyInfo, KeyNotFound, SignatureScheme, Token, TokenError
 
 from ..certificates import CertificateError, check_chain, load_certificates, read_certificates
 from ..config import BoxConfig
 from ..durable import write_durable
 from ..errors import InvalidRequest
+
+__all__ = [
+    "KEY_ALGORITHMS", "LABEL", "Activation", "KeyExists", "KeyNotFound", "KeyState", "TokenError", "TokenPresence",
+    "activation", "build_csr", "chain_details", "chain_path", "generate", "install_chain", "inventory",
+    "parse_subject", "rollback_activation", "token_presence",
+]
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CHAINS = "chains"
@@ -113,10 +119,16 @@ def chain_path(state_dir: Path, label: str) -> Path:
     return Path(state_dir) / CHAINS / f"{label}.pem"
 
 
-def generate(token: Token, label: str, algorithm: KeyAlgorithm) -> tuple[KeyInfo, dict[str, Any]]:
-    """A new key pair on the token; returns it and the details its audit entry (key.generate) records."""
+def generate(token: Token, label: str, algorithm: KeyAlgorithm | str) -> tuple[KeyInfo, dict[str, Any]]:
+    """A new key pair on the token; returns it and the details its audit entry (key.generate) records.
+
+    Raises InvalidRequest (label or algorithm), KeyExists or TokenError.
+    """
     if not LABEL.match(label):
         raise InvalidRequest("a key label is 1–64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if algorithm not in KEY_ALGORITHMS:
+        raise InvalidRequest(f"the algorithm is one of {', '.join(KEY_ALGORITHMS)}")
+    algorithm = KeyAlgorithm(algorithm)
     info = token.generate_key(label, algorithm)
     return info, {"label": label, "algorithm": algorithm.value,
                   "public_key_sha256": keys.PublicKeyInfo.load(info.public_key_info).sha256.hex()}
@@ -195,3 +207,50 @@ def rollback_activation(config: BoxConfig, token: Token) -> Activation:
         raise InvalidRequest("no previous signing key to go back to: no key was activated since "
                              "[signing] previous_key_label was last cleared")
     return activation(config, token, config.previous_key_label)
+
+
+@dataclass(frozen=True)
+class TokenPresence:
+    """Whether the token answers and holds the signing key; ``detail`` says why not."""
+
+    label: str
+    present: bool
+    detail: str = ""
+
+
+def token_presence(config: BoxConfig, token: Token) -> TokenPresence:
+    try:
+        token.key(config.key_label)
+        return TokenPresence(token.info().get("label") or config.token.label, True)
+    except TokenError as exc:
+        return TokenPresence(config.token.label, False, str(exc))
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """A key on the token and where it stands in its life cycle."""
+
+    label: str
+    public_key: keys.PublicKeyInfo
+    active: bool  # the signing key
+    leaf: x509.Certificate | None  # of its chain in chains/ (or of the active chain); None: no chain yet
+    can_activate: bool  # a chain in chains/ that is not the one signing now
+    pending: bool  # the active key with a new chain installed but not yet activated
+
+
+def inventory(config: BoxConfig, token: Token) -> list[KeyState]:
+    """Every key on the token, the signing key first, then by label. Raises TokenError if it does not answer."""
+    active_chain = config.chain_file.read_bytes() if config.chain_file.exists() else b""
+    states = []
+    for key in token.keys():
+        active = key.label == config.key_label
+        stored = chain_path(config.state_dir, key.label) if LABEL.match(key.label) else None
+        leaf, can_activate = None, False
+        if stored is not None and stored.exists():
+            leaf = load_certificates(stored)[0]
+            can_activate = not active or stored.read_bytes() != active_chain
+        elif active and active_chain:
+            leaf = load_certificates(config.chain_file)[0]
+        states.append(KeyState(key.label, keys.PublicKeyInfo.load(key.public_key_info), active, leaf,
+                               can_activate, active and can_activate))
+    return sorted(states, key=lambda state: (not state.active, state.label))

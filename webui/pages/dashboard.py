@@ -5,8 +5,8 @@ from __future__ import annotations
 import falcon
 
 from firmware.operations import reports
+from firmware.operations.keys import token_presence
 from firmware.store.storage import MB, StorageState
-from hsm import TokenError
 
 from .. import certinfo
 from ..charts import usage_chart
@@ -57,12 +57,7 @@ class Dashboard(Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         c = self.console
         box = c.box
-        token = {"label": box.config.token.label, "present": False, "detail": ""}
-        try:
-            box.token.key(box.signer.key_label)
-            token.update(present=True, label=box.token.info().get("label") or token["label"])
-        except TokenError as exc:
-            token["detail"] = str(exc)
+        token = token_presence(box.config, box.token)
         chain = signing_chain(box.signer)
         probes = c.prober.results(chain, box.config.tsa_urls)
         today = reports.today(c.db)

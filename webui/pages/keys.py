@@ -11,12 +11,10 @@ rolling back is the same click.
 from __future__ import annotations
 
 import falcon
-from asn1crypto import keys as asn1_keys
 
 from firmware.errors import InvalidRequest
-from firmware.operations.keys import (LABEL, activation, build_csr, chain_details, chain_path, generate, install_chain,
-                           load_certificates, parse_subject)
-from hsm import KeyAlgorithm, KeyExists, KeyNotFound, TokenError
+from firmware.operations.keys import (KEY_ALGORITHMS, KeyExists, KeyNotFound, TokenError, activation, build_csr,
+                                      chain_details, generate, install_chain, inventory, parse_subject)
 
 from .. import certinfo
 from ..state import record
@@ -27,39 +25,25 @@ class Keys(Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         c = self.console
         box = c.box
-        active_label = box.config.key_label
-        active_chain = box.config.chain_file.read_bytes() if box.config.chain_file.exists() else b""
-        rows, error = [], None
+        error = None
         try:
-            token_keys = box.token.keys()
+            states = inventory(box.config, box.token)
         except TokenError as exc:
-            token_keys, error = [], f"The token does not answer: {exc}"
-        for key in token_keys:
-            active = key.label == active_label
-            row = {"label": key.label, "key": certinfo.key_description(asn1_keys.PublicKeyInfo.load(key.public_key_info)),
-                   "active": active, "cert": None, "can_activate": False, "pending": False}
-            stored = chain_path(c.state_dir, key.label) if LABEL.match(key.label) else None
-            if stored is not None and stored.exists():
-                row["cert"] = certinfo.facts(load_certificates(stored)[0])
-                row["can_activate"] = not active or stored.read_bytes() != active_chain
-                row["pending"] = active and row["can_activate"]
-            elif active:
-                row["cert"] = certinfo.facts(box.signer.signing_cert)
-            rows.append(row)
-        rows.sort(key=lambda r: (not r["active"], r["label"]))
-        suggested = next((r["label"] for r in rows if r["cert"] is None), active_label)  # the key awaiting a chain
+            states, error = [], f"The token does not answer: {exc}"
+        rows = [{"label": s.label, "key": certinfo.key_description(s.public_key), "active": s.active,
+                 "cert": certinfo.facts(s.leaf) if s.leaf is not None else None, "can_activate": s.can_activate,
+                 "pending": s.pending} for s in states]
+        suggested = next((s.label for s in states if s.leaf is None), box.config.key_label)  # the key awaiting a chain
         c.render(req, resp, "keys.html", nav="keys", keys=rows, error=error, suggested=suggested,
-                 algorithms=[a.value for a in KeyAlgorithm],
+                 algorithms=KEY_ALGORITHMS,
                  subject=certinfo.subject_text(box.signer.signing_cert.subject))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Generate a key pair on the token."""
         c = self.console
         form = req.context.form
-        label = form.get("label").strip()
-        try:
-            algorithm = KeyAlgorithm(form.get("algorithm"))
-        except ValueError:
+        label, algorithm = form.get("label").strip(), form.get("algorithm")
+        if algorithm not in KEY_ALGORITHMS:
             self.failed(req, "/keys", "Choose one of the offered algorithms.")
         try:
             _, details = generate(c.box.token, label, algorithm)
@@ -70,7 +54,7 @@ class Keys(Page):
         except TokenError as exc:
             self.failed(req, "/keys", f"The token refused to generate the key: {exc}")
         record(c.db, c.actor(req), "key.generate", details)
-        self.done(req, "/keys", f"Key {label!r} ({algorithm.value}) generated on the token. Next: download its "
+        self.done(req, "/keys", f"Key {label!r} ({algorithm}) generated on the token. Next: download its "
                                 f"CSR, have your CA issue the certificate, upload the chain.")
 
 
