@@ -21,9 +21,8 @@ __all__ = ["main", "parser"]
 
 
 def _start_console(box: "Box", config: "BoxConfig") -> tuple[Callable[..., Any], Callable[[], None]]:
-    # webui (Jinja, TLS, nginx control) is needed by `serve` alone: imported here, not for every command.
-    from webui import start_console
-    from webui.server import ConsoleError
+    # optional heavy dependency: webui (Jinja, TLS, nginx control) is needed by `serve` alone, not every command.
+    from webui import ConsoleError, start_console
 
     try:
         console = start_console(box, config, out=lambda text: print(text, flush=True))

@@ -12,8 +12,8 @@
 4. Switch the ``current``/``previous`` symlinks (and turn box.toml into a link to the current
    generation the first time), remove the journal, prune old generations.
 
-A one-time set-up code for the admin console is handed to `webui.set_setup_code` right after
-the commit (it keeps its own table); the journal makes recovery repeat that step if a crash
+A one-time set-up code for the admin console is handed to firmware.operations.accounts right
+after the commit (it keeps its own table); the journal makes recovery repeat that step if a crash
 came in between.
 """
 
@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +35,7 @@ from firmware.config import BoxConfig, ConfigError, parse
 from firmware.operations import configstore
 from firmware.errors import InvalidRequest
 from firmware.certificates import as_pyca, check_chain, load_certificates
+from firmware.operations import accounts
 from firmware.operations.keys import build_csr, parse_subject
 from firmware.store import audit
 from firmware.store import clients as client_store
@@ -102,23 +102,10 @@ class TokenAccess:
 
 # -- the admin console's set-up code ------------------------------------------------------------------
 
-def _console_accounts():
-    try:
-        from webui.accounts import AccountError, set_setup_code
-    except ImportError as exc:
-        raise ProvisioningRefused("invalid-content", "this firmware has no admin console to take a set-up code") from exc
-    return set_setup_code, AccountError
-
-
 def _check_setup_code(state: ProvisioningState, manifest: Manifest) -> None:
     if manifest.admin_setup_code is None:
         return
-    _console_accounts()
-    try:
-        admins = state.connect().execute("SELECT COUNT(*) FROM console_admins").fetchone()[0]
-    except sqlite3.OperationalError:  # the console has not created its tables yet: no administrator
-        admins = 0
-    if admins and not manifest.admin_reset:
+    if accounts.admins(state.database) and not manifest.admin_reset:
         raise ProvisioningRefused(
             "invalid-content", "an administrator exists already; a set-up code is only for the first set-up"
             " (to replace a forgotten administrator, the bundle says admin.reset_admin: true)"
@@ -135,9 +122,8 @@ def post_commit(state: ProvisioningState, generation: int) -> list[str]:
     if not code:
         return []
     try:
-        set_setup_code, account_error = _console_accounts()
-        set_setup_code(state.database, code, source="provisioning", reset_admin=bool(admin.get("reset_admin")))
-    except Exception as exc:  # AccountError (an administrator appeared meanwhile), or no console
+        accounts.set_setup_code(state.database, code, source="provisioning", reset_admin=bool(admin.get("reset_admin")))
+    except Exception as exc:  # AccountError (an administrator appeared meanwhile): the bundle stays applied
         log.error("provisioning: the admin console set-up code was not set: %s", exc)
         return [f"admin console set-up code NOT set: {exc}"]
     return ["admin console set-up code set: enter it in the console to create the administrator"]

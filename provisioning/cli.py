@@ -12,15 +12,22 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pyudev
+
 from firmware.durable import write_new
+from firmware.store import audit
+from firmware.store.db import immediate
 from hsm import KEY_ALGORITHMS
 
 from . import bundle as bundle_mod
 from . import keys as pkeys
+from .apply import TokenAccess, recover, rollback
 from .errors import ProvisioningRefused
 from .manifest import FORMAT
-from .apply import TokenAccess, recover
+from .report import write_report
+from .service import provision_copied
 from .state import ProvisioningState, box_id_path
+from .usb import DEFAULT_FILESYSTEMS, DEFAULT_LABELS, StickWatcher
 
 
 def _read_secret_file(path: str | None) -> bytes | None:
@@ -164,9 +171,6 @@ def _print_report(outcome) -> None:
 
 
 def cmd_enroll(args) -> None:
-    from firmware.store import audit
-    from firmware.store.db import immediate
-
     state_dir = Path(args.state_dir)
     key_id, changed = pkeys.enroll(state_dir, Path(args.public_key).read_bytes(), replace=args.replace)
     if changed:
@@ -178,9 +182,6 @@ def cmd_enroll(args) -> None:
 
 
 def cmd_apply(args) -> None:
-    from .report import write_report
-    from .service import provision_copied
-
     if args.report_dir and not Path(args.report_dir).is_dir():
         raise SystemExit(f"esignbox: report directory {args.report_dir} does not exist; nothing was applied")
     outcome = provision_copied(Path(args.state_dir), Path(args.bundle))
@@ -191,9 +192,7 @@ def cmd_apply(args) -> None:
         raise SystemExit(2 if outcome.report.result == "refused" else 1)
 
 
-def _watcher(args):
-    from .usb import DEFAULT_FILESYSTEMS, DEFAULT_LABELS, StickWatcher
-
+def _watcher(args) -> StickWatcher:
     return StickWatcher(
         Path(args.state_dir),
         labels=tuple(args.label or DEFAULT_LABELS),
@@ -205,8 +204,6 @@ def _watcher(args):
 
 
 def cmd_stick(args) -> None:
-    import pyudev
-
     watcher = _watcher(args)
     device = pyudev.Devices.from_device_file(watcher.context(), args.device)
     info = watcher.classify(device)
@@ -267,8 +264,6 @@ def cmd_recover(args) -> None:
 
 
 def cmd_rollback(args) -> None:
-    from .apply import rollback
-
     state = ProvisioningState(Path(args.state_dir))
     with state.locked():
         recover(state)

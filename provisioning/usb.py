@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import pyudev
+
 from .bundle import DEFAULT_LIMITS, Limits
 from .report import Report, write_report
 from .service import Outcome, provision_copied
@@ -251,15 +253,11 @@ class StickWatcher:
     # -- running -------------------------------------------------------------------------------------
     def context(self) -> Any:
         if self._context is None:
-            import pyudev
-
             self._context = pyudev.Context()
         return self._context
 
     def monitor(self) -> Any:
         if self._monitor is None:
-            import pyudev
-
             source = self._source
             if source == "auto":
                 source = "udev" if Path("/run/udev/control").exists() else "kernel"

@@ -559,7 +559,7 @@ def test_key_request_then_issued_chain(pbox: ProvBox, tmp_path: Path, box_config
 
 
 def test_setup_code_for_the_admin_console(pbox: ProvBox, tmp_path: Path):
-    from webui import accounts
+    from firmware.operations import accounts
     code = "ABCD-EFGH-JKMN"
     report = pbox.provision(make_bundle(tmp_path / "b", pbox.key, 1, admin={"setup_code": code}))
     assert report.result == "applied", report.message
@@ -574,7 +574,7 @@ def test_setup_code_for_the_admin_console(pbox: ProvBox, tmp_path: Path):
 
 def test_a_stick_resets_a_forgotten_admin_password(pbox: ProvBox, tmp_path: Path):
     """No shell on the box: the way back in is physical, a signed stick with a new set-up code."""
-    from webui import accounts
+    from firmware.operations import accounts
     from webui.sessions import SessionStore
 
     db = Database(pbox.state_dir / "box.db")

@@ -17,7 +17,7 @@ import falcon.testing
 import pytest
 
 from firmware.store.db import Database
-from webui.accounts import SETUP_ACCOUNT, Accounts, set_setup_code
+from firmware.operations.accounts import SETUP_ACCOUNT, Accounts, set_setup_code
 from webui.app import create_app
 
 from .test_webui_units import (COOKIE, Clock, _admin, _get, _post, _session, client, console,  # noqa: F401

@@ -19,8 +19,9 @@ from firmware.config import BoxConfig
 from firmware.store.db import Database
 from firmware.operations.reports import AUDIT_PAGE_SIZE, AuditQuery, UsageRow, audit_actions, search_audit
 from webui import tls
-from webui.accounts import AccountError, Accounts, set_setup_code
-from webui.app import Console, authority, create_app
+from firmware.operations.accounts import AccountError, Accounts, set_setup_code
+from webui.app import authority, create_app
+from webui.console import Console
 from webui.charts import usage_chart
 from webui.lan import InterfaceAddress, LanPolicy, allowed_networks, listen_addresses, parse_peer
 from webui.nginx import render_config

@@ -8,20 +8,15 @@ password, scrypt, lockouts, idle-expiring sessions, CSRF tokens, Host/Origin che
 security headers, a box-local CA, key rollover inside the running process, and an audit entry
 for everything the console does.
 
-Modules: lan (addresses and allow-list), accounts (administrator, set-up code, lockouts),
-sessions, app (Falcon app and middleware), pages/ (one per page), charts (SVG), probes (TSA,
-OCSP, CRL reachability), tls (box-local CA), nginx (the HTTPS front), signing (the swappable
-signing service), server (start-up inside `serve`). box.toml is written through
-firmware.operations.configstore and keys are handled by firmware.operations.keys, the same code the command line uses.
+Modules: lan (addresses and allow-list), sessions, console (what the pages share), app (Falcon
+app and middleware), pages/ (one per page), charts (SVG), probes (TSA, OCSP, CRL reachability),
+tls (box-local CA), nginx (the HTTPS front), server (start-up inside `serve`). The rules are the
+application layer's, the same code the command line and provisioning use: box.toml through
+firmware.operations.configstore, keys through firmware.operations.keys, the administrator account
+through firmware.operations.accounts, usage and audit through firmware.operations.reports, the
+swappable signing service in firmware.operations.live.
 """
 
-from .accounts import set_setup_code
+from .server import ConsoleError, start_console
 
-__all__ = ["set_setup_code", "start_console"]
-
-
-def start_console(box, config, out=print):
-    """Start the console for a serving box (see webui.server.start_console)."""
-    from .server import start_console as start
-
-    return start(box, config, out)
+__all__ = ["ConsoleError", "start_console"]

@@ -12,42 +12,28 @@ settings change restarts the signing service in the process.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import waitress
 
 from firmware.config import BoxConfig
+from firmware.operations.accounts import Accounts
+from firmware.operations.live import SigningService
 
 from . import tls
-from .accounts import Accounts
-from .app import Console, create_app
+from .app import create_app
+from .console import Console
 from .lan import LanPolicy, allowed_networks, interface_addresses, listen_addresses
 from .nginx import NginxFront
 from .sessions import SessionStore
-from firmware.operations.live import SigningService
 
 log = logging.getLogger(__name__)
 
 
 class ConsoleError(RuntimeError):
     """The console could not start; the signing API is not affected."""
-
-
-def box_names(config: BoxConfig) -> list[str]:
-    hostname = socket.gethostname().lower()
-    return list(dict.fromkeys([hostname, f"{hostname}.local", "localhost", *(n.lower() for n in config.console.names)]))
-
-
-def console_tls(config: BoxConfig, state_dir: Path, addresses: list[str]) -> tls.ConsoleTls:
-    settings = config.console
-    if settings.tls_cert_file and settings.tls_key_file and settings.tls_cert_file.exists() \
-            and settings.tls_key_file.exists():
-        return tls.load_organisation(settings.tls_cert_file, settings.tls_key_file)
-    return tls.ensure_server_cert(state_dir / "console" / "tls", box_names(config), addresses)
 
 
 def _url(address: str, port: int) -> str:
@@ -83,8 +69,8 @@ def start_console(box, config: BoxConfig, out: Callable[[str], None] = print) ->
     accounts = Accounts(db, settings.max_failures, settings.lockout_minutes * 60)
     sessions = SessionStore(db, settings.session_idle_minutes * 60)
     signing = SigningService(box)
-    console_cert = console_tls(config, config.state_dir, addresses)
-    hosts = {*box_names(config), *addresses, "127.0.0.1", "::1", *(n.lower() for n in console_cert.names)}
+    console_cert = tls.for_console(config, addresses)
+    hosts = {*tls.box_names(config), *addresses, "127.0.0.1", "::1", *(n.lower() for n in console_cert.names)}
     console = Console(config=config, db=db, accounts=accounts, sessions=sessions, lan=lan, hosts=hosts,
                       signing=signing, tls=console_cert, port=settings.port,
                       urls=[_url(a, settings.port) for a in addresses if a != "127.0.0.1"] +

@@ -16,9 +16,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from firmware.operations.accounts import ensure_schema
 from firmware.store.db import Database, immediate
-
-from .state import ensure_schema
 
 COOKIE = "__Host-esb_session"
 TOUCH_S = 10.0  # idle time is measured to within this many seconds

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from firmware.certificates import CertificateError, as_pyca, read_certificates
+from firmware.config import BoxConfig
 from firmware.durable import write_durable
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
@@ -201,3 +203,18 @@ def remove_organisation(directory: Path) -> None:
             os.unlink(directory / name)
         except FileNotFoundError:
             pass
+
+
+def box_names(config: BoxConfig) -> list[str]:
+    """The names the console answers to: the host name, with .local, localhost, and [console] names."""
+    hostname = socket.gethostname().lower()
+    return list(dict.fromkeys([hostname, f"{hostname}.local", "localhost", *(n.lower() for n in config.console.names)]))
+
+
+def for_console(config: BoxConfig, addresses: list[str]) -> ConsoleTls:
+    """The organisation's certificate if box.toml names one that is there, else the box-local CA's."""
+    settings = config.console
+    if settings.tls_cert_file and settings.tls_key_file and settings.tls_cert_file.exists() \
+            and settings.tls_key_file.exists():
+        return load_organisation(settings.tls_cert_file, settings.tls_key_file)
+    return ensure_server_cert(config.state_dir / "console" / "tls", box_names(config), addresses)

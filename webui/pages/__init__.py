@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import falcon
 
-from ..app import Console
+from ..console import Console
 
 
 class Page:

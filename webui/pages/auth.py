@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import falcon
 
-from ..accounts import AccountError
-from ..app import peer_of
+from firmware.operations.accounts import AccountError
+
+from ..console import peer_of
 from ..state import record
 from . import Page
 

@@ -7,12 +7,12 @@ import urllib.parse
 import falcon
 
 from firmware.config import ConfigError, check_proxy_url, redacted_url
+from firmware.operations.accounts import AccountError
 from firmware.signing.levels import Level, parse_enum
 from firmware.signing.pdf_signing import check_stamp_text
 
 from .. import tls
-from ..accounts import AccountError
-from ..app import peer_of
+from ..console import peer_of
 from ..lan import interface_addresses
 from . import Page
 
@@ -109,9 +109,7 @@ class TlsSettings(Page):
         c.change_config(req, {"console": relative}, "settings.change", {"console_certificate": new},
                         restart_signing=False)
         if c.nginx is not None:
-            from ..server import console_tls
-
-            c.tls = console_tls(c.config, c.state_dir, [a for a in c.nginx.addresses])
+            c.tls = tls.for_console(c.config, [a for a in c.nginx.addresses])
             c.nginx.reload(c.tls.cert_file, c.tls.key_file)
             c.hosts.update(n.lower() for n in c.tls.names)
         self.done(req, "/settings", f"The console now presents the certificate of {new}. Reload the page.")

@@ -1,4 +1,8 @@
-"""The administrator: no default password, a one-time set-up code, scrypt, lockouts.
+"""The console's administrator account: no default password, a one-time set-up code, scrypt, lockouts.
+
+Here, not in webui/, because two faces set it up: the console (first set-up, sign-in, password
+changes) and USB provisioning (a stick may carry the set-up code, or reset a forgotten
+administrator). The console keeps only its face: cookies, CSRF tokens and pages.
 
 - A box without an administrator has a one-time set-up code instead of a password. `esignbox
   serve` prints a fresh one on the box's own console when none is set, and the provisioning
@@ -22,12 +26,85 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
-from firmware.store import audit
-from firmware.store.db import Database, immediate
+from ..store import audit
+from ..store.db import Database, immediate
 
-from .state import append_audit, ensure_schema
+__all__ = ["AccountError", "Accounts", "Attempt", "admins", "ensure_schema", "set_setup_code"]
+
+# The accounts' tables beside (not inside) the schema of firmware/store/db.py: the signing service
+# never reads them. console_sessions is here too: resetting the administrator signs everyone out
+# in the same transaction. Every change is an audit entry written in the same transaction.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS console_admins (
+    name            TEXT PRIMARY KEY,
+    password_hash   BLOB NOT NULL,
+    salt            BLOB NOT NULL,
+    kdf             TEXT NOT NULL,       -- JSON: {"alg": "scrypt", "n": ..., "r": ..., "p": ..., "dklen": ...}
+    created_at      TEXT NOT NULL,
+    password_set_at TEXT NOT NULL
+);
+-- The one-time set-up code (at most one row); only its scrypt hash is kept.
+CREATE TABLE IF NOT EXISTS console_setup_code (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    code_hash  BLOB NOT NULL,
+    salt       BLOB NOT NULL,
+    kdf        TEXT NOT NULL,
+    source     TEXT NOT NULL,          -- "console" (printed at start) or "provisioning"
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS console_sessions (
+    key_hash    TEXT PRIMARY KEY,       -- SHA-256 of the cookie value; the value itself is not stored
+    admin       TEXT,                   -- NULL: not signed in (login and set-up forms)
+    setup_nonce TEXT,                   -- set once the one-time code was accepted
+    csrf        TEXT NOT NULL,
+    flash       TEXT NOT NULL DEFAULT '[]',
+    peer        TEXT,
+    created     REAL NOT NULL,
+    last_seen   REAL NOT NULL
+);
+-- Secret checks per peer and per account: counted before the check runs, so that concurrent
+-- attempts cannot exceed the limit; cleared by a success.
+CREATE TABLE IF NOT EXISTS console_lockouts (
+    key          TEXT PRIMARY KEY,      -- "peer:<address>" or "account:<name>"
+    failures     INTEGER NOT NULL,      -- checks started in the window (in flight or failed)
+    last_failure REAL NOT NULL,         -- when the last of them started
+    locked_until REAL NOT NULL DEFAULT 0,
+    refused      INTEGER NOT NULL DEFAULT 0  -- attempts turned away without a check
+);
+"""
+# Columns added after the first release: (table, column, definition) for databases made before.
+ADDED_COLUMNS = [("console_lockouts", "refused", "INTEGER NOT NULL DEFAULT 0")]
+
+
+def ensure_schema(db: Database) -> None:
+    conn = db.connect()
+    conn.executescript(SCHEMA)
+    for table, column, definition in ADDED_COLUMNS:
+        if column in _columns(conn, table):
+            continue
+        with immediate(conn):  # several processes may start at once: check again under the write lock
+            if column not in _columns(conn, table):
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def append_audit(conn: sqlite3.Connection, actor: str, action: str, details: dict[str, Any]) -> int:
+    """Append one entry; call inside the caller's `immediate()` transaction."""
+    return audit.append(conn, [audit.AuditEntry(actor, action, None, details)])
+
+
+def admins(db: Database) -> list[str]:
+    """The administrators' names; none while no console ever made its tables."""
+    try:
+        return [row[0] for row in db.connect().execute("SELECT name FROM console_admins ORDER BY name")]
+    except sqlite3.OperationalError:  # no such table: nobody has set the console up
+        return []
+
 
 SCRYPT_PARAMS = {"alg": "scrypt", "n": 2**15, "r": 8, "p": 1, "dklen": 32}
 MIN_PASSWORD = 12
@@ -135,7 +212,7 @@ class Accounts:
         return bool(self._db.connect().execute("SELECT COUNT(*) FROM console_admins").fetchone()[0])
 
     def admins(self) -> list[str]:
-        return [r[0] for r in self._db.connect().execute("SELECT name FROM console_admins ORDER BY name")]
+        return admins(self._db)
 
     def setup_code_source(self) -> str | None:
         row = self._db.connect().execute("SELECT source FROM console_setup_code").fetchone()
