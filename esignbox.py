@@ -8,7 +8,8 @@ hands `serve` the function that starts the admin console (webui/).
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from firmware import cli as firmware_cli
 from provisioning.cli import add_parser as add_provisioning_commands
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them 
 __all__ = ["main", "parser"]
 
 
-def _start_console(box: "Box", config: "BoxConfig") -> tuple[Callable[..., Any], Callable[[], None]]:
+def _start_console(box: Box, config: BoxConfig) -> tuple[Callable[..., Any], Callable[[], None]]:
     # optional heavy dependency: webui (Jinja, TLS, nginx control) is needed by `serve` alone, not every command.
     from webui import ConsoleError, start_console
 

@@ -352,7 +352,7 @@ def client_process(box: RunningBox, step: LoadStep, threads: int, seconds: float
     outs = [WorkerResult([], 0, [], 0.0, start, 0.0) for _ in sessions]  # one per thread: no shared counters
     workers = [
         threading.Thread(target=drive, args=(session, url, step, start + seconds, out))
-        for session, out in zip(sessions, outs)
+        for session, out in zip(sessions, outs, strict=False)
     ]
     for worker in workers:
         worker.start()
@@ -536,7 +536,7 @@ def bench_pdf(box: RunningBox, options: Options) -> dict:
         for label, size in PDF_SIZES:
             progress(f"PDF: {label}")
             pdf = make_pdf(size)
-            direct = statistics.median(time_runs(lambda: sign_direct(pdf), options.pdf_runs))
+            direct = statistics.median(time_runs(lambda pdf=pdf: sign_direct(pdf), options.pdf_runs))
             api = None
             if api_note is None:
                 outcome = sign_via_api(box, pdf, options.pdf_runs)
@@ -621,14 +621,7 @@ def report_api(api: list[dict], raw: dict) -> list[str]:
     single = max(r["per_second"] for r in api if r["level"] == "B-B" and r["batch"] == 1)
     batch = max(r["per_second"] for r in api if r["batch"] > 1)
     pool = raw["rsa2048_2_sessions_2_threads"]
-    return lines + [
-        "   cpu columns in cores: srv = esignbox serve, cli = load generator, oth = everything else"
-        " (the dev PKI, and any other load on the machine)",
-        "   in the B-T/B-LT rows oth cpu is mostly the dev TSA/OCSP: certomancer's Werkzeug server,"
-        " which answers one request at a time",
-        f"   API/raw token (RSA, 2 sessions, {pool:.0f}/s): best single-hash B-B {single:.0f}/s = {single / pool:.1%};"
-        f" best batch {batch:.0f} hashes/s = {batch / pool:.1%}",
-    ]
+    return [*lines, "   cpu columns in cores: srv = esignbox serve, cli = load generator, oth = everything else" " (the dev PKI, and any other load on the machine)", "   in the B-T/B-LT rows oth cpu is mostly the dev TSA/OCSP: certomancer's Werkzeug server," " which answers one request at a time", f"   API/raw token (RSA, 2 sessions, {pool:.0f}/s): best single-hash B-B {single:.0f}/s = {single / pool:.1%};" f" best batch {batch:.0f} hashes/s = {batch / pool:.1%}"]
 
 
 def report_pdf(pdf: dict) -> list[str]:
@@ -680,7 +673,7 @@ def bench_wrk(box: RunningBox, options: Options, stack: contextlib.ExitStack) ->
 def report_extra(wrk: dict | None) -> list[str]:
     lines = ["6. B-B through the API with wrk as the load generator (C, ~no CPU of its own)"]
     if wrk is None:
-        return lines + ["   wrk not installed (apt-get install wrk)"]
+        return [*lines, "   wrk not installed (apt-get install wrk)"]
     for name, r in wrk.items():
         lines.append(f"   {name:>11} connection(s): {r['per_s']:8.1f} signatures/s   p99 {r['p99_ms']:6.1f} ms"
                      f"   non-2xx {r['errors']}")

@@ -6,8 +6,8 @@ calls the token. This module is the only place that knows all of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import falcon
 
@@ -17,15 +17,15 @@ from .api import errors
 from .api.auth import ApiKeyAuth, RefusalAudit
 from .api.info import CertificateResource, HealthResource
 from .api.json_media import BoundedJsonHandler
+from .api.openapi import OpenApiResource
 from .api.pdf import PdfSignResource, PdfVerifyResource
 from .api.signatures import SignatureBatchResource, SignatureResource
-from .api.openapi import OpenApiResource
 from .api.usage import UsageResource
-from .config import BoxConfig, ConfigError
-from .errors import InvalidRequest
 from .certificates import check_chain, load_certificates
-from .outbound import apply_outbound
+from .config import BoxConfig, ConfigError
 from .csc.routes import CscSessions, add_csc_routes
+from .errors import InvalidRequest
+from .outbound import apply_outbound
 from .signing.clock import ClockWatch
 from .signing.hash_signing import HashSigningService
 from .signing.pdf_signing import PdfSigningService
@@ -59,7 +59,7 @@ class Box:
     health_parts: dict[str, Callable[[], dict[str, object]]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, config: BoxConfig) -> "Box":
+    def open(cls, config: BoxConfig) -> Box:
         db = Database(config.database)
         ledger = SignatureLedger(db, config.audit.refusal_window_s, config.audit.budget)
         return cls.assemble(config, Token(config.token_config()), db, ClientRegistry(db), ledger)
@@ -68,7 +68,7 @@ class Box:
     def assemble(
         cls, config: BoxConfig, token: Token, db: Database, clients: ClientRegistry, ledger: SignatureLedger,
         csc_sessions: CscSessions | None = None, health_parts: dict[str, Callable[[], dict[str, object]]] | None = None,
-    ) -> "Box":
+    ) -> Box:
         """The signing services for ``config`` around an open token and database (the console's
         key rollover reassembles them without closing the token's logged-in session)."""
         apply_outbound(config.outbound)

@@ -9,6 +9,7 @@ nothing of the faces.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from asn1crypto import keys, pem, x509
@@ -45,7 +46,7 @@ def read_certificates(data: bytes, *, pem_only: bool = False) -> list[x509.Certi
         else:
             certs = [x509.Certificate.load(data)]
         for cert in certs:
-            cert.native  # parse all of it now, not when first used
+            _ = cert.native  # parse all of it now, not when first used
     except CertificateError:
         raise
     except Exception as exc:  # asn1crypto raises ValueError, TypeError, KeyError, …
@@ -76,7 +77,7 @@ def check_chain(token: Token, key_label: str, chain: list[x509.Certificate]) -> 
         raise InvalidRequest("the chain holds no certificate")
     if chain[0].public_key.dump() != keys.PublicKeyInfo.load(token.key(key_label).public_key_info).dump():
         raise InvalidRequest(f"the leaf certificate is not for token key {key_label!r}")
-    for child, parent in zip(chain, chain[1:]):
+    for child, parent in itertools.pairwise(chain):
         if child.issuer != parent.subject:
             raise InvalidRequest(
                 f"certificate {child.subject.human_friendly!r} is not issued by {parent.subject.human_friendly!r}"

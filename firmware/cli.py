@@ -14,9 +14,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from asn1crypto import pem
 
@@ -27,8 +28,16 @@ from .config import BoxConfig, default_value, effective_value
 from .durable import write_durable, write_new
 from .instance import hold_state_dir
 from .operations import configstore, reports
-from .operations.keys import (activation, build_csr, chain_details, chain_path, generate, install_chain,
-                              parse_subject, rollback_activation)
+from .operations.keys import (
+    activation,
+    build_csr,
+    chain_details,
+    chain_path,
+    generate,
+    install_chain,
+    parse_subject,
+    rollback_activation,
+)
 from .serving import serve
 from .store import audit
 from .store.clients import ClientRegistry

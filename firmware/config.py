@@ -21,9 +21,10 @@ import os
 import re
 import tomllib
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from hsm import TokenConfig
@@ -578,14 +579,14 @@ class BoxConfig:
         return TokenConfig(self.token.module, self.token.label, self.token.read_pin(), self.token.sessions)
 
     @classmethod
-    def load(cls, state_dir: Path) -> "BoxConfig":
+    def load(cls, state_dir: Path) -> BoxConfig:
         path = state_dir / CONFIG_NAME
         if not path.exists():
             raise ConfigError(f"{path} not found; run `esignbox init-dev` or write it (see README)")
         return cls.from_text(state_dir, path.read_text())
 
     @classmethod
-    def from_text(cls, state_dir: Path, text: str) -> "BoxConfig":
+    def from_text(cls, state_dir: Path, text: str) -> BoxConfig:
         """What box.toml ``text`` would configure; a change is checked with it before it is written."""
         resolved = state_dir.resolve()
         return cls(state_dir=resolved, **dict(_sections(state_dir / CONFIG_NAME, text, resolved)))

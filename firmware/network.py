@@ -10,8 +10,8 @@ the image's default (the files of an earlier [network] are removed).
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .config import NetworkSettings
 from .durable import write_durable

@@ -19,23 +19,25 @@ came in between.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from asn1crypto import pem, x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-from firmware.config import BoxConfig, ConfigError, parse
-from firmware.operations import configstore
-from firmware.errors import InvalidRequest
 from firmware.certificates import as_pyca, check_chain, load_certificates
-from firmware.operations import accounts
+from firmware.config import BoxConfig, ConfigError, parse
+from firmware.durable import write_durable, write_new
+from firmware.errors import InvalidRequest
+from firmware.operations import accounts, configstore
+from firmware.operations.generations import RolledBack
 from firmware.operations.keys import build_csr, parse_subject
 from firmware.store import audit
 from firmware.store import clients as client_store
@@ -45,8 +47,6 @@ from hsm import KeyAlgorithm, KeyNotFound, Token, TokenError
 
 from .bundle import FILES, MANIFEST, SIGNATURE
 from .errors import ProvisioningRefused
-from firmware.durable import write_durable, write_new
-from firmware.operations.generations import RolledBack
 from .manifest import ClientSpec, Manifest
 from .state import ProvisioningState, Record, box_id_path, test_hook
 from .verify import VerifiedBundle
@@ -186,7 +186,7 @@ def _check_chain(tokens: TokenAccess, verified: VerifiedBundle, state: Provision
         raise ProvisioningRefused("chain-mismatch", str(exc)) from exc
     except TokenError as exc:
         raise ProvisioningRefused("token-error", f"cannot read key {spec.key_label!r}: {exc}") from exc
-    for child, parent in zip(chain, chain[1:]):
+    for child, parent in itertools.pairwise(chain):
         if not _issued_by(child, parent):
             raise ProvisioningRefused(
                 "chain-mismatch", f"the signature on {child.subject.human_friendly!r} does not verify with its issuer"
@@ -304,7 +304,7 @@ def _apply_clients(conn, clients: tuple[ClientSpec, ...], free_calls: int) -> tu
         if row is None:
             entries.append(client_store.insert_client(
                 conn, spec.id, spec.name, bytes.fromhex(spec.key_sha256), ACTOR, tuple(s.get("scopes", DEFAULT_SCOPES)),
-                s["calls"] if "calls" in s else free_calls, s.get("rate_per_minute"), s.get("rate_per_day")))
+                s.get("calls", free_calls), s.get("rate_per_minute"), s.get("rate_per_day")))
             actions.append(f"API client {spec.name!r} created (id {spec.id}); its key is the one make-bundle printed")
             continue
         client_id, changed = row["id"], []
@@ -345,7 +345,7 @@ def apply_bundle(state: ProvisioningState, verified: VerifiedBundle, tokens: Tok
     if m.signing_chain is not None:
         _check_chain(tokens, verified, state, result)
 
-    applied_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    applied_at = datetime.now(UTC).isoformat(timespec="seconds")
     number = state.next_generation()
     current_dir = state.generation_dir(current) if current is not None else None
     created: list[int] = []

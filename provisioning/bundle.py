@@ -206,7 +206,7 @@ def read_tar_bytes(data: bytes, source: str, limits: Limits = DEFAULT_LIMITS) ->
     files: dict[str, bytes] = {}
     seen: set[str] = set()
     try:
-        archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+        archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:")  # noqa: SIM115 -- closed by the `with` below; a malformed tar is refused here
     except tarfile.TarError as exc:
         raise ProvisioningRefused("malformed", f"{source} is not an uncompressed tar: {exc}") from exc
     with archive:

@@ -9,7 +9,7 @@ import json
 import secrets
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyudev
@@ -67,7 +67,7 @@ def _client_entry(text: str) -> tuple[dict, str]:
 
 def cmd_make_bundle(args) -> None:
     manifest: dict = json.loads(Path(args.settings).read_text()) if args.settings else {}
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     manifest.update({
         "format": FORMAT,
         "counter": args.counter if args.counter is not None else int(time.time()),

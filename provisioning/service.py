@@ -20,12 +20,13 @@ import logging
 import os
 import pwd
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from firmware.config import BoxConfig, ConfigError
+from firmware.durable import write_durable
 from firmware.store import audit
 from firmware.store.db import immediate
 from hsm import Token
@@ -34,8 +35,6 @@ from . import keys as pkeys
 from .apply import ACTOR, TokenAccess, apply_bundle, recover
 from .bundle import DEFAULT_LIMITS, Limits, RawBundle, read_source
 from .errors import ProvisioningRefused
-from firmware.durable import write_durable
-
 from .report import Report
 from .state import ProvisioningState
 from .verify import AlreadyApplied, verify

@@ -20,9 +20,10 @@ import logging
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyudev
 
@@ -116,7 +117,7 @@ class Stick:
         if done.returncode != 0:
             raise OSError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip()}")
 
-    def __enter__(self) -> "Stick":
+    def __enter__(self) -> Stick:
         self.mountpoint.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.mountpoint.parent, 0o700)
         self.mountpoint.mkdir(mode=0o700, exist_ok=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from datetime import UTC, datetime, timedelta
 
 from asn1crypto import x509
 
@@ -25,7 +25,7 @@ from .errors import ProvisioningRefused
 from .manifest import Manifest
 from .state import Record
 
-__all__ = ["AlreadyApplied", "CLOCK_SKEW", "ProvisioningRefused", "VerifiedBundle", "load_pem_certificates", "verify"]
+__all__ = ["CLOCK_SKEW", "AlreadyApplied", "ProvisioningRefused", "VerifiedBundle", "load_pem_certificates", "verify"]
 
 # How far the admin PC's clock may run ahead of the box's. A bundle "created" further in the future
 # is refused: a forged date would otherwise stretch its validity window at will.
@@ -103,7 +103,7 @@ def verify(
         raise ProvisioningRefused(
             "replay", f"counter {manifest.counter} is not above the last applied counter {last.counter}"
         )
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if manifest.created_at > now + CLOCK_SKEW:
         raise ProvisioningRefused(
             "not-yet-valid",

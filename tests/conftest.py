@@ -7,7 +7,7 @@ which signs on a SoftHSM2 token and fetches timestamps/OCSP/CRLs from `certomanc
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,6 +18,7 @@ from firmware.store.clients import ClientRegistry
 from firmware.store.db import Database
 
 from .support import Api, BoxProcess, free_port
+
 
 @pytest.fixture(scope="session")
 def box_config(tmp_path_factory) -> BoxConfig:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
@@ -36,12 +36,12 @@ class BoxProcess:
         self.log_path = state_dir / f"serve-{self.port}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "BoxProcess":
-        log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [ESIGNBOX, "--state-dir", str(self.state_dir), "serve", "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+    def start(self) -> BoxProcess:
+        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [ESIGNBOX, "--state-dir", str(self.state_dir), "serve", "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -86,7 +86,7 @@ def issue_certificate(csr_pem: bytes, days: int = 30):
     """A tiny CA: returns (root PEM, leaf PEM) for the CSR's public key."""
     root_key = ec.generate_private_key(ec.SECP256R1())
     root_name = cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, f"Test Root {secrets.token_hex(3)}")])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     root = (cx509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
             .public_key(root_key.public_key()).serial_number(cx509.random_serial_number())
             .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=days))

@@ -194,12 +194,12 @@ def test_the_openapi_default_level_follows_a_settings_change(local_box, box_conf
     service = SigningService(local_box)
     client = falcon.testing.TestClient(service)
     assert _documented_defaults(client.simulate_get("/openapi.json").json) == (box_config.default_level,) * 2
-    service.install(reassemble(local_box, dataclasses.replace(box_config, default_level="B-B")))
+    service.install(reassemble(local_box, dataclasses.replace(box_config, signing=dataclasses.replace(box_config.signing, default_level="B-B"))))
     assert _documented_defaults(client.simulate_get("/openapi.json").json) == ("B-B", "B-B")
     key = _key(local_box, "default-level", ("hash",))
     result = client.simulate_post("/v1/signatures", json={"hash_algorithm": "sha256", "hash": HASH},
                                   headers={"Authorization": f"Bearer {key}"})
     assert result.status_code == 201 and result.json["level"] == "B-B", result.text  # the default it documents
-    service.install(reassemble(local_box, dataclasses.replace(box_config, default_level="B-LTA")))
+    service.install(reassemble(local_box, dataclasses.replace(box_config, signing=dataclasses.replace(box_config.signing, default_level="B-LTA"))))
     # hash signing cannot make B-LTA: its documented default is the level it really uses
     assert _documented_defaults(client.simulate_get("/openapi.json").json) == ("B-LT", "B-LTA")

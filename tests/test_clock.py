@@ -16,8 +16,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -105,7 +106,7 @@ def test_a_box_in_step_with_its_tsa_signs(box_config: BoxConfig, api: Api):
 
 def test_a_clock_set_right_again_signs_again(dev_pki: DevPki, pki_server):
     """The refusal lasts only while the clock is off: a fresh reading from the TSA lifts it."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from firmware.signing.clock import ClockSkewed, ClockWatch
     from firmware.signing.timestamps import FallbackTimeStamper
@@ -113,7 +114,7 @@ def test_a_clock_set_right_again_signs_again(dev_pki: DevPki, pki_server):
     clock = ClockWatch(max_skew_s=60, reprobe_after_s=0)
     now = time.time()
     with pytest.raises(ClockSkewed, match="7200 s behind"):
-        clock.observe(datetime.now(timezone.utc) + timedelta(hours=2), now, now, "a TSA")
+        clock.observe(datetime.now(UTC) + timedelta(hours=2), now, now, "a TSA")
     with pytest.raises(ClockSkewed):
         clock.check()  # no probe to ask: the last reading stands
     assert clock.status()["ok"] is False

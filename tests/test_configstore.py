@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware.operations import configstore
 from firmware.config import ConfigError
+from firmware.operations import configstore
 from firmware.store import audit
 from firmware.store.db import Database
 

@@ -33,7 +33,11 @@ from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.fields import SigSeedSubFilter
 from pyhanko.sign.signers import PdfSignatureMetadata, PdfSigner
 from pyhanko.sign.signers.csc_signer import (
-    CSCAuthorizationInfo, CSCAuthorizationManager, CSCServiceSessionInfo, CSCSigner, fetch_certs_in_csc_credential,
+    CSCAuthorizationInfo,
+    CSCAuthorizationManager,
+    CSCServiceSessionInfo,
+    CSCSigner,
+    fetch_certs_in_csc_credential,
 )
 from pyhanko.sign.timestamps import HTTPTimeStamper
 from pyhanko.sign.validation import async_validate_pdf_signature
@@ -46,8 +50,8 @@ from firmware.signing.token_signer import TokenSigner
 from firmware.store.clients import ClientRegistry
 from firmware.store.csc_grants import AccessTokens, InvalidAccessToken, SadRefused, SadStore
 from firmware.store.db import Database
-from firmware.store.metering import SCOPES
 from firmware.store.ledger import SignatureLedger
+from firmware.store.metering import SCOPES
 from hsm import KeyAlgorithm, Token
 
 from .pdfs import make_pdf
@@ -590,7 +594,7 @@ def test_timestamps_count_against_the_rate_like_signatures(box, clients):
 def _certificate_for(token: Token, label: str) -> asn1_x509.Certificate:
     """A certificate carrying the token key, issued by a throwaway CA: all raw signing reads of it."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "EC raw signing test")]))

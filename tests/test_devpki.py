@@ -238,5 +238,5 @@ def test_server_refuses_a_busy_port(served_pki: tuple[DevPki, PkiServer]) -> Non
 
 def test_server_failure_reports_certomancer_output(tmp_path: Path) -> None:
     never_ensured = DevPki(tmp_path, "http://127.0.0.1:1")
-    with pytest.raises(PkiServerError, match="certomancer.yml"):
+    with pytest.raises(PkiServerError, match=r"certomancer\.yml"):
         PkiServer(never_ensured, _free_port()).start()

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from asn1crypto import x509
 
 from firmware.certificates import load_certificates
 from firmware.signing.revocation import (
-    CertificateRevoked, RevocationCache, RevocationService, RevocationUnavailable,
+    CertificateRevoked,
+    RevocationCache,
+    RevocationService,
+    RevocationUnavailable,
 )
 from firmware.signing.timestamps import FallbackTimeStamper, TimestampUnavailable
 
@@ -64,7 +67,7 @@ def test_a_revoked_certificate_gives_no_ltv_data(box_config, dev_pki, pki_server
 def test_cache_entries_expire_at_next_update():
     now = [1_000_000.0]
     cache = RevocationCache(clock=lambda: now[0])
-    at = lambda seconds: datetime.fromtimestamp(now[0] + seconds, timezone.utc)  # noqa: E731
+    at = lambda seconds: datetime.fromtimestamp(now[0] + seconds, UTC)  # noqa: E731
     cache.put(("ocsp", 1), "fresh", at(60))
     cache.put(("ocsp", 2), "stale", at(-1))
     cache.put(("crl", 3), "no next update", None)

@@ -160,7 +160,7 @@ def test_batch_signs_every_hash_and_records_each(api, box_config, clients, api_k
     assert response.status_code == 201, response.text
     signatures = response.json()["signatures"]
     assert len(signatures) == 5
-    for document, item in zip(documents, signatures):
+    for document, item in zip(documents, signatures, strict=False):
         signed_data = cms.ContentInfo.load(base64.b64decode(item["signature"]))["content"]
         digests = [
             a["values"][0].native for a in signed_data["signer_infos"][0]["signed_attrs"]

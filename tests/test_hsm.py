@@ -20,11 +20,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from firmware.errors import InvalidRequest
 from firmware.certificates import check_chain
+from firmware.errors import InvalidRequest
 from firmware.operations.keys import build_csr, parse_subject
 from hsm import (
-    KeyAlgorithm, KeyExists, KeyNotFound, SignatureScheme, Token, UnsupportedDigest,
+    KeyAlgorithm,
+    KeyExists,
+    KeyNotFound,
+    SignatureScheme,
+    Token,
+    UnsupportedDigest,
 )
 from hsm.module import load_module
 
@@ -218,7 +223,7 @@ def test_pin_is_not_in_the_token_config_repr(box_config):
 def _test_ca() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CSR Test CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
@@ -236,7 +241,7 @@ def test_csr_from_token_key_is_issued_by_a_ca_and_the_chain_imports(token, keys,
     assert request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "Signing Box"
 
     ca_key, ca_cert = _test_ca()
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     issued = (
         x509.CertificateBuilder().subject_name(request.subject).issuer_name(ca_cert.subject)
         .public_key(request.public_key()).serial_number(x509.random_serial_number())

@@ -12,8 +12,6 @@ import subprocess
 import threading
 import time
 
-import pytest
-
 from firmware.store import audit
 from firmware.store.db import open_connection
 

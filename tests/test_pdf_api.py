@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from asn1crypto import cms
@@ -146,7 +146,7 @@ def _field_names(pdf: bytes) -> list[str]:
 
 def _share(pixels: list[tuple[int, int, int]], colour: tuple[int, int, int]) -> float:
     """The fraction of ``pixels`` within a rounding error of ``colour``."""
-    return sum(all(abs(a - b) <= 2 for a, b in zip(p, colour)) for p in pixels) / len(pixels)
+    return sum(all(abs(a - b) <= 2 for a, b in zip(p, colour, strict=False)) for p in pixels) / len(pixels)
 
 
 @pytest.mark.parametrize("docmdp", ["2", "3"])
@@ -171,7 +171,7 @@ def test_visible_approval_on_a_certified_document(api, roots, client_id, ledger,
     assert_well_formed(stamped.content, tmp_path)
     statuses = validate(stamped.content, roots)
     assert_trusted(statuses)
-    author = next(s for s, sig in zip(statuses, reader(stamped.content).embedded_regular_signatures)
+    author = next(s for s, sig in zip(statuses, reader(stamped.content).embedded_regular_signatures, strict=False)
                   if sig.field_name == "Author")
     assert author.docmdp_ok and author.modification_level == ModificationLevel.FORM_FILLING
     first, second = verify(api, stamped.content)["signatures"]
@@ -253,7 +253,7 @@ def test_concurrent_requests_all_sign_validly(api, document, roots):
     levels = ["B-B", "B-T", "B-LT", "B-LTA"] * 2
     with ThreadPoolExecutor(len(levels)) as pool:
         responses = list(pool.map(lambda level: sign(api, document, level=level), levels))
-    for level, response in zip(levels, responses):
+    for level, response in zip(levels, responses, strict=False):
         assert response.status_code == 200, response.text
         assert response.headers["X-Signature-Level"] == level
         assert_trusted(validate(response.content, roots))

@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 import time
 import tomllib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,8 +27,8 @@ from cryptography import x509 as cx509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from firmware.operations import configstore
 from firmware.config import BoxConfig
+from firmware.operations import configstore
 from firmware.store import audit
 from firmware.store.clients import ClientRegistry
 from firmware.store.db import Database
@@ -51,7 +51,7 @@ BOX_ID = "BOX-TEST-0001"
 def new_manifest(counter: int, valid: timedelta = timedelta(days=7), created_in: timedelta = timedelta(0),
                  **sections) -> dict:
     """A manifest bound to the test box (BOX_ID) unless the test names another binding."""
-    created = datetime.now(timezone.utc).replace(microsecond=0) + created_in
+    created = datetime.now(UTC).replace(microsecond=0) + created_in
     if "any_box" not in sections:
         sections.setdefault("box_serial", BOX_ID)
     sections = {name: value for name, value in sections.items() if value is not None}
@@ -310,7 +310,7 @@ def test_ecdsa_provisioning_key(box_config: BoxConfig, tmp_path: Path):
 
 def test_expired_bundle_is_refused(pbox: ProvBox, tmp_path: Path):
     source = make_bundle(tmp_path / "b", pbox.key, 1, box_name="x")
-    report = refused(pbox, source, "expired", now=datetime.now(timezone.utc) + timedelta(days=8))
+    report = refused(pbox, source, "expired", now=datetime.now(UTC) + timedelta(days=8))
     assert "expired at" in report.message
     past = tmp_path / "past"
     bundle_mod.write_dir(past, new_manifest(2, valid=timedelta(days=7)) | {

@@ -53,7 +53,7 @@ class FakeDevice:
     attributes: dict = field(default_factory=lambda: {"size": b"1024000"})
     ancestors: tuple = (FakeParent("block"), FakeParent("scsi"), FakeParent("usb"), FakeParent("usb"), FakeParent("pci"))
 
-    def changed(self, **kwargs) -> "FakeDevice":
+    def changed(self, **kwargs) -> FakeDevice:
         values = {**self.__dict__, **kwargs}
         values["properties"] = {**self.properties, **kwargs.get("properties", {})}
         return FakeDevice(**values)

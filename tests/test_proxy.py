@@ -12,8 +12,8 @@ import hashlib
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -36,7 +36,7 @@ class Tinyproxy:
         )
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Tinyproxy":
+    def start(self) -> Tinyproxy:
         binary = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
         self.process = subprocess.Popen([binary, "-d", "-c", str(self.conf)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

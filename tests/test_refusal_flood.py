@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 from firmware.store import audit
 from firmware.store.db import open_connection

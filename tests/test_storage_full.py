@@ -11,8 +11,8 @@ import errno
 import hashlib
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -16,12 +16,11 @@ from pathlib import Path
 import falcon.testing
 import pytest
 
-from firmware.store.db import Database
 from firmware.operations.accounts import SETUP_ACCOUNT, Accounts, set_setup_code
+from firmware.store.db import Database
 from webui.app import create_app
 
-from .test_webui_units import (COOKIE, Clock, _admin, _get, _post, _session, client, console,  # noqa: F401
-                               make_console)
+from .test_webui_units import COOKIE, Clock, _admin, _get, _post, _session, client, console, make_console  # noqa: F401
 
 CHECK_REASONS = ("bad credentials", "wrong set-up code")
 

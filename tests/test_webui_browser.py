@@ -23,9 +23,9 @@ import signal
 import subprocess
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -300,7 +300,7 @@ def test_signature_on_dashboard_and_in_audit_log(admin: Admin, console_box: Cons
 
 def _issue(csr_pem: bytes, ca_key, ca_cert: x509.Certificate, subject: x509.Name | None = None,
            public_key=None) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     csr = x509.load_pem_x509_csr(csr_pem) if csr_pem else None
     return (x509.CertificateBuilder()
             .subject_name(subject or csr.subject).issuer_name(ca_cert.subject)
@@ -335,7 +335,7 @@ def test_key_generate_csr_chain_and_rollover(admin: Admin, console_box: ConsoleB
     # A test CA issues the certificate, as the organisation's CA would.
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Console Test CA")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
                .not_valid_after(now + dt.timedelta(days=3650))
@@ -524,9 +524,9 @@ def _presented_certificate(console_box: ConsoleBox) -> x509.Certificate:
 
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only to read what is presented
-    with socket.create_connection(("127.0.0.1", console_box.port), timeout=5) as sock:
-        with context.wrap_socket(sock, server_hostname="127.0.0.1") as tls_sock:
-            return x509.load_der_x509_certificate(tls_sock.getpeercert(binary_form=True))
+    with (socket.create_connection(("127.0.0.1", console_box.port), timeout=5) as sock,
+          context.wrap_socket(sock, server_hostname="127.0.0.1") as tls_sock):
+        return x509.load_der_x509_certificate(tls_sock.getpeercert(binary_form=True))
 
 
 def test_organisation_certificate_upload_and_back(admin: Admin, console_box: ConsoleBox, tmp_path):
@@ -538,7 +538,7 @@ def test_organisation_certificate_upload_and_back(admin: Admin, console_box: Con
     # The organisation's CA and a certificate for the box's address.
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Example Ltd IT CA")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
                .not_valid_after(now + dt.timedelta(days=365))

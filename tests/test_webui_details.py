@@ -56,8 +56,8 @@ def test_audit_page_names_clients_and_says_why_a_call_was_refused(box_config, cl
 
     import requests
 
-    from firmware.store.db import Database
     from firmware.operations.reports import AuditQuery, search_audit
+    from firmware.store.db import Database
 
     client, key = clients.add("audit-names", scopes=("pdf",))
     refused = requests.post(f"{box.url}/v1/signatures", headers={"Authorization": f"Bearer {key}"}, timeout=30,

@@ -16,13 +16,13 @@ import falcon.testing
 import pytest
 
 from firmware.config import BoxConfig
-from firmware.store.db import Database
-from firmware.operations.reports import AUDIT_PAGE_SIZE, AuditQuery, UsageRow, audit_actions, search_audit
-from webui import tls
 from firmware.operations.accounts import AccountError, Accounts, set_setup_code
+from firmware.operations.reports import AUDIT_PAGE_SIZE, AuditQuery, UsageRow, audit_actions, search_audit
+from firmware.store.db import Database
+from webui import tls
 from webui.app import authority, create_app
-from webui.console import Console
 from webui.charts import usage_chart
+from webui.console import Console
 from webui.lan import InterfaceAddress, LanPolicy, allowed_networks, listen_addresses, parse_peer
 from webui.nginx import render_config
 from webui.probes import Prober

@@ -133,11 +133,11 @@ class NetworkGuard:
         # With Referrer-Policy: no-referrer, browsers send "Origin: null" on their own form posts,
         # so "null" says nothing (the CSRF token decides); any other origin must be this console.
         origin = req.get_header("Origin")
-        if origin is not None and origin != "null":
-            if not (origin.startswith("https://") and c.is_console(authority(origin[len("https://"):]))):
-                raise falcon.HTTPForbidden(
-                    title="Cross-site request refused",
-                    description=f"The request came from a page of {origin[:100]!r}, not from this console.")
+        if (origin is not None and origin != "null"
+                and not (origin.startswith("https://") and c.is_console(authority(origin[len("https://"):])))):
+            raise falcon.HTTPForbidden(
+                title="Cross-site request refused",
+                description=f"The request came from a page of {origin[:100]!r}, not from this console.")
 
 
 class SessionGuard:

@@ -50,7 +50,7 @@ class CertFacts:
 
 
 def facts(cert: x509.Certificate, now: dt.datetime | None = None) -> CertFacts:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     not_after = cert["tbs_certificate"]["validity"]["not_after"].native
     return CertFacts(cert.subject.human_friendly, cert.issuer.human_friendly, format(cert.serial_number, "x"),
                      not_after, (not_after - now).days if not_after > now else -1 - (now - not_after).days,

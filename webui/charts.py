@@ -34,7 +34,7 @@ def usage_chart(rows: list[UsageRow], names: dict[str, str], days: int = 30, tod
 
     ``rows`` as firmware.operations.reports.usage() returns them.
     """
-    today = today or dt.datetime.now(dt.timezone.utc).date()
+    today = today or dt.datetime.now(dt.UTC).date()
     first = today - dt.timedelta(days=days - 1)
     per_client: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in rows:
@@ -51,7 +51,7 @@ def usage_chart(rows: list[UsageRow], names: dict[str, str], days: int = 30, tod
         series.append(OTHERS)
     dates = [(first + dt.timedelta(days=i)).isoformat() for i in range(days)]
     day_totals = [sum(per_client[c].get(d, 0) for c in series) for d in dates]
-    top = _nice_max(max(day_totals + [1]))
+    top = _nice_max(max([*day_totals, 1]))
 
     width, height, left, bottom, top_pad = 900, 240, 44, 24, 10
     plot_w, plot_h = width - left - 8, height - bottom - top_pad

@@ -8,8 +8,8 @@ and the peer address, so it can be tested with simulated peers and interfaces.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import ifaddr
 

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from firmware.children import dies_with_this_process
@@ -124,7 +124,7 @@ class NginxFront:
         d = self.directory.resolve()
         return [self.binary, "-e", str(d / "error.log"), "-p", str(d), "-c", str(self.conf_path.resolve()), *extra]
 
-    def start(self, timeout: float = 15.0) -> "NginxFront":
+    def start(self, timeout: float = 15.0) -> NginxFront:
         self._write_config()
         check = subprocess.run(self._command("-t", "-q"), capture_output=True, text=True)
         if check.returncode != 0:
@@ -164,7 +164,7 @@ class NginxFront:
             if process is not None:  # a master killed outright leaves workers holding the port
                 _kill_group(process.pid)
             self.restarts += 1
-            when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            when = datetime.now(UTC).isoformat(timespec="seconds")
             self.last_failure = f"{when}: nginx exited ({_exit_reason(code)})"
             pause = _RESTART_PAUSES_S[min(failures_in_a_row, len(_RESTART_PAUSES_S) - 1)]
             log.error("admin console's nginx exited (%s); starting it again in %s s. Its log ends: %s",

@@ -10,6 +10,7 @@ timeout.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import threading
 import time
@@ -77,7 +78,7 @@ def probe_plan(chain: list[x509.Certificate], tsa_urls: list[str], timeout: floa
     """(kind, url, zero-argument callable) for every service the signing path depends on."""
     plan: list[tuple[str, str, object]] = [("TSA", url, lambda u=url: _tsa(u, timeout)) for url in tsa_urls]
     seen: set[tuple[str, str]] = set()
-    for cert, issuer in zip(chain, chain[1:]):
+    for cert, issuer in itertools.pairwise(chain):
         for url in cert.ocsp_urls:
             body = _ocsp_request(cert, issuer)
             if ("OCSP", url) not in seen:

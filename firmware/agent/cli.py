@@ -17,7 +17,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sign", help="sign IN and write the signed PDF to OUT")
     s.add_argument("--box", required=True, help="the box's URL, e.g. http://esignbox.lan:8080")
     s.add_argument("--api-key-file", required=True, type=Path, help="file holding the client's API key")
-    s.add_argument("--level", default=Level.B_T.value, choices=[l.value for l in Level if l is not Level.B_LTA])
+    s.add_argument("--level", default=Level.B_T.value, choices=[level.value for level in Level if level is not Level.B_LTA])
     s.add_argument("--reason")
     s.add_argument("--location")
     s.add_argument("--field", help="signature field name (default: the first free SignatureN)")

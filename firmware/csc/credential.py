@@ -7,7 +7,7 @@ same signer the box signs with rather than configured separately.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from asn1crypto import keys
 from cryptography import x509 as pyca_x509
@@ -22,7 +22,7 @@ CERTIFICATE_CHOICES = ("none", "single", "chain")
 
 
 def _generalized_time(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y%m%d%H%M%SZ")
+    return moment.astimezone(UTC).strftime("%Y%m%d%H%M%SZ")
 
 
 class Credential:
@@ -45,7 +45,7 @@ class Credential:
         key = {"status": "enabled", "algo": self._algorithms, "len": public_key.bit_size}
         if public_key.algorithm == "ec":
             key["curve"] = keys.NamedCurve(public_key.curve[1]).dotted
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         valid = self._cert.not_valid_before <= now <= self._cert.not_valid_after
         cert = {"status": "valid" if valid else "expired"}
         if certificates != "none":

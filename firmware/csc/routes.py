@@ -30,7 +30,7 @@ class CscSessions:
     sads: SadStore
 
     @classmethod
-    def open(cls, db: Database) -> "CscSessions":
+    def open(cls, db: Database) -> CscSessions:
         return cls(AccessTokens(db), SadStore(db))
 
 

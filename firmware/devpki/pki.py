@@ -163,10 +163,7 @@ class DevPki:
 
         now = datetime.now(UTC).replace(microsecond=0)
         state_path = self.directory / STATE_FILE
-        if state_path.exists():
-            state = _State.from_json(state_path.read_text())
-        else:
-            state = _State.fresh(self.url_prefix, now)
+        state = _State.from_json(state_path.read_text()) if state_path.exists() else _State.fresh(self.url_prefix, now)
         if state.url_prefix != self.url_prefix:
             state = state.with_url_prefix(self.url_prefix)
 

@@ -25,8 +25,9 @@ import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..store import audit
 from ..store.db import Database, immediate

@@ -21,17 +21,18 @@ the settings are described.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import tomli_w
 
 from ..config import BoxConfig, parse, redacted_url
 from ..durable import write_durable
-from .generations import Generations
 from ..store import audit
 from ..store.db import Database
+from .generations import Generations
 
 __all__ = ["ConfigChange", "differences", "header", "merged", "render", "update"]
 

@@ -31,11 +31,12 @@ import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..config import CONFIG_NAME, ConfigError
 from ..durable import fsync_dir, replace_symlink, write_durable, write_new
@@ -86,7 +87,7 @@ class RolledBack:
 
 
 def now_text() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def test_hook(point: str, marker_dir: Path) -> None:
@@ -204,7 +205,7 @@ class Generations:
 
     def next_generation(self) -> int:
         record = self.record()
-        known = self.numbered_generations() + [self.current_generation() or 0, record.generation if record else 0]
+        known = [*self.numbered_generations(), self.current_generation() or 0, record.generation if record else 0]
         return max(known) + 1
 
     def config_is_linked(self) -> bool:
@@ -325,7 +326,7 @@ class Generations:
         fsync_dir(self.root)
         self.prune()
 
-    def recover(self, post_commit: Callable[["Generations", int], object] | None = None) -> str | None:
+    def recover(self, post_commit: Callable[[Generations, int], object] | None = None) -> str | None:
         """Finish or undo an operation a crash interrupted; returns what was done, if anything.
 
         ``post_commit(generations, generation)`` repeats the steps that follow a bundle's commit

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ def install_chain(state_dir: Path, token: Token, label: str, data: bytes) -> lis
     chain = order_chain(parse_chain(data), token.key(label).public_key_info)
     check_chain(token, label, chain)
     expiry = _not_after(chain[0])
-    if expiry < datetime.now(timezone.utc):
+    if expiry < datetime.now(UTC):
         raise InvalidRequest(f"the certificate expired on {expiry:%Y-%m-%d}")
     path.parent.mkdir(exist_ok=True)
     write_durable(path, chain_pem(chain))
@@ -242,7 +242,7 @@ def inventory(config: BoxConfig, token: Token) -> list[KeyState]:
     """Every key on the token, the signing key first, then by label. Raises TokenError if it does not answer."""
     active_chain = config.chain_file.read_bytes() if config.chain_file.exists() else b""
     states = []
-    for key in token.keys():
+    for key in token:
         active = key.label == config.key_label
         stored = chain_path(config.state_dir, key.label) if LABEL.match(key.label) else None
         leaf, can_activate = None, False

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from ..anchoring import check_anchors
 from ..store import audit, metering, refusals
@@ -25,7 +26,7 @@ AUDIT_PAGE_SIZE = 50
 
 
 def _today() -> str:
-    return dt.datetime.now(dt.timezone.utc).date().isoformat()
+    return dt.datetime.now(dt.UTC).date().isoformat()
 
 
 # -- usage ----------------------------------------------------------------------------------------

@@ -18,9 +18,9 @@ import ctypes
 import functools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 
 __all__ = ["ClockSkewed", "ClockWatch", "kernel_synchronised"]
 

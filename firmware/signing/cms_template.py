@@ -11,7 +11,7 @@ no signing-time for PAdES — at about 0.3 ms. pyHanko still does all PDF work.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from asn1crypto import algos, cms, core
 from pyhanko.sign.general import as_signing_certificate_v2
@@ -63,7 +63,7 @@ class DetachedCmsTemplate:
         ]
         if profile is Profile.CADES:  # PAdES forbids signing-time (the PDF's /M carries it)
             attrs.append(cms.CMSAttribute({"type": "signing_time", "values": [
-                cms.Time(name="utc_time", value=datetime.now(timezone.utc).replace(microsecond=0))]}))
+                cms.Time(name="utc_time", value=datetime.now(UTC).replace(microsecond=0))]}))
             attrs.append(self._algorithms(digest_algorithm)[2])
         return cms.CMSAttributes(attrs)
 

@@ -17,7 +17,6 @@ from asn1crypto import cms, x509
 from hsm import UnsupportedDigest, check_digest
 
 from ..errors import InvalidRequest
-
 from ..store.ledger import SignatureLedger, SignatureRecord
 from .cms_template import DetachedCmsTemplate
 from .levels import Level, Profile

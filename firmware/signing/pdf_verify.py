@@ -57,7 +57,7 @@ class PdfInvalid(InvalidRequest):
     """The body is not a PDF the box can process: unreadable, damaged, encrypted or too large."""
 
     @classmethod
-    def damaged(cls, what: str, exc: BaseException) -> "PdfInvalid":
+    def damaged(cls, what: str, exc: BaseException) -> PdfInvalid:
         """``what: <what pyHanko found>`` on one short line: it is logged and sent to the caller."""
         if isinstance(exc, RecursionError):
             detail = "objects nested too deeply or referring to themselves"

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from asn1crypto import crl, ocsp, x509
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
@@ -85,7 +86,7 @@ class RevocationCache:
 def _ocsp_next_update(response: ocsp.OCSPResponse) -> datetime | None:
     single = response["response_bytes"]["response"].parsed["tbs_response_data"]["responses"][0]
     value = single["next_update"].native
-    return value.astimezone(timezone.utc) if value else None
+    return value.astimezone(UTC) if value else None
 
 
 def _crl_next_update(crls: Iterable[crl.CertificateList]) -> datetime | None:

@@ -44,12 +44,12 @@ class StampLook:
     logo: StampLogo | None = None
 
     @classmethod
-    def default(cls) -> "StampLook":
+    def default(cls) -> StampLook:
         """box.toml's defaults: for signers with no box.toml, such as the local agent."""
         return cls("", parse_colour(BoxConfig.stamp_background), parse_colour(BoxConfig.stamp_border))
 
     @classmethod
-    def from_config(cls, config: BoxConfig) -> "StampLook":
+    def from_config(cls, config: BoxConfig) -> StampLook:
         """The look box.toml's [signing] section asks for; ConfigError names a bad setting."""
         colours = {}
         for name in ("stamp_background", "stamp_border"):

@@ -46,7 +46,7 @@ class Client:
         return None if self.calls_purchased is None else max(self.calls_purchased - self.calls_used, 0)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Client":
+    def from_row(cls, row: sqlite3.Row) -> Client:
         return cls(
             id=row["id"], name=row["name"], created_at=row["created_at"], disabled_at=row["disabled_at"],
             scopes=tuple(s for s in row["scopes"].split(",") if s),
@@ -186,10 +186,10 @@ class ClientRegistry:
         self,
         client_id: str,
         actor: str = "operator",
-        calls: int | None | object = _UNSET,
+        calls: int | object | None = _UNSET,
         add_calls: int = 0,
-        rate_per_minute: int | None | object = _UNSET,
-        rate_per_day: int | None | object = _UNSET,
+        rate_per_minute: int | object | None = _UNSET,
+        rate_per_day: int | object | None = _UNSET,
     ) -> Client:
         """Change quotas; arguments left out keep their value, None removes a limit."""
         current = self.get(client_id)

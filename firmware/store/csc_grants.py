@@ -24,7 +24,7 @@ import json
 import secrets
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from . import audit
 from .clients import Client

@@ -24,7 +24,6 @@ from .db import Database, immediate
 from .refusals import RefusalCounter
 from .storage import StorageBudget, full_error
 
-
 _UNLIMITED_RECHECK_S = 1.0
 
 
@@ -118,7 +117,7 @@ class SignatureLedger:
             with immediate(conn):
                 charged: Counter[str] = Counter()  # signatures charged in this transaction, per client
                 results = [self._charge(conn, job, charged) for job in batch]
-                entries = [e for job, result in zip(batch, results) if result is None for e in job.entries]
+                entries = [e for job, result in zip(batch, results, strict=False) if result is None for e in job.entries]
                 summarise = time.time() >= self._summaries_due
                 if summarise:
                     entries += self._refusals.summaries(conn)
@@ -130,7 +129,7 @@ class SignatureLedger:
         except Exception as exc:
             outcomes = [full_error(exc)] * len(batch)
         finally:
-            for job, outcome in zip(batch, outcomes):
+            for job, outcome in zip(batch, outcomes, strict=False):
                 job.outcome, job.done = outcome, True
 
     @staticmethod

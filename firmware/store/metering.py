@@ -9,7 +9,7 @@ signatures (so concurrent requests cannot overshoot the quota between check and 
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 # hash: hash signing (native and CSC); pdf: PDF signing; timestamp: the CSC timestamp endpoint (a
 # TSA proxy, so only for clients granted it). SCOPES lists every scope, DEFAULT_SCOPES what a new
@@ -65,7 +65,7 @@ def check(conn: sqlite3.Connection, client_id: str, count: int, now: datetime | 
 
     Returns whether the client has no limits at all (callers may then skip the next checks).
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     row = conn.execute(
         "SELECT calls_purchased, calls_used, rate_per_minute, rate_per_day FROM clients WHERE id = ?",
         (client_id,),
@@ -107,7 +107,7 @@ def charge(conn: sqlite3.Connection, client_id: str, count: int, uncommitted: in
 def usage(conn: sqlite3.Connection, client_id: str | None = None, days: int = 31) -> list[dict]:
     """Metered calls per client (id and name), per endpoint (hash, pdf, raw, timestamp), per UTC day,
     newest day first."""
-    since = (datetime.now(timezone.utc) - timedelta(days=days)).date().isoformat()
+    since = (datetime.now(UTC) - timedelta(days=days)).date().isoformat()
     query = (
         "SELECT m.client_id, c.name AS client_name, m.kind AS endpoint, substr(m.created_at, 1, 10) AS day,"
         " COUNT(*) AS signatures FROM metered_calls m LEFT JOIN clients c ON c.id = m.client_id"

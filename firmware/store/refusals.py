@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .audit import AuditEntry
@@ -47,7 +47,7 @@ RETURNING refusals
 
 
 def _iso(epoch: float | None) -> str | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="microseconds")
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
 
 
 class RefusalCounter:
@@ -66,7 +66,7 @@ class RefusalCounter:
         try:
             return self._connection().execute(_COUNT, params).fetchone()[0] == 0
         except sqlite3.Error as exc:
-            raise full_error(exc)
+            raise full_error(exc) from exc
 
     def summaries(self, conn: sqlite3.Connection) -> list[AuditEntry]:
         """Inside the caller's write transaction: closed windows' counts as entries, taken off the counters."""
@@ -95,7 +95,7 @@ def refused_since(conn: sqlite3.Connection, since: str) -> int:
     counts, and counts not yet summarised."""
     moment = datetime.fromisoformat(since)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return conn.execute(
         "SELECT (SELECT COUNT(*) FROM audit_log WHERE action = 'refusal' AND at >= :since)"
         " + (SELECT coalesce(SUM(json_extract(details, '$.refusals')), 0) FROM audit_log"

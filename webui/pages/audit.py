@@ -63,7 +63,7 @@ class Export(Page):
                 yield (json.dumps(item, sort_keys=True) + "\n").encode()
 
         resp.content_type = "application/x-ndjson"
-        resp.downloadable_as = f"esignbox-audit-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}.jsonl"
+        resp.downloadable_as = f"esignbox-audit-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}.jsonl"
         resp.stream = lines()
 
 

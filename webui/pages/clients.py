@@ -52,8 +52,9 @@ class ClientPage(Page):
         c = self.console
         try:
             client = c.box.clients.get(client_id)
-        except ClientError:
-            raise falcon.HTTPNotFound(title="No such client", description=f"There is no API client {client_id!r}.")
+        except ClientError as exc:
+            raise falcon.HTTPNotFound(title="No such client",
+                                      description=f"There is no API client {client_id!r}.") from exc
         rows = reports.usage(c.db, client_id, 30)
         c.render(req, resp, "client.html", nav="clients", client=client, rows=rows, scopes=metering.SCOPES,
                  chart=usage_chart(rows, {client.id: client.name}),

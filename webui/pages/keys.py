@@ -13,8 +13,19 @@ from __future__ import annotations
 import falcon
 
 from firmware.errors import InvalidRequest
-from firmware.operations.keys import (KEY_ALGORITHMS, KeyExists, KeyNotFound, TokenError, activation, build_csr,
-                                      chain_details, generate, install_chain, inventory, parse_subject)
+from firmware.operations.keys import (
+    KEY_ALGORITHMS,
+    KeyExists,
+    KeyNotFound,
+    TokenError,
+    activation,
+    build_csr,
+    chain_details,
+    generate,
+    install_chain,
+    inventory,
+    parse_subject,
+)
 
 from .. import certinfo
 from ..state import record
