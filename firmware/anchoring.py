@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import logging
+import sqlite3
 import threading
 from typing import TYPE_CHECKING
 
@@ -38,7 +39,7 @@ def anchor(db: Database, timestamper: FallbackTimeStamper) -> int | None:
     return anchored
 
 
-def _is_anchor(conn, seq: int) -> bool:
+def _is_anchor(conn: sqlite3.Connection, seq: int) -> bool:
     row = conn.execute("SELECT action FROM audit_log WHERE seq = ?", (seq,)).fetchone()
     return row is not None and row[0] == "anchor"
 

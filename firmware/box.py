@@ -97,8 +97,9 @@ class Box:
             csc_sessions or CscSessions.open(db), health_parts if health_parts is not None else {},
         )
 
-    def app(self) -> falcon.App:
-        app = falcon.App(middleware=[RefusalAudit(self.ledger), ApiKeyAuth(self.clients)])
+    def app(self) -> falcon.App[falcon.Request, falcon.Response]:
+        middleware: list[RefusalAudit | ApiKeyAuth] = [RefusalAudit(self.ledger), ApiKeyAuth(self.clients)]
+        app = falcon.App(middleware=middleware)
         errors.register(app)
         app.req_options.media_handlers[falcon.MEDIA_JSON] = BoundedJsonHandler()
         app.add_route("/v1/health", HealthResource(self.token, self.signer, self.clock, self.health_parts))

@@ -27,6 +27,7 @@ from .anchoring import PeriodicAnchor, anchor
 from .config import BoxConfig, default_value, effective_value
 from .durable import write_durable, write_new
 from .instance import hold_state_dir
+from .network import apply as apply_network
 from .operations import configstore, reports
 from .operations.keys import (
     activation,
@@ -40,7 +41,7 @@ from .operations.keys import (
 )
 from .serving import serve
 from .store import audit
-from .store.clients import ClientRegistry
+from .store.clients import Client, ClientRegistry
 from .store.db import Database
 
 if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them at run time
@@ -49,11 +50,11 @@ if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them 
 log = logging.getLogger("esignbox")
 
 
-def _config(args) -> BoxConfig:
+def _config(args: argparse.Namespace) -> BoxConfig:
     return BoxConfig.load(Path(args.state_dir))
 
 
-def cmd_init_dev(args) -> None:
+def cmd_init_dev(args: argparse.Namespace) -> None:
     from .devbox import init_dev  # optional heavy dependency: certomancer, for development boxes only
 
     config = init_dev(Path(args.state_dir), pki_port=args.pki_port, api_port=args.port,
@@ -61,18 +62,25 @@ def cmd_init_dev(args) -> None:
     print(f"development box ready in {config.state_dir}")
 
 
-def cmd_pki_serve(args) -> None:
+def _dev_pki_port(config: BoxConfig) -> int:
+    if config.pki_port is None:
+        raise SystemExit(f"{config.state_dir} is not a development box: box.toml has no [dev] pki_port")
+    return config.pki_port
+
+
+def cmd_pki_serve(args: argparse.Namespace) -> None:
     from .devpki import DevPki, PkiServer  # optional heavy dependency: certomancer, for development boxes only
 
     config = _config(args)
-    pki = DevPki(config.state_dir / "pki", f"http://127.0.0.1:{config.pki_port}")
-    with PkiServer(pki, config.pki_port) as server:
+    port = _dev_pki_port(config)
+    pki = DevPki(config.state_dir / "pki", f"http://127.0.0.1:{port}")
+    with PkiServer(pki, port) as server:
         print(f"dev PKI serving on {server.base_url}; Ctrl-C stops it")
         while True:
             time.sleep(3600)
 
 
-def _dev_client_key(box, state_dir: Path) -> Path:
+def _dev_client_key(box: Box, state_dir: Path) -> Path:
     """In dev mode, one API client whose key sits in a 0600 file, so `make run` is usable at once."""
     path = state_dir / "secrets" / "dev-api-key"
     if not path.exists():
@@ -81,7 +89,7 @@ def _dev_client_key(box, state_dir: Path) -> Path:
     return path
 
 
-def cmd_serve(args) -> None:
+def cmd_serve(args: argparse.Namespace) -> None:
     from .box import Box  # optional heavy dependency: the signing services load pyHanko; only `serve` needs them
 
     # systemd and the tests stop the box with SIGTERM; turn it into an orderly exit so the
@@ -96,8 +104,8 @@ def cmd_serve(args) -> None:
             from .devpki import DevPki, PkiServer
 
             config = init_dev(Path(args.state_dir), pki_port=args.pki_port, api_port=args.port, console=True)
-            pki_server = PkiServer(DevPki(config.state_dir / "pki", f"http://127.0.0.1:{config.pki_port}"),
-                                   config.pki_port)
+            port = _dev_pki_port(config)
+            pki_server = PkiServer(DevPki(config.state_dir / "pki", f"http://127.0.0.1:{port}"), port)
             pki_server.start()
             running.callback(pki_server.stop)
         config = _config(args)
@@ -130,18 +138,18 @@ OPERATOR = "operator"  # the audit actor of every command run here
 RESTART = "restart the service: a running box does not see this change until then"
 
 
-def _audit(config: BoxConfig, action: str, details: dict) -> None:
+def _audit(config: BoxConfig, action: str, details: dict[str, Any]) -> None:
     audit.record(Database(config.database).connect(), audit.AuditEntry(OPERATOR, action, None, details))
 
 
-def cmd_keygen(args) -> None:
+def cmd_keygen(args: argparse.Namespace) -> None:
     config = _config(args)
     info, details = generate(Token(config.token_config()), args.label, args.algorithm)
     _audit(config, "key.generate", details)
     print(pem.armor("PUBLIC KEY", info.public_key_info).decode(), end="")
 
 
-def cmd_csr(args) -> None:
+def cmd_csr(args: argparse.Namespace) -> None:
     config = _config(args)
     label, subject = args.label or config.key_label, parse_subject(args.subject)
     request = build_csr(Token(config.token_config()), label, subject)
@@ -149,7 +157,7 @@ def cmd_csr(args) -> None:
     write_durable(Path(args.out), request) if args.out else sys.stdout.write(request.decode())
 
 
-def cmd_import_chain(args) -> None:
+def cmd_import_chain(args: argparse.Namespace) -> None:
     config = _config(args)
     label = args.label or config.key_label
     chain = install_chain(config.state_dir, Token(config.token_config()), label, Path(args.file).read_bytes())
@@ -163,7 +171,7 @@ def cmd_import_chain(args) -> None:
         print(f"make it the signing key with: esignbox activate {label}")
 
 
-def _apply_activation(args, rollback: bool) -> None:
+def _apply_activation(args: argparse.Namespace, rollback: bool) -> None:
     config = _config(args)
     token = Token(config.token_config())
     change = rollback_activation(config, token) if rollback else activation(config, token, args.label)
@@ -175,15 +183,15 @@ def _apply_activation(args, rollback: bool) -> None:
     print(RESTART)
 
 
-def cmd_activate(args) -> None:
+def cmd_activate(args: argparse.Namespace) -> None:
     _apply_activation(args, rollback=False)
 
 
-def cmd_rollback_key(args) -> None:
+def cmd_rollback_key(args: argparse.Namespace) -> None:
     _apply_activation(args, rollback=True)
 
 
-def _registry(args) -> ClientRegistry:
+def _registry(args: argparse.Namespace) -> ClientRegistry:
     return ClientRegistry(Database(_config(args).database))
 
 
@@ -195,14 +203,14 @@ _CLIENT_COLUMNS = "{:12}  {:24}  {:9}  {:20}  {:16}  {}"
 CLIENT_HEADER = _CLIENT_COLUMNS.format("ID", "NAME", "SCOPES", "CALLS", "RATES", "STATE")
 
 
-def _show_client(client) -> str:
+def _show_client(client: Client) -> str:
     state = "active" if client.active else f"disabled {client.disabled_at}"
     calls = "unlimited" if client.calls_purchased is None else f"{client.calls_used}/{client.calls_purchased} calls"
     rates = ", ".join(f"{v}/{unit}" for v, unit in ((client.rate_per_minute, "min"), (client.rate_per_day, "day")) if v)
     return _CLIENT_COLUMNS.format(client.id, client.name, ",".join(client.scopes), calls, rates or "no rate limit", state)
 
 
-def cmd_clients(args) -> None:
+def cmd_clients(args: argparse.Namespace) -> None:
     registry = _registry(args)
     if args.action == "add":
         calls = None if args.unlimited else (args.calls if args.calls is not None else _config(args).free_calls)
@@ -233,7 +241,7 @@ def cmd_clients(args) -> None:
         print(_show_client(getattr(registry, args.action)(args.client_id)))
 
 
-def cmd_usage(args) -> None:
+def cmd_usage(args: argparse.Namespace) -> None:
     rows = reports.usage(Database(_config(args).database), args.client, args.days)
     if args.json:
         print(json.dumps([asdict(row) for row in rows], indent=2))
@@ -244,7 +252,7 @@ def cmd_usage(args) -> None:
               f"  {row.signatures:>10}")
 
 
-def cmd_audit(args) -> None:
+def cmd_audit(args: argparse.Namespace) -> None:
     config = _config(args)
     db = Database(config.database)
     if args.action == "verify":
@@ -273,17 +281,15 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def cmd_config(args) -> None:
+def cmd_config(args: argparse.Namespace) -> None:
     state_dir = Path(args.state_dir)
     values = [default_value(key, state_dir) if args.default else effective_value(state_dir, key) for key in args.keys]
     for value in values:
         print(_shown(value))
 
 
-def cmd_network(args) -> None:
-    from .network import apply
-
-    for done in apply(_config(args).network, Path(args.run_dir)):
+def cmd_network(args: argparse.Namespace) -> None:
+    for done in apply_network(_config(args).network, Path(args.run_dir)):
         print(done)
 
 

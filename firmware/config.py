@@ -21,7 +21,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,6 +375,7 @@ def check_proxy_url(url: str) -> str:
 
 # -- reading a section through the schema ---------------------------------------------------------
 
+_CONVERT: dict[type, Callable[[Any], Any]] = {float: float, Path: Path}  # TOML has integers for floats, text for paths
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text", Path: "a path (text)"}
 
 
@@ -382,7 +383,8 @@ def _scalar(kind: type, value: Any, key: str) -> Any:
     if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else
                                                                    str if kind is Path else kind):
         raise _Invalid(key, f"must be {_TYPE_NAMES[kind]}, not {value!r}")
-    return float(value) if kind is float else Path(value) if kind is Path else value
+    convert: Callable[[Any], Any] | None = _CONVERT.get(kind)
+    return value if convert is None else convert(value)
 
 
 def _typed(hint: Any, value: Any, key: str) -> Any:
@@ -599,7 +601,7 @@ def _split(key: str) -> tuple[type, str, str]:
     cls = SECTIONS.get(section)
     known = cls is not None and (name in {f.name for f in dataclasses.fields(cls)}
                                  or isinstance(getattr(cls, name, None), property))
-    if not known:
+    if cls is None or not known:
         raise ConfigError(f"no setting {key!r} in box.toml; settings are SECTION.KEY, sections:"
                           f" {', '.join(SECTIONS)}")
     return cls, section, name

@@ -19,8 +19,11 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import socket
 import time
 from collections import Counter
+from typing import Any
+from wsgiref.types import WSGIApplication
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
@@ -43,13 +46,14 @@ _CLEANUP_INTERVAL_S = 1  # how often idle, slow and refused connections are deal
 class _Channel(HTTPChannel):
     """A connection that remembers since when it has been waiting for a complete request head."""
 
-    def __init__(self, server, sock, addr, adj, map=None) -> None:
+    def __init__(self, server: TcpWSGIServer, sock: socket.socket, addr: tuple[str, int], adj: Adjustments,
+                 map: dict[int, Any] | None = None) -> None:
         super().__init__(server, sock, addr, adj, map)
         self.head_started: float | None = self.creation_time  # the first head is due from the accept
 
     def received(self, data: bytes) -> bool:
         arrived = time.time()
-        result = super().received(data)
+        result: bool = super().received(data)
         if self.request is None or self.request.headers_finished:
             self.head_started = None  # no head in progress: channel_timeout governs the silence
         elif self.head_started is None:
@@ -60,14 +64,14 @@ class _Channel(HTTPChannel):
 class _GuardedServer(TcpWSGIServer):
     channel_class = _Channel
 
-    def __init__(self, application, settings: ApiSettings, **kw) -> None:
+    def __init__(self, application: WSGIApplication, settings: ApiSettings, **kw: Any) -> None:
         self.settings = settings
         self.uncapped = [ipaddress.ip_network(p, strict=False) for p in settings.uncapped_peers]
         self.refused: Counter[str] = Counter()  # since the last maintenance pass, logged there
         super().__init__(application, **kw)
 
-    def accept(self):
-        pair = super().accept()
+    def accept(self) -> tuple[socket.socket, tuple[str, int]] | None:
+        pair: tuple[socket.socket, tuple[str, int]] | None = super().accept()
         if pair is not None and self._over_peer_cap(pair[1][0]):
             pair[0].close()
             self.refused[pair[1][0]] += 1
@@ -97,7 +101,7 @@ class _GuardedServer(TcpWSGIServer):
         self.refused.clear()
 
 
-def serve(app, settings: ApiSettings, host: str, port: int) -> None:
+def serve(app: WSGIApplication, settings: ApiSettings, host: str, port: int) -> None:
     """Serve ``app`` on host:port with ``settings``' limits until SIGTERM or Ctrl-C."""
     adj = Adjustments(
         host=host, port=port, threads=settings.threads, ident="esignbox",
@@ -105,7 +109,7 @@ def serve(app, settings: ApiSettings, host: str, port: int) -> None:
         connection_limit=settings.connection_limit, channel_timeout=settings.channel_timeout,
         cleanup_interval=_CLEANUP_INTERVAL_S, asyncore_use_poll=True,  # poll: no FD_SETSIZE ceiling
     )
-    socket_map: dict = {}
+    socket_map: dict[int, Any] = {}
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
     try:

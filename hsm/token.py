@@ -27,11 +27,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import pkcs11
 from asn1crypto import keys as asn1_keys
 from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11.types import SignMixin
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 from pkcs11.util.rsa import encode_rsa_public_key
 
@@ -124,12 +125,14 @@ class _Worker:
     def __init__(self, session: pkcs11.Session, generation: int) -> None:
         self.session = session
         self.generation = generation
-        self._keys: dict[str, pkcs11.PrivateKey] = {}
+        self._keys: dict[str, SignMixin] = {}
 
-    def private_key(self, label: str) -> pkcs11.PrivateKey:
+    def private_key(self, label: str) -> SignMixin:
         key = self._keys.get(label)
         if key is None:
-            key = self.session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+            # python-pkcs11 builds a private key's class from its attributes; a CKO_PRIVATE_KEY
+            # with CKA_SIGN (all the box generates) has the sign mixin.
+            key = cast(SignMixin, self.session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label))
             self._keys[label] = key
         return key
 
@@ -399,14 +402,15 @@ class Token:
         """The public half of a token key, as SubjectPublicKeyInfo."""
 
         def read(worker: _Worker) -> KeyInfo:
-            public = worker.session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=label)
+            public = cast(pkcs11.PublicKey, worker.session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=label))
             return _key_info(label, public)
 
         return self._run(read)
 
     def keys(self) -> list[KeyInfo]:
         def read(worker: _Worker) -> list[KeyInfo]:
-            found = worker.session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY})
+            found = cast(Iterable[pkcs11.PublicKey],
+                         worker.session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY}))
             return sorted((_key_info(obj.label, obj) for obj in found), key=lambda k: k.label)
 
         return self._run(read)

@@ -8,6 +8,7 @@ signatures a request asks for (they call ``SignatureLedger.admit`` before touchi
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import falcon
 
@@ -24,7 +25,9 @@ class ApiKeyAuth:
     def __init__(self, clients: ClientRegistry) -> None:
         self._clients = clients
 
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict[str, Any]
+    ) -> None:
         if resource is None or getattr(resource, "public", False):
             return
         challenge = {"WWW-Authenticate": 'Bearer realm="esignbox"'}
@@ -52,8 +55,10 @@ class RefusalAudit:
     def __init__(self, ledger: SignatureLedger) -> None:
         self._ledger = ledger
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
-        if resource is None or int(resp.status[:3]) < 400:
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        if resource is None or resp.status_code < 400:
             return
         if getattr(resource, "public", False) and not getattr(resource, "audit_refusals", False):
             return
@@ -62,7 +67,7 @@ class RefusalAudit:
         try:
             self._ledger.refuse(
                 client.id if client else None,
-                {"method": req.method, "path": req.path, "status": int(resp.status[:3]),
+                {"method": req.method, "path": req.path, "status": resp.status_code,
                  "error": body.get("error"), "message": body.get("message") or body.get("error_description"),
                  "peer": req.remote_addr},
             )

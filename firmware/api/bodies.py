@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Any
 
 import falcon
 
@@ -21,7 +22,7 @@ def check_length(req: falcon.Request, limit: int) -> None:
         raise too_large(limit)
 
 
-def read_json(req: falcon.Request) -> dict:
+def read_json(req: falcon.Request) -> dict[str, Any]:
     """The JSON object in the body; size and nesting are bounded by the app's JSON handler (json_media)."""
     if req.content_type is None or not req.content_type.startswith("application/json"):
         raise InvalidRequest("send a JSON body with Content-Type: application/json")
@@ -31,7 +32,7 @@ def read_json(req: falcon.Request) -> dict:
     return body
 
 
-def field(body: dict, name: str, kind: type, default=None, required: bool = True):
+def field(body: dict[str, Any], name: str, kind: type, default: Any = None, required: bool = True) -> Any:
     value = body.get(name, default)
     if value is None and not required:
         return None

@@ -40,12 +40,13 @@ def face_of(req: falcon.Request) -> Face:
     return Face.CSC if req.path.startswith(CSC_PREFIX) else Face.NATIVE
 
 
-def register(app: falcon.App) -> None:
+def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:
     """A handler per table entry (Falcon picks the most specific registered type), one for a full
     disk met outside the ledger, and a last one for everything else."""
     for exc_type, fault in FAULTS.items():
         app.add_error_handler(exc_type, _handler(fault))
-    app.add_error_handler((OSError, sqlite3.Error), _handle_os_error)
+    app.add_error_handler(OSError, _handle_os_error)
+    app.add_error_handler(sqlite3.Error, _handle_os_error)
     app.add_error_handler(Exception, _handle_internal)
     app.set_error_serializer(_serialize)
 

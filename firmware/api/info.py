@@ -91,9 +91,11 @@ class CertificateResource:
     public = True
 
     def __init__(self, signer: TokenSigner) -> None:
-        chain = [signer.signing_cert, *(c for c in signer.cert_registry if c != signer.signing_cert)]
+        cert = signer.signing_cert
+        assert cert is not None  # a TokenSigner is built from its certificate
+        chain = [cert, *(c for c in signer.cert_registry if c != cert)]
         self._pem = b"".join(pem.armor("CERTIFICATE", c.dump()) for c in chain)
-        self._subject = signer.signing_cert.subject.human_friendly
+        self._subject = cert.subject.human_friendly
         self._serial = signer.cert_serial
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:

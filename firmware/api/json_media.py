@@ -19,6 +19,7 @@ import json
 
 import falcon
 from falcon.media import JSONHandler
+from falcon.typing import ReadableIO
 
 from ..errors import InvalidRequest
 from .bodies import too_large
@@ -46,7 +47,7 @@ class BoundedJsonHandler(JSONHandler):
         self._max_bytes = max_bytes
         self._max_depth = max_depth
 
-    def deserialize(self, stream, content_type: str | None, content_length: int | None) -> object:
+    def deserialize(self, stream: ReadableIO, content_type: str | None, content_length: int | None) -> object:
         if content_length is not None and content_length > self._max_bytes:
             raise too_large(self._max_bytes)
         data = stream.read(self._max_bytes + 1)  # a chunked body has no Content-Length to check

@@ -55,14 +55,14 @@ _MESSAGES = {
 }
 
 
-def _errors(*codes: int, schema: dict = _ERROR) -> dict[str, Any]:
+def _errors(*codes: int, schema: dict[str, Any] = _ERROR) -> dict[str, Any]:
     return {
         str(code): {"description": _MESSAGES[code], "content": {"application/json": {"schema": schema}}}
         for code in codes
     }
 
 
-def _json(schema: dict, description: str = "OK") -> dict[str, Any]:
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
@@ -148,7 +148,7 @@ def _csc_paths() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for version in (V1, V2):
         for name, resource in served(version).items():
-            operation = {
+            operation: dict[str, Any] = {
                 "summary": f"CSC {version.name} {name}",
                 **_csc_description(resource),
                 "tags": [f"CSC {version.name}"],

@@ -70,7 +70,7 @@ def _params(req: falcon.Request) -> dict[str, str]:
     return params
 
 
-def _jsonable(value):
+def _jsonable(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, enum.Enum):
@@ -110,7 +110,7 @@ def _verify_format(req: falcon.Request) -> str:
     """``format=json|etsi``; without it, an Accept header that prefers XML to JSON asks for ETSI."""
     chosen = read_query(_VERIFY_QUERY, _params(req)).get("format")
     if chosen is not None:
-        return chosen
+        return str(chosen)
     preferred = req.client_prefers([falcon.MEDIA_JSON, falcon.MEDIA_XML]) if req.accept != "*/*" else None
     return "etsi" if preferred == falcon.MEDIA_XML else "json"
 

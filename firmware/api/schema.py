@@ -135,5 +135,5 @@ def _checked(prop: dict[str, Any], value: object, name: str) -> Any:
             raise InvalidRequest(f"{name} holds {prop['minItems']} to {prop['maxItems']} items")
         return [_checked(prop["items"], item, f"{name}[{i}]") for i, item in enumerate(value)]
     if prop.get("format") == "byte":
-        return b64decode(value, name)
+        return b64decode(str(value), name)  # the type check above made it a string
     return value

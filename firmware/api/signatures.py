@@ -10,8 +10,8 @@ from .bodies import b64, read_json
 from .schema import hash_body, read_body
 
 
-def _serialize(signature: HashSignature) -> dict:
-    out = {
+def _serialize(signature: HashSignature) -> dict[str, object]:
+    out: dict[str, object] = {
         "signature": b64(signature.cms.dump()),
         "level": signature.level.value,
         "profile": signature.profile.value,

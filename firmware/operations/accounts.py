@@ -118,14 +118,14 @@ class AccountError(ValueError):
     """A request the console refuses with a message for the person at the browser."""
 
 
-def kdf(secret: str, salt: bytes, params: dict) -> bytes:
+def kdf(secret: str, salt: bytes, params: dict[str, Any]) -> bytes:
     if params.get("alg") != "scrypt":
         raise AccountError(f"unknown password hash {params.get('alg')!r}")
     n, r, p, dklen = params["n"], params["r"], params["p"], params["dklen"]
     return hashlib.scrypt(secret.encode(), salt=salt, n=n, r=r, p=p, dklen=dklen, maxmem=256 * r * n + 2**20)
 
 
-def hash_secret(secret: str, params: dict | None = None) -> tuple[bytes, bytes, str]:
+def hash_secret(secret: str, params: dict[str, Any] | None = None) -> tuple[bytes, bytes, str]:
     """(hash, salt, parameters as JSON) for a new secret."""
     params = dict(params or SCRYPT_PARAMS)
     salt = secrets.token_bytes(16)
@@ -199,7 +199,8 @@ class Attempt:
 
 
 class Accounts:
-    def __init__(self, db: Database, max_failures: int = 5, lockout_s: float = 600.0, clock=time.time) -> None:
+    def __init__(self, db: Database, max_failures: int = 5, lockout_s: float = 600.0,
+                 clock: Callable[[], float] = time.time) -> None:
         ensure_schema(db)
         self._db = db
         self.max_failures = max_failures
@@ -234,16 +235,16 @@ class Accounts:
     def _refused_for(self, row: sqlite3.Row, now: float) -> float:
         """Seconds a key turns attempts away: locked, or its last allowed checks are still running."""
         if row["locked_until"]:
-            return max(0.0, row["locked_until"] - now)
+            return max(0.0, float(row["locked_until"]) - now)
         if row["failures"] >= self.max_failures:
-            return max(0.0, row["last_failure"] + self.lockout_s - now)
+            return max(0.0, float(row["last_failure"]) + self.lockout_s - now)
         return 0.0
 
     def _over(self, row: sqlite3.Row, now: float) -> bool:
         """The key's lockout has ended, or its last counted attempt is older than the window."""
         if row["locked_until"]:
-            return row["locked_until"] <= now
-        return row["last_failure"] < now - self.lockout_s
+            return bool(row["locked_until"] <= now)
+        return bool(row["last_failure"] < now - self.lockout_s)
 
     def locked_for(self, name: str, peer: str) -> float:
         now = self._clock()

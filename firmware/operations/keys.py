@@ -79,7 +79,8 @@ def build_csr(token: Token, key_label: str, subject: x509.Name) -> bytes:
     request = csr.CertificationRequest(
         {"certification_request_info": info, "signature_algorithm": {"algorithm": algorithm}, "signature": signature}
     )
-    return pem.armor("CERTIFICATE REQUEST", request.dump())
+    armored: bytes = pem.armor("CERTIFICATE REQUEST", request.dump())
+    return armored
 
 
 def parse_chain(data: bytes) -> list[x509.Certificate]:
@@ -135,7 +136,8 @@ def generate(token: Token, label: str, algorithm: KeyAlgorithm | str) -> tuple[K
 
 
 def _not_after(cert: x509.Certificate) -> datetime:
-    return cert["tbs_certificate"]["validity"]["not_after"].native
+    not_after: datetime = cert["tbs_certificate"]["validity"]["not_after"].native
+    return not_after
 
 
 def chain_details(label: str, chain: list[x509.Certificate]) -> dict[str, Any]:
@@ -221,7 +223,7 @@ class TokenPresence:
 def token_presence(config: BoxConfig, token: Token) -> TokenPresence:
     try:
         token.key(config.key_label)
-        return TokenPresence(token.info().get("label") or config.token.label, True)
+        return TokenPresence(str(token.info().get("label") or config.token.label), True)
     except TokenError as exc:
         return TokenPresence(config.token.label, False, str(exc))
 
@@ -242,7 +244,7 @@ def inventory(config: BoxConfig, token: Token) -> list[KeyState]:
     """Every key on the token, the signing key first, then by label. Raises TokenError if it does not answer."""
     active_chain = config.chain_file.read_bytes() if config.chain_file.exists() else b""
     states = []
-    for key in token:
+    for key in token.keys():  # noqa: SIM118 -- a Token is not a mapping: keys() asks it for its key pairs
         active = key.label == config.key_label
         stored = chain_path(config.state_dir, key.label) if LABEL.match(key.label) else None
         leaf, can_activate = None, False

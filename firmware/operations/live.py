@@ -14,6 +14,8 @@ would log every session of the token out (see the field notes).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 from ..box import Box
 from ..certificates import check_chain, load_certificates
@@ -38,7 +40,7 @@ class SigningService:
         self._app = box.app()
         self.generation = 1
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return self._app(environ, start_response)
 
     def install(self, box: Box) -> None:

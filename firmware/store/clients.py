@@ -7,18 +7,28 @@ written in the same transaction as the change itself.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import secrets
 import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 from . import audit
 from .db import Database, immediate
 from .metering import DEFAULT_SCOPES, SCOPES
 
 KEY_PREFIX = "esb"
-_UNSET = object()
+
+
+class _Unset(enum.Enum):
+    """Marks a limit left out of set_limits (None already means "no limit")."""
+
+    UNSET = enum.auto()
+
+
+_UNSET = _Unset.UNSET
 
 
 class ClientError(ValueError):
@@ -152,7 +162,7 @@ class ClientRegistry:
         rows = self._db.connect().execute("SELECT * FROM clients ORDER BY created_at").fetchall()
         return [Client.from_row(row) for row in rows]
 
-    def _change(self, client_id: str, actor: str, action: str, sql: str, params: tuple, details: dict) -> Client:
+    def _change(self, client_id: str, actor: str, action: str, sql: str, params: tuple[object, ...], details: dict[str, Any]) -> Client:
         conn = self._db.connect()
         with immediate(conn):
             if conn.execute(sql, (*params, client_id)).rowcount != 1:
@@ -186,10 +196,10 @@ class ClientRegistry:
         self,
         client_id: str,
         actor: str = "operator",
-        calls: int | object | None = _UNSET,
+        calls: int | _Unset | None = _UNSET,
         add_calls: int = 0,
-        rate_per_minute: int | object | None = _UNSET,
-        rate_per_day: int | object | None = _UNSET,
+        rate_per_minute: int | _Unset | None = _UNSET,
+        rate_per_day: int | _Unset | None = _UNSET,
     ) -> Client:
         """Change quotas; arguments left out keep their value, None removes a limit."""
         current = self.get(client_id)
@@ -197,7 +207,7 @@ class ClientRegistry:
         if add_calls:
             if purchased is None:
                 raise ClientError("the client has no call limit to add to; set one with calls=")
-            purchased += _check_limit(add_calls, "add_calls")
+            purchased += _check_limit(add_calls, "add_calls") or 0
         per_minute = current.rate_per_minute if rate_per_minute is _UNSET else rate_per_minute
         per_day = current.rate_per_day if rate_per_day is _UNSET else rate_per_day
         conn = self._db.connect()

@@ -14,10 +14,13 @@ A write that fails for lack of disk space raises storage.StorageFull: nothing is
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from . import audit, metering
 from .db import Database, immediate
@@ -68,11 +71,11 @@ class SignatureLedger:
         ]
         self._commit(_Job(entries, client_id))
 
-    def record_timestamp(self, client_id: str, details: dict) -> None:
+    def record_timestamp(self, client_id: str, details: dict[str, Any]) -> None:
         """Durably record one timestamp served to the client, charged as one call; raises metering.Refusal."""
         self._commit(_Job([audit.AuditEntry(f"client:{client_id}", "timestamp", client_id, details)], client_id))
 
-    def refuse(self, client_id: str | None, details: dict) -> None:
+    def refuse(self, client_id: str | None, details: dict[str, Any]) -> None:
         """Log a refused request: a client's each time; a caller without a valid key's only as the
         first of its peer, error and window, or never while the disk budget is spent (then it is
         only counted). ``details`` carries "peer", "error" and "status"."""
@@ -112,7 +115,7 @@ class SignatureLedger:
     def _write(self, batch: list[_Job]) -> None:
         """Commit ``batch``; every job ends marked done, and successful only if the commit was."""
         conn = self._db.connect()
-        outcomes: list[BaseException | None] = [RuntimeError("the signature could not be recorded")] * len(batch)
+        outcomes: Sequence[BaseException | None] = [RuntimeError("the signature could not be recorded")] * len(batch)
         try:
             with immediate(conn):
                 charged: Counter[str] = Counter()  # signatures charged in this transaction, per client
@@ -133,7 +136,7 @@ class SignatureLedger:
                 job.outcome, job.done = outcome, True
 
     @staticmethod
-    def _charge(conn, job: _Job, charged: Counter[str]) -> metering.Refusal | None:
+    def _charge(conn: sqlite3.Connection, job: _Job, charged: Counter[str]) -> metering.Refusal | None:
         """Charge the job's client, counting what this batch charged it before; a refused job's
         entries are not appended."""
         if job.charge_client is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 # hash: hash signing (native and CSC); pdf: PDF signing; timestamp: the CSC timestamp endpoint (a
 # TSA proxy, so only for clients granted it). SCOPES lists every scope, DEFAULT_SCOPES what a new
@@ -48,10 +49,11 @@ def require_scope(scopes: tuple[str, ...], scope: str) -> None:
 
 
 def _signed_since(conn: sqlite3.Connection, client_id: str, since: datetime) -> int:
-    return conn.execute(
+    count: int = conn.execute(
         "SELECT COUNT(*) FROM metered_calls WHERE client_id = ? AND created_at >= ?",
         (client_id, since.isoformat(timespec="microseconds")),
     ).fetchone()[0]
+    return count
 
 
 def check(conn: sqlite3.Connection, client_id: str, count: int, now: datetime | None = None,
@@ -104,7 +106,7 @@ def charge(conn: sqlite3.Connection, client_id: str, count: int, uncommitted: in
         conn.execute("UPDATE clients SET calls_used = calls_used + ? WHERE id = ?", (count, client_id))
 
 
-def usage(conn: sqlite3.Connection, client_id: str | None = None, days: int = 31) -> list[dict]:
+def usage(conn: sqlite3.Connection, client_id: str | None = None, days: int = 31) -> list[dict[str, Any]]:
     """Metered calls per client (id and name), per endpoint (hash, pdf, raw, timestamp), per UTC day,
     newest day first."""
     since = (datetime.now(UTC) - timedelta(days=days)).date().isoformat()

@@ -64,7 +64,7 @@ class RefusalCounter:
         params = {"window": self.window_s, "peer": peer or "?", "error": error, "status": status,
                   "counted": int(only_count), "max_peers": MAX_PEERS}
         try:
-            return self._connection().execute(_COUNT, params).fetchone()[0] == 0
+            return bool(self._connection().execute(_COUNT, params).fetchone()[0] == 0)
         except sqlite3.Error as exc:
             raise full_error(exc) from exc
 
@@ -96,10 +96,11 @@ def refused_since(conn: sqlite3.Connection, since: str) -> int:
     moment = datetime.fromisoformat(since)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return conn.execute(
+    total: int = conn.execute(
         "SELECT (SELECT COUNT(*) FROM audit_log WHERE action = 'refusal' AND at >= :since)"
         " + (SELECT coalesce(SUM(json_extract(details, '$.refusals')), 0) FROM audit_log"
         "    WHERE action = :summary AND at >= :since)"
         " + (SELECT coalesce(SUM(refusals), 0) FROM refusal_counts WHERE window_end >= :epoch)",
         {"since": since, "summary": SUMMARY, "epoch": moment.timestamp()},
     ).fetchone()[0]
+    return total
