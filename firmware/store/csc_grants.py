@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -59,11 +60,29 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-class AccessTokens:
-    def __init__(self, db: Database, ttl_s: float = TOKEN_TTL_S, clock: Callable[[], float] = time.time) -> None:
+class _Grants:
+    """What tokens and SADs share: a random secret handed out once and kept as a hash in ``table``,
+    alive for ``ttl_s``; each new grant sweeps the table's expired rows in the same transaction."""
+
+    table: str
+
+    def __init__(self, db: Database, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._ttl_s = ttl_s
         self._clock = clock
+
+    def _new(self, conn: sqlite3.Connection) -> tuple[str, float]:
+        """A fresh secret and its expiry; call inside the transaction that inserts its row."""
+        now = self._clock()
+        conn.execute(f"DELETE FROM {self.table} WHERE expires_at <= ?", (now,))
+        return secrets.token_urlsafe(32), now + self._ttl_s
+
+
+class AccessTokens(_Grants):
+    table = "csc_tokens"
+
+    def __init__(self, db: Database, ttl_s: float = TOKEN_TTL_S, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(db, ttl_s, clock)
 
     def checkpoint(self) -> int:
         """Take this before checking the API key: changes audited after it end the token issued."""
@@ -71,15 +90,13 @@ class AccessTokens:
 
     def issue(self, client_id: str, since: int) -> tuple[str, int]:
         """A new token for ``client_id``, authenticated at ``checkpoint()`` ``since``; and its lifetime."""
-        token = secrets.token_urlsafe(32)
-        now = self._clock()
         conn = self._db.connect()
         with immediate(conn):
-            conn.execute("DELETE FROM csc_tokens WHERE expires_at <= ?", (now,))
+            token, expires_at = self._new(conn)
             conn.execute(
                 "INSERT INTO csc_tokens(token_hash, client_id, key_hash, since_seq, expires_at)"
                 " SELECT ?, id, key_hash, ?, ? FROM clients WHERE id = ?",
-                (_digest(token), since, now + self._ttl_s, client_id),
+                (_digest(token), since, expires_at, client_id),
             )
         return token, int(self._ttl_s)
 
@@ -105,11 +122,11 @@ class AccessTokens:
             conn.execute("DELETE FROM csc_tokens WHERE token_hash = ? AND client_id = ?", (_digest(token), client_id))
 
 
-class SadStore:
+class SadStore(_Grants):
+    table = "csc_sads"
+
     def __init__(self, db: Database, ttl_s: float = SAD_TTL_S, clock: Callable[[], float] = time.time) -> None:
-        self._db = db
-        self._ttl_s = ttl_s
-        self._clock = clock
+        super().__init__(db, ttl_s, clock)
 
     def issue(
         self, token: str, credential_id: str, digests: list[bytes], hash_algorithm: str | None = None
@@ -118,11 +135,9 @@ class SadStore:
 
         ``hash_algorithm`` None: v1 names no algorithm; the digests' lengths still bind it.
         """
-        sad = secrets.token_urlsafe(32)
-        now = self._clock()
         conn = self._db.connect()
         with immediate(conn):
-            conn.execute("DELETE FROM csc_sads WHERE expires_at <= ?", (now,))
+            sad, expires_at = self._new(conn)
             outstanding = conn.execute(
                 "SELECT COUNT(*) FROM csc_sads"
                 " WHERE client_id = (SELECT client_id FROM csc_tokens WHERE token_hash = ?)",
@@ -134,7 +149,7 @@ class SadStore:
                 "INSERT INTO csc_sads(sad_hash, token_hash, client_id, credential_id, hash_algorithm, digests,"
                 " expires_at) SELECT ?, token_hash, client_id, ?, ?, ?, ? FROM csc_tokens WHERE token_hash = ?",
                 (_digest(sad), credential_id, hash_algorithm, json.dumps([d.hex() for d in digests]),
-                 now + self._ttl_s, _digest(token)),
+                 expires_at, _digest(token)),
             ).rowcount
             if not inserted:
                 raise SadRefused("the access token was revoked meanwhile")
