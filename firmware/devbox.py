@@ -18,9 +18,10 @@ from asn1crypto import pem
 
 from hsm import KeyAlgorithm, KeyNotFound, Token, TokenConfig
 
-from .config import CONFIG_NAME, BoxConfig
+from .config import CONFIG_NAME, BoxConfig, parse
 from .devpki import DevPki
 from .durable import write_durable, write_new
+from .operations import configstore
 
 DEV_TOKEN_LABEL = "esignbox-dev"
 DEV_KEY_LABEL = "box-signing"
@@ -44,58 +45,24 @@ def _secret_file(path: Path, length: int) -> str:
     return path.read_text().strip()
 
 
-def _console_section(enabled: bool) -> str:
-    return f"""
-[console]                   # the LAN-only admin console (HTTPS via nginx; see README "Admin console")
-enabled = {"true" if enabled else "false"}
-port = 8443                 # HTTPS port on the LAN-facing addresses and 127.0.0.1
-listen = ["auto"]           # "auto": the box's LAN-facing (private) addresses; or a list of addresses
-allow = ["auto"]            # peers allowed: "auto" = the box's own subnets + loopback; or CIDRs
-session_idle_minutes = 15
-"""
-
-
 def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, console: bool = False) -> None:
+    """A development box's box.toml, written once through the one box.toml writer: only what
+    differs from the schema's defaults (firmware/config.py); later runs keep an admin's changes."""
     path = state_dir / CONFIG_NAME
     if path.exists():
-        if console and "[console]" not in path.read_text():  # a dev box made before the console existed
-            with path.open("a") as handle:
-                handle.write(_console_section(True))
+        if console and "console" not in parse(path.read_text(), path):  # a dev box made before the console
+            configstore.update(state_dir, {"console": {"enabled": True}}, actor="esignbox init-dev",
+                               action="config.change", details={})
         return
-    path.write_text(
-        f"""# E-signature Box configuration (development box made by `esignbox init-dev`).
-[api]
-host = "127.0.0.1"
-port = {api_port}
-threads = 16
-max_pdf_mb = 64
-
-[token]
-module = "{softhsm_module()}"
-label = "{DEV_TOKEN_LABEL}"
-pin_file = "secrets/user.pin"
-sessions = 2
-
-[token.environment_files]
-SOFTHSM2_CONF = "softhsm2.conf"
-
-[signing]
-key_label = "{DEV_KEY_LABEL}"
-chain_file = "box-chain.pem"
-trust_roots_file = "trust-roots.pem"
-prefer_pss = false
-tsa_urls = ["{tsa_url}"]
-
-[metering]
-free_calls = 100            # calls a new API client may make before an operator sets its quota
-
-[audit]
-anchor_interval_minutes = 60   # how often the audit chain's head is timestamped
-
-[dev]
-pki_port = {pki_port}
-""" + _console_section(console)
-    )
+    settings = {
+        "api": {"port": api_port},
+        "token": {"module": softhsm_module(), "label": DEV_TOKEN_LABEL, "pin_file": "secrets/user.pin",
+                  "environment_files": {"SOFTHSM2_CONF": "softhsm2.conf"}},
+        "signing": {"key_label": DEV_KEY_LABEL, "tsa_urls": [tsa_url]},
+        "console": {"enabled": console},
+        "dev": {"pki_port": pki_port},
+    }
+    write_durable(path, configstore.render(settings, "esignbox init-dev").encode())
 
 
 def _init_softhsm(state_dir: Path) -> TokenConfig:
