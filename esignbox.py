@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from firmware import cli as firmware_cli
-from provisioning.cli import add_parser as add_provisioning_commands
+from provisioning import add_commands as add_provisioning_commands
 
 if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them at run time
     from firmware.box import Box

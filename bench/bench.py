@@ -41,8 +41,7 @@ import requests
 from firmware.config import CONFIG_NAME, BoxConfig
 from firmware.devbox import init_dev
 from firmware.devpki import DevPki, PkiServer
-from firmware.store.clients import ClientRegistry
-from firmware.store.db import Database
+from firmware.store import ClientRegistry, Database
 from hsm import KeyAlgorithm, KeyNotFound, SignatureScheme, Token, TokenConfig
 
 ESIGNBOX = str(Path(sys.executable).with_name("esignbox"))
@@ -501,8 +500,8 @@ def direct_pdf_signer(config: BoxConfig) -> Iterator[Callable[[bytes], bytes]]:
     from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
     from pyhanko.sign import fields, signers
 
-    from firmware.box import load_certificates
-    from firmware.signing.token_signer import TokenSigner
+    from firmware.certificates import load_certificates
+    from firmware.signing import TokenSigner
 
     token = Token(config.token_config())
     signer = TokenSigner(token, config.key_label, load_certificates(config.chain_file), config.prefer_pss)

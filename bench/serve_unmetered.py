@@ -13,7 +13,7 @@ import waitress
 
 from firmware.box import Box
 from firmware.config import BoxConfig
-from firmware.signing.hash_signing import HashSigningService
+from firmware.signing import HashSigningService
 
 
 class _NoLedger:

@@ -25,6 +25,7 @@ Nothing on a stick is ever executed: a bundle is data, and the code that reads i
 plain files with plain names. See README.md in this directory for the format and operations.
 """
 
+from .cli import add_parser as add_commands
 from .errors import ProvisioningRefused
 
-__all__ = ["ProvisioningRefused"]
+__all__ = ["ProvisioningRefused", "add_commands"]

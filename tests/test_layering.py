@@ -4,6 +4,9 @@ the faces and never imports them; only hsm/ touches PKCS#11."""
 from __future__ import annotations
 
 import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,3 +158,28 @@ def _marked(lines: list[str], lineno: int) -> bool:
             return True
         index -= 1
     return False
+
+
+PACKAGES = sorted(name for name in _sources() if (ROOT / name.replace(".", "/") / "__init__.py").exists())
+
+
+def test_every_package_names_its_public_api_and_each_name_resolves():
+    missing, broken = [], []
+    for name in PACKAGES:
+        package = importlib.import_module(name)
+        if not hasattr(package, "__all__"):
+            missing.append(name)
+            continue
+        broken += [f"{name}.{attr}" for attr in package.__all__ if not hasattr(package, attr)]
+    assert PACKAGES and not missing and not broken, (missing, broken)
+
+
+def test_every_top_package_ships_its_type_hints():
+    assert [top for top in LAYERED if not top.endswith(".py") and not (ROOT / top / "py.typed").exists()] == []
+
+
+def test_the_command_line_starts_without_the_signing_services():
+    """`esignbox config get` runs in the image's health check: it must not load pyHanko (~0.3 s)."""
+    probe = "import sys, esignbox, firmware.operations, firmware.signing; print('pyhanko' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

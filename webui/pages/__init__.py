@@ -11,6 +11,8 @@ import falcon
 
 from ..console import Console
 
+__all__ = ["Page"]
+
 
 class Page:
     access = "admin"
