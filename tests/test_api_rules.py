@@ -203,3 +203,19 @@ def test_the_openapi_default_level_follows_a_settings_change(local_box, box_conf
     service.install(reassemble(local_box, dataclasses.replace(box_config, signing=dataclasses.replace(box_config.signing, default_level="B-LTA"))))
     # hash signing cannot make B-LTA: its documented default is the level it really uses
     assert _documented_defaults(client.simulate_get("/openapi.json").json) == ("B-LT", "B-LTA")
+
+
+@pytest.mark.parametrize(("query", "message"), [("days=0", "at least 1"), ("days=367", "at most 366"),
+                                               ("days=x", "integer"), ("days=2&days=3", "more than once"),
+                                               ("weeks=2", "unknown option")])
+def test_usage_options_are_read_by_their_schema(client, local_box, query, message):
+    key = _key(local_box, f"usage-{len(query)}-{query[:6]}", ("hash",))
+    result = client.simulate_get("/v1/usage", query_string=query, headers={"Authorization": f"Bearer {key}"})
+    assert result.status_code == 400 and message in result.json["message"], result.json
+
+
+def test_usage_days_default_and_bounds_pass(client, local_box):
+    key = _key(local_box, "usage-ok", ("hash",))
+    for query in ("", "days=1", "days=366"):
+        result = client.simulate_get("/v1/usage", query_string=query, headers={"Authorization": f"Bearer {key}"})
+        assert result.status_code == 200 and "usage" in result.json, (query, result.json)

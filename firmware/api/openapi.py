@@ -15,7 +15,7 @@ import falcon
 from ..csc.resources import CscResource, served
 from ..csc.versions import V1, V2
 from ..signing.levels import HASH_LEVELS, Level, Profile
-from .schema import hash_body, level_schema, pdf_sign_query, pdf_verify_query
+from .schema import hash_body, level_schema, pdf_sign_query, pdf_verify_query, usage_query
 
 _ERROR = {
     "type": "object",
@@ -82,8 +82,6 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _native_paths(default_level: Level) -> dict[str, Any]:
     pdf_body = {"required": True, "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}}
-    days = {"type": "object", "properties": {
-        "days": {"type": "integer", "minimum": 1, "maximum": 366, "description": "days back"}}}
     return {
         "/v1/health": {"get": {
             "summary": "Is the token present and the signing key usable?", "security": [],
@@ -108,7 +106,7 @@ def _native_paths(default_level: Level) -> dict[str, Any]:
                 **_errors(*_SIGNING_ERRORS)}}},
         "/v1/usage": {"get": {
             "summary": "The calling client's quota and metered calls per endpoint per day",
-            "parameters": _query(days),
+            "parameters": _query(usage_query()),
             "responses": {"200": _json({"type": "object", "required": ["client", "usage"], "properties": {
                 "client": {"type": "object"},
                 "usage": {"type": "array", "items": {"type": "object", "properties": {

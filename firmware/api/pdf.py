@@ -19,7 +19,7 @@ from ..signing.pdf_verify import verify_pdf
 from ..signing.revocation import RevocationService
 from .bodies import check_length, too_large
 from .errors import ApiError
-from .schema import pdf_sign_query, pdf_verify_query, read_query
+from .schema import pdf_sign_query, pdf_verify_query, query_params, read_query
 
 
 def _read_pdf_body(req: falcon.Request, limit: int) -> bytes:
@@ -61,15 +61,6 @@ def _sign_options(options: dict[str, Any]) -> PdfSignOptions:
     )
 
 
-def _params(req: falcon.Request) -> dict[str, str]:
-    params = {}
-    for name, value in req.params.items():
-        if isinstance(value, list):
-            raise InvalidRequest(f"option {name!r} is given more than once")
-        params[name] = value
-    return params
-
-
 def _jsonable(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -92,7 +83,7 @@ class PdfSignResource:
         self._schema = pdf_sign_query(Level(default_level))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        options = _sign_options(read_query(self._schema, _params(req)))
+        options = _sign_options(read_query(self._schema, query_params(req)))
         pdf = _read_pdf_body(req, self._service.max_pdf_bytes)
         signed = self._service.sign(req.context.client.id, pdf, options)
         resp.content_type = "application/pdf"
@@ -108,7 +99,7 @@ _VERIFY_QUERY = pdf_verify_query()
 
 def _verify_format(req: falcon.Request) -> str:
     """``format=json|etsi``; without it, an Accept header that prefers XML to JSON asks for ETSI."""
-    chosen = read_query(_VERIFY_QUERY, _params(req)).get("format")
+    chosen = read_query(_VERIFY_QUERY, query_params(req)).get("format")
     if chosen is not None:
         return str(chosen)
     preferred = req.client_prefers([falcon.MEDIA_JSON, falcon.MEDIA_XML]) if req.accept != "*/*" else None

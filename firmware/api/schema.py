@@ -4,7 +4,7 @@ the OpenAPI document is built (openapi.py) and requests are read (signatures.py,
 One source for field names, types, levels and defaults, so the document cannot promise a field the
 parser does not read, and a level default shown to integrators is the running box's ([signing]
 default_level, changed from the console). The schemas are a small subset of JSON Schema — type,
-format byte, enum, default, minimum, minItems/maxItems, required — checked by hand here: the box
+format byte, enum, default, minimum, maximum, minItems/maxItems, required — checked by hand here: the box
 carries no jsonschema dependency for five keywords.
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+
+import falcon
 
 from hsm import DIGEST_SIZES
 
@@ -74,6 +76,23 @@ def pdf_verify_query() -> dict[str, Any]:
     }}
 
 
+def usage_query() -> dict[str, Any]:
+    """GET /v1/usage."""
+    return {"type": "object", "properties": {
+        "days": {"type": "integer", "minimum": 1, "maximum": 366, "default": 31, "description": "days back"},
+    }}
+
+
+def query_params(req: falcon.Request) -> dict[str, str]:
+    """The request's query options; an option given twice is refused rather than one copy picked."""
+    params = {}
+    for name, value in req.params.items():
+        if isinstance(value, list):
+            raise InvalidRequest(f"option {name!r} is given more than once")
+        params[name] = value
+    return params
+
+
 def read_body(schema: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     """The body's fields the schema names, checked, with defaults filled in and base64 decoded.
 
@@ -130,6 +149,8 @@ def _checked(prop: dict[str, Any], value: object, name: str) -> Any:
         raise InvalidRequest(f"unknown {name} {value!r}; use one of {', '.join(map(str, prop['enum']))}")
     if isinstance(value, int) and value < prop.get("minimum", value):
         raise InvalidRequest(f"{name} must be at least {prop['minimum']}")
+    if isinstance(value, int) and value > prop.get("maximum", value):
+        raise InvalidRequest(f"{name} must be at most {prop['maximum']}")
     if isinstance(value, list):
         if not prop["minItems"] <= len(value) <= prop["maxItems"]:  # arrays here always bound both
             raise InvalidRequest(f"{name} holds {prop['minItems']} to {prop['maxItems']} items")

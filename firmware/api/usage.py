@@ -7,6 +7,9 @@ import falcon
 from ..operations import reports
 from ..store.clients import ClientRegistry
 from ..store.db import Database
+from .schema import query_params, read_query, usage_query
+
+_QUERY = usage_query()
 
 
 class UsageResource:
@@ -15,7 +18,7 @@ class UsageResource:
         self._clients = clients
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        days = req.get_param_as_int("days", min_value=1, max_value=366, default=31)
+        days = read_query(_QUERY, query_params(req))["days"]
         client = self._clients.get(req.context.client.id)
         resp.media = {
             "client": {
