@@ -26,7 +26,8 @@ from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.errors import PathError, RevokedError, ValidationError
 
 from ..errors import InvalidRequest
-from ..store.ledger import SignatureLedger, SignatureRecord
+from ..store.ledger import SignatureLedger
+from .accounting import Accounting, Signed
 from .levels import Level, Profile
 from .pdf_fields import FieldChoice, Stamp, choose_field
 from .pdf_integrity import check_earlier_signatures
@@ -190,7 +191,7 @@ class PdfSigningService:
         self._look = look
         self._timestamper = timestamper
         self._revocation = revocation
-        self._ledger = ledger
+        self._accounting = Accounting(ledger, signer, "pdf")
         self._max_pdf_bytes = max_pdf_bytes
 
     @property
@@ -209,23 +210,14 @@ class PdfSigningService:
             raise TimestampUnavailable("no TSA is configured; only B-B is available")
         reader = read_pdf(pdf, self._max_pdf_bytes)
         field = pick_field(reader, options)
-        self._ledger.admit(client_id, 1)
+        return self._accounting.run(client_id, 1, lambda: self._signed_pdf(pdf, reader, options, field))
+
+    def _signed_pdf(
+        self, pdf: bytes, reader: PdfFileReader, options: PdfSignOptions, field: FieldChoice
+    ) -> tuple[SignedPdf, list[Signed]]:
         output, digest, md_algorithm = asyncio.run(self._sign(pdf, reader, options, field))
-        self._ledger.record(
-            [
-                SignatureRecord(
-                    client_id=client_id,
-                    kind="pdf",
-                    hash_algorithm=md_algorithm,
-                    document_hash=digest.hex(),
-                    key_label=self._signer.key_label,
-                    cert_serial=self._signer.cert_serial,
-                    level=options.level.value,
-                    profile=Profile.PADES.value,
-                )
-            ]
-        )
-        return SignedPdf(output.getvalue(), field.name, options.level)
+        signed = Signed(md_algorithm, digest, options.level.value, Profile.PADES.value)
+        return SignedPdf(output.getvalue(), field.name, options.level), [signed]
 
     async def _sign(
         self, pdf: bytes, reader: PdfFileReader, options: PdfSignOptions, field: FieldChoice
