@@ -142,7 +142,9 @@ def build_pdf_signer(
     )
     spec = style = None
     if field.stamp is not None:
-        spec = SigFieldSpec(sig_field_name=field_name, on_page=field.stamp.page - 1, box=field.stamp.box)
+        # pyHanko annotates box as ints, but PDF rectangles are reals and it writes them as FloatObjects
+        box = field.stamp.box
+        spec = SigFieldSpec(sig_field_name=field_name, on_page=field.stamp.page - 1, box=box)  # type: ignore[arg-type]
     if field.size is not None:  # the box's own look, also in a field the document brought
         style = stamp_style(look or StampLook.default(), options.stamp_text, *field.size)
     return PdfSigner(meta, signer=signer, timestamper=timestamper, stamp_style=style, new_field_spec=spec)
@@ -150,12 +152,13 @@ def build_pdf_signer(
 
 def _pki_fault(exc: BaseException) -> Exception | None:
     """The box-side PKI failure behind a pyHanko error, if that is what it is."""
-    while exc is not None:
-        if isinstance(exc, RevokedError):
-            return CertificateRevoked(f"a certificate on the signing path is revoked: {exc}")
-        if isinstance(exc, (PathError, ValidationError)):
-            return RevocationUnavailable(f"cannot establish revocation status: {exc}")
-        exc = exc.__cause__
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, RevokedError):
+            return CertificateRevoked(f"a certificate on the signing path is revoked: {cause}")
+        if isinstance(cause, (PathError, ValidationError)):
+            return RevocationUnavailable(f"cannot establish revocation status: {cause}")
+        cause = cause.__cause__
     return None
 
 
@@ -238,6 +241,7 @@ class PdfSigningService:
             writer = IncrementalPdfFileWriter.from_reader(reader)
             # pyHanko sizes /Contents from a dry run that includes a dummy timestamp token.
             prepared, tbs, output = await pdf_signer.async_digest_doc_for_signing(writer)
+        assert isinstance(output, io.BytesIO)  # given no output stream, pyHanko writes to a new BytesIO
         with _translated(before_signing=False):
             post_sign = await tbs.perform_signature(prepared.document_digest, PdfCMSSignedAttributes())
             await post_sign.post_signature_processing(output)
