@@ -13,7 +13,9 @@ import asyncio
 import base64
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, NotRequired, TypedDict, TypeVar, cast
 
 import requests
 from asn1crypto import cms, crl, ocsp, pem, x509
@@ -36,8 +38,28 @@ _SIGNATURE_ROOM = 1024
 DEFAULT_TIMESTAMP_ROOM = 12 * 1024
 
 
+T = TypeVar("T")
+
+
 class AgentError(RuntimeError):
     """The box refused or could not be reached; nothing was written."""
+
+
+class ValidationInfo(TypedDict):
+    """The revocation data of a B-LT answer, each item base64 DER."""
+
+    certificates: list[str]
+    crls: list[str]
+    ocsps: list[str]
+
+
+class SignAnswer(TypedDict):
+    """What ``POST /v1/signatures`` answers (firmware/api/signatures.py); validation_info at B-LT."""
+
+    signature: str
+    level: str
+    profile: str
+    validation_info: NotRequired[ValidationInfo]
 
 
 @dataclass(frozen=True)
@@ -56,11 +78,17 @@ class BoxClient:
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._timeout = timeout
 
-    def _call(self, method: str, path: str, **kwargs) -> dict:
+    def _call(
+        self, method: str, path: str, json: dict[str, str] | None = None, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The box's JSON answer, as parsed (JSON's values: checked where they are used)."""
         try:
-            response = self._session.request(method, self._url + path, timeout=self._timeout, **kwargs)
+            response = self._session.request(
+                method, self._url + path, timeout=self._timeout, json=json, headers=headers
+            )
         except requests.RequestException as exc:
             raise AgentError(f"cannot reach the box at {self._url}: {exc}") from exc
+        body: dict[str, Any]
         try:
             body = response.json()
         except ValueError:
@@ -75,23 +103,25 @@ class BoxClient:
         chain_pem = self._call("GET", "/v1/certificate").get("chain_pem", "")
         return [x509.Certificate.load(der) for _, _, der in pem.unarmor(chain_pem.encode(), multiple=True)]
 
-    def sign_digest(self, md_algorithm: str, digest: bytes, level: Level) -> dict:
+    def sign_digest(self, md_algorithm: str, digest: bytes, level: Level) -> SignAnswer:
         request = {
             "hash_algorithm": md_algorithm,
             "hash": base64.b64encode(digest).decode("ascii"),
             "level": level.value,
             "profile": Profile.PADES.value,
         }
-        return self._call("POST", "/v1/signatures", json=request, headers=self._headers)
+        answer = self._call("POST", "/v1/signatures", json=request, headers=self._headers)
+        return cast(SignAnswer, answer)  # the box's documented answer; _check_cms checks what matters
 
 
-def _b64_list(values: list[str], kind) -> list:
-    return [kind.load(base64.b64decode(v)) for v in values]
+def _b64_list(values: list[str], load: Callable[[bytes], T]) -> list[T]:
+    return [load(base64.b64decode(v)) for v in values]
 
 
 async def _prepare(pdf_in: bytes, options: PdfSignOptions, chain: list[x509.Certificate], timestamp_room: int) -> _Prepared:
     reader = read_pdf(pdf_in, len(pdf_in))
-    signer = ExternalSigner(chain[0], SimpleCertificateStore.from_certs(chain), signature_value=_SIGNATURE_ROOM)
+    registry = SimpleCertificateStore.from_certs(chain)  # type: ignore[no-untyped-call]  # unannotated upstream
+    signer = ExternalSigner(chain[0], registry, signature_value=_SIGNATURE_ROOM)
     pdf_signer = build_pdf_signer(options, pick_field(reader, options), signer)
     md_algorithm = pdf_signer.default_md_for_signer or "sha256"
     # pyHanko's own estimate (a dry-run CMS) plus the timestamp the box will add; hex doubles it.
@@ -101,6 +131,7 @@ async def _prepare(pdf_in: bytes, options: PdfSignOptions, chain: list[x509.Cert
     prepared, tbs, output = await pdf_signer.async_digest_doc_for_signing(
         IncrementalPdfFileWriter.from_reader(reader), bytes_reserved=reserved
     )
+    assert isinstance(output, io.BytesIO)  # given no output stream, pyHanko writes to a new BytesIO
     return _Prepared(prepared, tbs.md_algorithm, output)
 
 
@@ -113,7 +144,7 @@ def _check_cms(signature: cms.ContentInfo, digest: bytes) -> None:
     raise AgentError("the box's signature does not cover this document's digest")
 
 
-async def _finish(prepared: _Prepared, signature: cms.ContentInfo, validation_info: dict | None) -> None:
+async def _finish(prepared: _Prepared, signature: cms.ContentInfo, validation_info: ValidationInfo | None) -> None:
     """Completes ``prepared.output`` in place; returning its bytes from asyncio.run would cost a
     repr of the whole PDF on the main thread (Python 3.11's SIGINT handling)."""
     output = prepared.output
@@ -125,9 +156,9 @@ async def _finish(prepared: _Prepared, signature: cms.ContentInfo, validation_in
         DocumentSecurityStore.add_dss(
             output,
             sig_contents=None,
-            certs=_b64_list(validation_info["certificates"], x509.Certificate),
-            ocsps=_b64_list(validation_info["ocsps"], ocsp.OCSPResponse),
-            crls=_b64_list(validation_info["crls"], crl.CertificateList),
+            certs=_b64_list(validation_info["certificates"], x509.Certificate.load),
+            ocsps=_b64_list(validation_info["ocsps"], ocsp.OCSPResponse.load),
+            crls=_b64_list(validation_info["crls"], crl.CertificateList.load),
         )
 
 

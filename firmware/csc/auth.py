@@ -69,7 +69,7 @@ class CscAuth:
             raise CscError(falcon.HTTP_400, "authentication_error", "unknown client, wrong or disabled API key")
         return self._tokens.issue(client.id, since)
 
-    def oauth_token(self, req: falcon.Request, form: dict) -> tuple[str, int]:
+    def oauth_token(self, req: falcon.Request, form: dict[str, object]) -> tuple[str, int]:
         """``oauth2/token`` client authentication: Basic, or client_id/client_secret in the form."""
         scheme, _, value = (req.get_header("Authorization") or "").partition(" ")
         if scheme.lower() == "basic":

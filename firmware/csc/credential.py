@@ -37,17 +37,17 @@ class Credential:
         if credential_id != self.id:
             raise InvalidRequest("Invalid parameter credentialID")
 
-    def describe(self, version: CscVersion, certificates: str = "single", cert_info: bool = False) -> dict:
+    def describe(self, version: CscVersion, certificates: str = "single", cert_info: bool = False) -> dict[str, object]:
         """The ``credentials/info`` answer (also a v2 ``credentialInfos`` entry, without its id)."""
         if certificates not in CERTIFICATE_CHOICES:
             raise InvalidRequest(f"Invalid parameter certificates; use one of {', '.join(CERTIFICATE_CHOICES)}")
         public_key = self._cert.public_key
-        key = {"status": "enabled", "algo": self._algorithms, "len": public_key.bit_size}
+        key: dict[str, object] = {"status": "enabled", "algo": self._algorithms, "len": public_key.bit_size}
         if public_key.algorithm == "ec":
             key["curve"] = keys.NamedCurve(public_key.curve[1]).dotted
         now = datetime.now(UTC)
         valid = self._cert.not_valid_before <= now <= self._cert.not_valid_after
-        cert = {"status": "valid" if valid else "expired"}
+        cert: dict[str, object] = {"status": "valid" if valid else "expired"}
         if certificates != "none":
             cert["certificates"] = [b64(c.dump()) for c in self._chain[: 1 if certificates == "single" else None]]
         if cert_info:

@@ -10,7 +10,9 @@ audited by the box's RefusalAudit middleware.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import falcon
 
@@ -50,37 +52,44 @@ class CscServices:
     timestamps: TimestampService
 
 
-def _body(req: falcon.Request, form: bool = False) -> dict:
+def _body(req: falcon.Request, form: bool = False) -> dict[str, object]:
     """The request's parameters; CSC clients send no body at all where every parameter is optional."""
     if not req.content_length:
         return {}
     if form and (req.content_type or "").startswith(falcon.MEDIA_URLENCODED):
         check_length(req, _MAX_BODY)
-        return req.get_media()
+        parameters: dict[str, object] = req.get_media()  # falcon's URL-encoded handler: a dict
+        return parameters
     return read_json(req)
 
 
-def _digests(body: dict, name: str) -> list[bytes]:
+def _digests(body: dict[str, object], name: str) -> list[bytes]:
     values = field(body, name, list)
     if not values or not all(isinstance(v, str) for v in values):
         raise InvalidRequest(f"parameter {name!r} must be a non-empty array of base64 strings")
     return [b64decode(v, f"{name}[{i}]") for i, v in enumerate(values)]
 
 
-def _sign_algo_params(body: dict) -> bytes | None:
+def _sign_algo_params(body: dict[str, object]) -> bytes | None:
     value = field(body, "signAlgoParams", str, required=False)
     return None if value is None else b64decode(value, "signAlgoParams")
 
 
-def _synchronous_only(body: dict) -> None:
+def _synchronous_only(body: dict[str, object]) -> None:
     if field(body, "operationMode", str, default="S") != "S":
         raise InvalidRequest("Invalid parameter operationMode: the box signs synchronously only")
 
 
-def _validation_info(data: list[ValidationData]) -> dict:
+class _Der(Protocol):
+    """An asn1crypto value: what ``validationInfo`` carries, base64 of its DER."""
+
+    def dump(self) -> bytes: ...
+
+
+def _validation_info(data: list[ValidationData]) -> dict[str, list[str]]:
     """CSC ``validationInfo``: everything a DSS or a B-LT CMS needs, each item once."""
 
-    def unique(items) -> list[str]:
+    def unique(items: Iterable[_Der]) -> list[str]:
         return list(dict.fromkeys(b64(item.dump()) for item in items))
 
     return {
@@ -103,27 +112,46 @@ class CscResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.cache_control = ["no-store"]
-        caller = None
-        if self.requires_token:
-            caller = self._csc.auth.caller(req)
-            req.context.client = caller.client  # for the refusal audit
-            if self.scope is not None:
-                require_scope(caller.client.scopes, self.scope)
-        result = self.respond(req, caller)
+        result = self._answer(req)
         if result is None:
             resp.status = falcon.HTTP_204
         else:
             resp.media = result
 
-    def respond(self, req: falcon.Request, caller: Caller | None) -> dict | None:
+    def _answer(self, req: falcon.Request) -> dict[str, object] | None:
+        """The method's answer (None: 204), after the access-token check where one is required."""
         raise NotImplementedError
 
 
-class InfoResource(CscResource):
+class _OpenResource(CscResource):
+    """A method called without an access token (info, and those that issue tokens)."""
+
     requires_token = False
 
-    def respond(self, req: falcon.Request, caller: None) -> dict:
-        out = {
+    def _answer(self, req: falcon.Request) -> dict[str, object] | None:
+        return self.respond(req)
+
+    def respond(self, req: falcon.Request) -> dict[str, object] | None:
+        raise NotImplementedError
+
+
+class _TokenResource(CscResource):
+    """A method of an authenticated client: its access token is checked, and its scope."""
+
+    def _answer(self, req: falcon.Request) -> dict[str, object] | None:
+        caller = self._csc.auth.caller(req)
+        req.context.client = caller.client  # for the refusal audit
+        if self.scope is not None:
+            require_scope(caller.client.scopes, self.scope)
+        return self.respond(req, caller)
+
+    def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object] | None:
+        raise NotImplementedError
+
+
+class InfoResource(_OpenResource):
+    def respond(self, req: falcon.Request) -> dict[str, object]:
+        out: dict[str, object] = {
             "specs": self._version.specs,
             "name": "E-signature Box",
             "logo": "",
@@ -147,20 +175,16 @@ class InfoResource(CscResource):
     on_get = CscResource.on_post
 
 
-class LoginResource(CscResource):
-    requires_token = False
-
-    def respond(self, req: falcon.Request, caller: None) -> dict:
+class LoginResource(_OpenResource):
+    def respond(self, req: falcon.Request) -> dict[str, object]:
         token, ttl = self._csc.auth.login(req)
         return {"access_token": token, "expires_in": ttl}
 
 
-class OAuthTokenResource(CscResource):
+class OAuthTokenResource(_OpenResource):
     """OAuth2 client-credentials grant: the same client id and API key, OAuth2's way."""
 
-    requires_token = False
-
-    def respond(self, req: falcon.Request, caller: None) -> dict:
+    def respond(self, req: falcon.Request) -> dict[str, object]:
         form = _body(req, form=True)
         if field(form, "grant_type", str) != "client_credentials":
             raise CscError(falcon.HTTP_400, "unsupported_grant_type", "the box grants client_credentials only")
@@ -168,18 +192,18 @@ class OAuthTokenResource(CscResource):
         return {"access_token": token, "token_type": "Bearer", "expires_in": ttl}
 
 
-class RevokeResource(CscResource):
+class RevokeResource(_TokenResource):
     def respond(self, req: falcon.Request, caller: Caller) -> None:
         self._csc.auth.revoke(field(_body(req, form=True), "token", str), caller)
 
 
-class CredentialsListResource(CscResource):
-    def respond(self, req: falcon.Request, caller: Caller) -> dict:
+class CredentialsListResource(_TokenResource):
+    def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object]:
         body = _body(req)
         if body.get("userID") is not None:
             raise InvalidRequest("userID parameter MUST be null: the access token names the client")
         credential = self._csc.credential
-        out = {"credentialIDs": [credential.id]}
+        out: dict[str, object] = {"credentialIDs": [credential.id]}
         if not self._version.is_v1 and field(body, "credentialInfo", bool, default=False):
             info = credential.describe(
                 self._version,
@@ -190,8 +214,8 @@ class CredentialsListResource(CscResource):
         return out
 
 
-class CredentialsInfoResource(CscResource):
-    def respond(self, req: falcon.Request, caller: Caller) -> dict:
+class CredentialsInfoResource(_TokenResource):
+    def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object]:
         body = _body(req)
         self._csc.credential.check_id(field(body, "credentialID", str))
         return self._csc.credential.describe(
@@ -201,12 +225,12 @@ class CredentialsInfoResource(CscResource):
         )
 
 
-class AuthorizeResource(CscResource):
+class AuthorizeResource(_TokenResource):
     """A SAD for exactly the hashes listed (SCAL 2): the client says up front what it will sign."""
 
     scope = "hash"
 
-    def respond(self, req: falcon.Request, caller: Caller) -> dict:
+    def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object]:
         body = _body(req)
         credential = self._csc.credential
         credential.check_id(field(body, "credentialID", str))
@@ -228,12 +252,12 @@ class AuthorizeResource(CscResource):
         return {"SAD": sad, "expiresIn": ttl}
 
 
-class SignHashResource(CscResource):
+class SignHashResource(_TokenResource):
     """Raw signature values; the client builds the CMS (as pyHanko's CSCSigner does)."""
 
     scope = "hash"
 
-    def respond(self, req: falcon.Request, caller: Caller) -> dict:
+    def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object]:
         body = _body(req)
         credential = self._csc.credential
         credential.check_id(field(body, "credentialID", str))
@@ -252,13 +276,13 @@ class SignHashResource(CscResource):
         return {"signatures": [b64(s) for s in raw.sign(caller.client.id, algorithm, digests)]}
 
 
-class SignDocResource(CscResource):
+class SignDocResource(_TokenResource):
     """v2: AdES signatures (CMS, CAdES or PAdES) over document digests, made by hash signing."""
 
     scope = "hash"
     v2_only = True
 
-    def respond(self, req: falcon.Request, caller: Caller) -> dict:
+    def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object]:
         body = _body(req)
         credential = self._csc.credential
         credential.check_id(field(body, "credentialID", str))
@@ -272,7 +296,7 @@ class SignDocResource(CscResource):
         requests = [request for entry in entries for request in self._requests(entry)]
         self._csc.sads.consume(sad, caller.token, credential.id, [(r.hash_algorithm, r.digest) for r in requests])
         signatures = self._csc.hash_signing.sign(caller.client.id, requests)
-        out: dict = {"SignatureObject": [b64(s.cms.dump()) for s in signatures]}
+        out: dict[str, object] = {"SignatureObject": [b64(s.cms.dump()) for s in signatures]}
         data = [s.validation_data for s in signatures if s.validation_data is not None]
         if data:
             out["validationInfo"] = _validation_info(data)
@@ -311,12 +335,12 @@ class SignDocResource(CscResource):
         return [HashSignRequest(requested.hash_algorithm, d, level, _FORMATS[signature_format]) for d in digests]
 
 
-class TimestampResource(CscResource):
+class TimestampResource(_TokenResource):
     """An RFC 3161 token from the box's TSAs; each is one metered call (quota and rates apply)."""
 
     scope = "timestamp"
 
-    def respond(self, req: falcon.Request, caller: Caller) -> dict:
+    def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object]:
         body = _body(req)
         digest = b64decode(field(body, "hash", str), "hash")
         algorithm = digest_algorithm(field(body, "hashAlgo", str))

@@ -35,7 +35,7 @@ class CscSessions:
 
 
 def add_csc_routes(
-    app: falcon.App,
+    app: falcon.App[falcon.Request, falcon.Response],
     *,
     sessions: CscSessions,
     signer: TokenSigner,

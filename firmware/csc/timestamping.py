@@ -35,10 +35,11 @@ class TimestampService:
         """A timestamp token over ``digest``, charged to the client; raises metering.Refusal, or
         TimestampUnavailable when no TSA delivers one (nothing is charged then)."""
         check_digest(digest, hash_algorithm)
-        if self._timestamper is None:
+        timestamper = self._timestamper
+        if timestamper is None:
             raise TimestampUnavailable("no TSA is configured")
         self._ledger.admit(client_id, 1)
-        token = self._request(digest, hash_algorithm, secrets.randbits(64) if nonce is None else nonce)
+        token = _request(timestamper, digest, hash_algorithm, secrets.randbits(64) if nonce is None else nonce)
         info = token["content"]["encap_content_info"]["content"].parsed
         self._ledger.record_timestamp(client_id, {
             "kind": "timestamp", "hash_algorithm": hash_algorithm, "document_hash": digest.hex(),
@@ -46,24 +47,27 @@ class TimestampService:
         })
         return token
 
-    def _request(self, digest: bytes, hash_algorithm: str, nonce: int) -> cms.ContentInfo:
-        request = tsp.TimeStampReq(
-            {
-                "version": 1,
-                "message_imprint": {
-                    "hash_algorithm": algos.DigestAlgorithm({"algorithm": hash_algorithm}),
-                    "hashed_message": digest,
-                },
-                "nonce": nonce,
-                "cert_req": True,
-            }
-        )
-        response = asyncio.run(self._timestamper.async_request_tsa_response(request))
-        try:
-            token = handle_tsp_response(response, nonce)
-        except TimestampRequestError as exc:
-            raise TimestampUnavailable(f"timestamp refused: {exc}") from exc
-        imprint = token["content"]["encap_content_info"]["content"].parsed["message_imprint"]
-        if imprint["hashed_message"].native != digest:
-            raise TimestampUnavailable("the TSA stamped another hash than the one sent")
-        return token
+
+def _request(timestamper: TimeStamper, digest: bytes, hash_algorithm: str, nonce: int) -> cms.ContentInfo:
+    request = tsp.TimeStampReq(
+        {
+            "version": 1,
+            "message_imprint": {
+                "hash_algorithm": algos.DigestAlgorithm({"algorithm": hash_algorithm}),
+                "hashed_message": digest,
+            },
+            "nonce": nonce,
+            "cert_req": True,
+        }
+    )
+    response = asyncio.run(timestamper.async_request_tsa_response(request))
+    try:
+        # pyHanko annotates the nonce as bytes but compares it with the token's integer nonce
+        # (its own TimeStamper passes an int too)
+        token = handle_tsp_response(response, nonce)  # type: ignore[arg-type]
+    except TimestampRequestError as exc:
+        raise TimestampUnavailable(f"timestamp refused: {exc}") from exc
+    imprint = token["content"]["encap_content_info"]["content"].parsed["message_imprint"]
+    if imprint["hashed_message"].native != digest:
+        raise TimestampUnavailable("the TSA stamped another hash than the one sent")
+    return token

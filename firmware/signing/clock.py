@@ -42,7 +42,7 @@ class _Reading:
 @functools.cache
 def _adjtimex() -> Callable[[ctypes.Array[ctypes.c_char]], int] | None:
     try:
-        return ctypes.CDLL("libc.so.6", use_errno=True).adjtimex  # type: ignore[no-any-return]
+        return ctypes.CDLL("libc.so.6", use_errno=True).adjtimex
     except (OSError, AttributeError):
         return None
 

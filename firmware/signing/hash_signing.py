@@ -17,7 +17,8 @@ from asn1crypto import cms, x509
 from hsm import UnsupportedDigest, check_digest
 
 from ..errors import InvalidRequest
-from ..store.ledger import SignatureLedger, SignatureRecord
+from ..store.ledger import SignatureLedger
+from .accounting import Accounting, Signed
 from .cms_template import DetachedCmsTemplate
 from .levels import Level, Profile
 from .revocation import RevocationService, ValidationData
@@ -87,7 +88,7 @@ class HashSigningService:
         self._signer = signer
         self._timestamper = timestamper
         self._revocation = revocation
-        self._ledger = ledger
+        self._accounting = Accounting(ledger, signer, "hash")
         self._template = DetachedCmsTemplate(signer)
 
     def sign(self, client_id: str, requests: list[HashSignRequest]) -> list[HashSignature]:
@@ -105,27 +106,14 @@ class HashSigningService:
                 raise InvalidRequest("B-LTA needs the whole document; use the PDF endpoint")
         if any(r.level.needs_timestamp for r in requests) and self._timestamper is None:
             raise TimestampUnavailable("no TSA is configured; only B-B is available")
-        self._ledger.admit(client_id, len(requests))
+        return self._accounting.run(client_id, len(requests), lambda: self._sign_batch(requests))
+
+    def _sign_batch(self, requests: list[HashSignRequest]) -> tuple[list[HashSignature], list[Signed]]:
         if any(r.level.needs_timestamp for r in requests):
             signatures = asyncio.run(self._sign_all(requests))
         else:  # B-B waits for nobody: no event loop needed
             signatures = [HashSignature(self._sign_b_b(r), r.level, r.profile, None) for r in requests]
-        self._ledger.record(
-            [
-                SignatureRecord(
-                    client_id=client_id,
-                    kind="hash",
-                    hash_algorithm=r.hash_algorithm,
-                    document_hash=r.digest.hex(),
-                    key_label=self._signer.key_label,
-                    cert_serial=self._signer.cert_serial,
-                    level=r.level.value,
-                    profile=r.profile.value,
-                )
-                for r in requests
-            ]
-        )
-        return signatures
+        return signatures, [Signed(r.hash_algorithm, r.digest, r.level.value, r.profile.value) for r in requests]
 
     async def _sign_all(self, requests: list[HashSignRequest]) -> list[HashSignature]:
         """Levels with a timestamp: the TSA round trips of a batch overlap; token work is quick."""

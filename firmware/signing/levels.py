@@ -5,6 +5,7 @@ the console's settings page and the configuration."""
 from __future__ import annotations
 
 import enum
+from typing import TypeVar
 
 from ..errors import InvalidRequest
 
@@ -43,7 +44,10 @@ class Profile(str, enum.Enum):
     CADES = "CAdES"  # stand-alone detached CMS: signing-time, LTV data inside SignedData
 
 
-def parse_enum(enum_type: type[enum.Enum], value: object, what: str):
+E = TypeVar("E", bound=enum.Enum)
+
+
+def parse_enum(enum_type: type[E], value: object, what: str) -> E:
     """The enum member for ``value``, or InvalidRequest listing the accepted values."""
     for member in enum_type:
         if member.value == value:

@@ -26,7 +26,7 @@ from pyhanko.sign.validation.ades import (
 from pyhanko.sign.validation.generic_cms import extract_tst_data_iter
 from pyhanko.sign.validation.policy_decl import PdfSignatureValidationSpec, SignatureValidationSpec
 from pyhanko.sign.validation.report.tools import generate_report
-from pyhanko.sign.validation.status import PdfSignatureStatus
+from pyhanko.sign.validation.status import PdfSignatureStatus, SignatureStatus
 from pyhanko_certvalidator.context import CertValidationPolicySpec
 from pyhanko_certvalidator.policy_decl import CertRevTrustPolicy, RevocationCheckingPolicy, RevocationCheckingRule
 from pyhanko_certvalidator.registry import SimpleTrustManager
@@ -53,14 +53,14 @@ def _spec(revocation: RevocationService) -> PdfSignatureValidationSpec:
     return PdfSignatureValidationSpec(SignatureValidationSpec(cert_validation_policy=policy))
 
 
-async def _validate(sig: EmbeddedPdfSignature, reader: PdfFileReader, spec: PdfSignatureValidationSpec) -> AdESBasicValidationResult:
+async def _validate(sig: EmbeddedPdfSignature, reader: PdfFileReader, spec: PdfSignatureValidationSpec) -> AdESBasicValidationResult[SignatureStatus]:
     common = dict(
         signed_data=sig.signed_data, validation_spec=spec.signature_validation_spec, raw_digest=sig.compute_digest()
     )
     if next(extract_tst_data_iter(sig.signer_info, signed=False), None) is not None:
         if any(ts.signed_revision > sig.signed_revision for ts in reader.embedded_timestamp_signatures):
             return await ades_lta_validation(sig, spec)  # pyHanko's LTA process wants a signature timestamp too
-        sig.compute_integrity_info()
+        sig.compute_integrity_info()  # type: ignore[no-untyped-call]  # pyHanko leaves it unannotated
         return await ades_with_time_validation(
             **common, extra_status_kwargs=sig.summarise_integrity_info(), status_cls=PdfSignatureStatus
         )
@@ -83,7 +83,8 @@ def _merge(reports: list[bytes]) -> bytes:
             if vo.get("id") not in known:
                 known.add(vo.get("id"))
                 objects.append(vo)
-    return etree.tostring(first, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+    merged: bytes = etree.tostring(first, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+    return merged
 
 
 async def _reports(reader: PdfFileReader, revocation: RevocationService) -> list[bytes]:

@@ -56,8 +56,13 @@ def free_field_name(reader: PdfFileReader) -> str:
     return next(f"Signature{n}" for n in range(1, len(taken) + 2) if f"Signature{n}" not in taken)
 
 
-def _size(field_ref: generic.IndirectObject) -> tuple[float, float] | None:
-    width, height = annot_width_height(get_single_field_annot(field_ref.get_object()))
+def _size(field_ref: generic.Dereferenceable) -> tuple[float, float] | None:
+    """The size of the field's widget, if it has an area.
+
+    Taken as a Dereferenceable: pyHanko annotates get_object there, not on IndirectObject."""
+    field = field_ref.get_object()
+    assert isinstance(field, generic.DictionaryObject)  # enumerate_sig_fields yields dictionaries only
+    width, height = annot_width_height(get_single_field_annot(field))
     return (float(width), float(height)) if width > 0 and height > 0 else None
 
 

@@ -36,8 +36,9 @@ def _intact(sig: EmbeddedPdfSignature) -> bool:
     """
     if sig.sig_object_type == "/DocTimeStamp":
         imprint = sig.signed_data["encap_content_info"]["content"].parsed["message_imprint"]
-        return imprint["hashed_message"].native == sig.compute_digest(imprint["hash_algorithm"]["algorithm"].native)
-    committed = find_unique_cms_attribute(sig.signer_info["signed_attrs"], "message_digest").native
+        stamped: bytes = imprint["hashed_message"].native
+        return stamped == sig.compute_digest(imprint["hash_algorithm"]["algorithm"].native)
+    committed: bytes = find_unique_cms_attribute(sig.signer_info["signed_attrs"], "message_digest").native
     return committed == sig.compute_digest()
 
 
@@ -46,7 +47,7 @@ def _problem(sig: EmbeddedPdfSignature) -> str | None:
     try:
         if not _intact(sig):
             return "its signed bytes no longer match its signature"
-        sig.compute_integrity_info()
+        sig.compute_integrity_info()  # type: ignore[no-untyped-call]  # pyHanko leaves it unannotated
         info = sig.summarise_integrity_info()
     except (ValueError, KeyError, PdfError, SignatureValidationError) as exc:
         return f"it cannot be evaluated: {exc}"

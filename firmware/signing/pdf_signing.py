@@ -26,7 +26,8 @@ from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.errors import PathError, RevokedError, ValidationError
 
 from ..errors import InvalidRequest
-from ..store.ledger import SignatureLedger, SignatureRecord
+from ..store.ledger import SignatureLedger
+from .accounting import Accounting, Signed
 from .levels import Level, Profile
 from .pdf_fields import FieldChoice, Stamp, choose_field
 from .pdf_integrity import check_earlier_signatures
@@ -141,7 +142,9 @@ def build_pdf_signer(
     )
     spec = style = None
     if field.stamp is not None:
-        spec = SigFieldSpec(sig_field_name=field_name, on_page=field.stamp.page - 1, box=field.stamp.box)
+        # pyHanko annotates box as ints, but PDF rectangles are reals and it writes them as FloatObjects
+        box = field.stamp.box
+        spec = SigFieldSpec(sig_field_name=field_name, on_page=field.stamp.page - 1, box=box)  # type: ignore[arg-type]
     if field.size is not None:  # the box's own look, also in a field the document brought
         style = stamp_style(look or StampLook.default(), options.stamp_text, *field.size)
     return PdfSigner(meta, signer=signer, timestamper=timestamper, stamp_style=style, new_field_spec=spec)
@@ -149,12 +152,13 @@ def build_pdf_signer(
 
 def _pki_fault(exc: BaseException) -> Exception | None:
     """The box-side PKI failure behind a pyHanko error, if that is what it is."""
-    while exc is not None:
-        if isinstance(exc, RevokedError):
-            return CertificateRevoked(f"a certificate on the signing path is revoked: {exc}")
-        if isinstance(exc, (PathError, ValidationError)):
-            return RevocationUnavailable(f"cannot establish revocation status: {exc}")
-        exc = exc.__cause__
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, RevokedError):
+            return CertificateRevoked(f"a certificate on the signing path is revoked: {cause}")
+        if isinstance(cause, (PathError, ValidationError)):
+            return RevocationUnavailable(f"cannot establish revocation status: {cause}")
+        cause = cause.__cause__
     return None
 
 
@@ -190,7 +194,7 @@ class PdfSigningService:
         self._look = look
         self._timestamper = timestamper
         self._revocation = revocation
-        self._ledger = ledger
+        self._accounting = Accounting(ledger, signer, "pdf")
         self._max_pdf_bytes = max_pdf_bytes
 
     @property
@@ -209,23 +213,14 @@ class PdfSigningService:
             raise TimestampUnavailable("no TSA is configured; only B-B is available")
         reader = read_pdf(pdf, self._max_pdf_bytes)
         field = pick_field(reader, options)
-        self._ledger.admit(client_id, 1)
+        return self._accounting.run(client_id, 1, lambda: self._signed_pdf(pdf, reader, options, field))
+
+    def _signed_pdf(
+        self, pdf: bytes, reader: PdfFileReader, options: PdfSignOptions, field: FieldChoice
+    ) -> tuple[SignedPdf, list[Signed]]:
         output, digest, md_algorithm = asyncio.run(self._sign(pdf, reader, options, field))
-        self._ledger.record(
-            [
-                SignatureRecord(
-                    client_id=client_id,
-                    kind="pdf",
-                    hash_algorithm=md_algorithm,
-                    document_hash=digest.hex(),
-                    key_label=self._signer.key_label,
-                    cert_serial=self._signer.cert_serial,
-                    level=options.level.value,
-                    profile=Profile.PADES.value,
-                )
-            ]
-        )
-        return SignedPdf(output.getvalue(), field.name, options.level)
+        signed = Signed(md_algorithm, digest, options.level.value, Profile.PADES.value)
+        return SignedPdf(output.getvalue(), field.name, options.level), [signed]
 
     async def _sign(
         self, pdf: bytes, reader: PdfFileReader, options: PdfSignOptions, field: FieldChoice
@@ -246,6 +241,7 @@ class PdfSigningService:
             writer = IncrementalPdfFileWriter.from_reader(reader)
             # pyHanko sizes /Contents from a dry run that includes a dummy timestamp token.
             prepared, tbs, output = await pdf_signer.async_digest_doc_for_signing(writer)
+        assert isinstance(output, io.BytesIO)  # given no output stream, pyHanko writes to a new BytesIO
         with _translated(before_signing=False):
             post_sign = await tbs.perform_signature(prepared.document_digest, PdfCMSSignedAttributes())
             await post_sign.post_signature_processing(output)

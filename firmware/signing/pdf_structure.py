@@ -23,16 +23,23 @@ from pyhanko.pdf_utils import generic
 MAX_TREE_DEPTH = 100
 
 
-def _resolved(dictionary: generic.PdfObject, key: str) -> generic.PdfObject | None:
+def _resolved(dictionary: generic.PdfObject | None, key: str) -> generic.PdfObject | None:
     """``dictionary[key]`` with references followed (pyHanko's ``get`` leaves them), or None."""
     if not isinstance(dictionary, generic.DictionaryObject) or key not in dictionary:
         return None
-    return dictionary[key]
+    value: generic.PdfObject = dictionary[key]
+    return value
+
+
+def _target(reference: generic.Dereferenceable) -> generic.PdfObject:
+    """The object behind an IndirectObject (typed through the interface pyHanko annotates)."""
+    return reference.get_object()
 
 
 def _first_page_kid(node: generic.PdfObject) -> generic.ArrayObject | None:
     # pyHanko descends into nodes of /Type /Pages
-    kids = _resolved(node, "/Kids") if _resolved(node, "/Type") == "/Pages" else None
+    node_type = _resolved(node, "/Type")
+    kids = _resolved(node, "/Kids") if isinstance(node_type, str) and node_type == "/Pages" else None
     return generic.ArrayObject([kids.raw_get(0)]) if isinstance(kids, generic.ArrayObject) and kids else None
 
 
@@ -61,7 +68,7 @@ def _tree_fault(
                 if entry.reference in seen:
                     return f"object {entry.idnum} is reached twice in its {name}"
                 seen.add(entry.reference)
-                below.append(kids(entry.get_object()))
+                below.append(kids(_target(entry)))
         level = below
     return None
 
@@ -69,7 +76,7 @@ def _tree_fault(
 def structure_fault(root: generic.DictionaryObject) -> str | None:
     """What in the document catalog ``root`` the box will not hand to pyHanko, or None."""
     pages = root.raw_get("/Pages") if "/Pages" in root else None
-    if not isinstance(pages, generic.IndirectObject) or _first_page_kid(pages.get_object()) is None:
+    if not isinstance(pages, generic.IndirectObject) or _first_page_kid(_target(pages)) is None:
         return "it has no page tree"
     return _tree_fault(generic.ArrayObject([pages]), _first_page_kid, "page tree") or _tree_fault(
         _resolved(_resolved(root, "/AcroForm"), "/Fields"), _field_kids, "form field tree"

@@ -11,11 +11,13 @@ releasing a B-LT or B-LTA PDF.
 from __future__ import annotations
 
 import asyncio
+import enum
 import io
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypedDict, TypeVar
 
 from asn1crypto import cms, x509
 from pyhanko.pdf_utils.misc import PdfError
@@ -31,7 +33,7 @@ from pyhanko.sign.validation import (
 )
 from pyhanko.sign.validation.errors import NoDSSFoundError
 from pyhanko.sign.validation.generic_cms import extract_tst_data_iter
-from pyhanko.sign.validation.status import ModificationInfo, SignatureStatus
+from pyhanko.sign.validation.status import DocumentTimestampStatus, ModificationInfo, SignatureStatus
 from pyhanko_certvalidator import ValidationContext
 
 from ..errors import InvalidRequest
@@ -125,8 +127,12 @@ class PdfReport:
     dss: bool = False
 
 
+_Status = TypeVar("_Status", bound=SignatureStatus)
+
+
 def _tst_time(tst: cms.SignedData) -> datetime:
-    return tst["encap_content_info"]["content"].parsed["gen_time"].native
+    gen_time: datetime = tst["encap_content_info"]["content"].parsed["gen_time"].native
+    return gen_time
 
 
 def _embedded_context(
@@ -158,7 +164,22 @@ def _timestamp_holds(status: SignatureStatus) -> bool:
     return ts is None or (ts.intact and ts.valid and ts.trusted)
 
 
-def _modifications(status: ModificationInfo) -> dict:
+class _Modifications(TypedDict):
+    coverage: str
+    modification_level: str | None
+    changed_form_fields: list[str]
+    docmdp_ok: bool | None
+
+
+class _Trust(TypedDict):
+    signer: str
+    intact: bool
+    valid: bool
+    trusted: bool
+    trust_problem: str | None
+
+
+def _modifications(status: ModificationInfo) -> _Modifications:
     diff = status.diff_result
     level = status.modification_level
     return {
@@ -169,14 +190,18 @@ def _modifications(status: ModificationInfo) -> dict:
     }
 
 
-def _trust(status: SignatureStatus) -> dict:
+def _trust(status: SignatureStatus) -> _Trust:
     problem = status.trust_problem_indic
+    trust_problem = None
+    if problem is not None and not status.trusted:
+        assert isinstance(problem, enum.Enum)  # pyHanko's subindications (AdESFailure, ...) are enums
+        trust_problem = problem.name
     return {
         "signer": status.signing_cert.subject.human_friendly,
         "intact": status.intact,
         "valid": status.valid,
         "trusted": status.trusted,
-        "trust_problem": problem.name if problem is not None and not status.trusted else None,
+        "trust_problem": trust_problem,
     }
 
 
@@ -193,8 +218,11 @@ class _Verifier:
         return ValidationContext(trust_roots=self._revocation.trust_roots, allow_fetching=False)
 
     async def _validate(
-        self, sig: EmbeddedPdfSignature, moment: datetime | None, validate
-    ) -> tuple[SignatureStatus, bool]:
+        self,
+        sig: EmbeddedPdfSignature,
+        moment: datetime | None,
+        validate: Callable[[EmbeddedPdfSignature, ValidationContext], Awaitable[_Status]],
+    ) -> tuple[_Status, bool]:
         """Validate from the DSS alone first; else with the box's cached online context."""
         offline = _embedded_context(self._reader, self._revocation.trust_roots, moment)
         if offline is not None:
@@ -204,7 +232,7 @@ class _Verifier:
         return await validate(sig, self._fallback_context()), False
 
     async def timestamp(self, sig: EmbeddedPdfSignature) -> SignatureReport:
-        async def validate(s, context):
+        async def validate(s: EmbeddedPdfSignature, context: ValidationContext) -> DocumentTimestampStatus:
             return await async_validate_pdf_timestamp(s, validation_context=context)
 
         status, ltv = await self._validate(sig, _tst_time(sig.signed_data), validate)
@@ -232,7 +260,7 @@ class _Verifier:
             trusted=ts_status is not None and ts_status.trusted,
         )
         certification = self._certification
-        certified = certification is not None and certification.author_sig == sig.sig_object
+        certified = certification if certification is not None and certification.author_sig == sig.sig_object else None
         return SignatureReport(
             field=sig.field_name,
             kind="signature",
@@ -240,7 +268,7 @@ class _Verifier:
             timestamp=timestamp,
             level=_level(sig, status.intact and status.valid, timestamp, ltv, later_timestamps),
             ltv=ltv and timestamp.trusted,
-            certification=certification.permission.value if certified else None,
+            certification=certified.permission.value if certified is not None else None,
             bottom_line=status.bottom_line,
             **_trust(status),
             **_modifications(status),

@@ -17,7 +17,8 @@ from asn1crypto import algos
 from hsm import DIGEST_SIZES, SignatureScheme, Token, check_digest
 
 from ..errors import InvalidRequest
-from ..store.ledger import SignatureLedger, SignatureRecord
+from ..store.ledger import SignatureLedger
+from .accounting import Accounting, Signed
 from .hash_signing import MAX_BATCH
 from .token_signer import TokenSigner
 
@@ -88,7 +89,7 @@ class RawSigningService:
     def __init__(self, token: Token, signer: TokenSigner, ledger: SignatureLedger) -> None:
         self._token = token
         self._signer = signer
-        self._ledger = ledger
+        self._accounting = Accounting(ledger, signer, "raw")
         self._key_type = signer.signing_cert.public_key.algorithm
         if self._key_type not in _SCHEMES:
             raise ValueError(f"unsupported key algorithm {self._key_type!r} in the signing certificate")
@@ -131,25 +132,12 @@ class RawSigningService:
     def sign(self, client_id: str, algorithm: RawAlgorithm, digests: list[bytes]) -> list[bytes]:
         """Signature values in the order of ``digests``; all recorded before any is returned."""
         self.check(algorithm, digests)
-        self._ledger.admit(client_id, len(digests))
+        return self._accounting.run(client_id, len(digests), lambda: self._sign_digests(algorithm, digests))
+
+    def _sign_digests(self, algorithm: RawAlgorithm, digests: list[bytes]) -> tuple[list[bytes], list[Signed]]:
         label = self._signer.key_label
         signatures = [
             self._token.sign_digest(label, digest, algorithm.hash_algorithm, algorithm.scheme, algorithm.salt_length)
             for digest in digests
         ]
-        self._ledger.record(
-            [
-                SignatureRecord(
-                    client_id=client_id,
-                    kind="raw",
-                    hash_algorithm=algorithm.hash_algorithm,
-                    document_hash=digest.hex(),
-                    key_label=label,
-                    cert_serial=self._signer.cert_serial,
-                    level="raw",
-                    profile=algorithm.scheme.value,
-                )
-                for digest in digests
-            ]
-        )
-        return signatures
+        return signatures, [Signed(algorithm.hash_algorithm, d, "raw", algorithm.scheme.value) for d in digests]

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
-from asn1crypto import crl, ocsp, x509
+from asn1crypto import cms, crl, ocsp, x509
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
+from pyhanko_certvalidator.authority import Authority
 from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError, RevokedError
 from pyhanko_certvalidator.fetchers.api import CRLFetcher, Fetchers, OCSPFetcher
 from pyhanko_certvalidator.fetchers.common_utils import (
@@ -34,6 +35,10 @@ from pyhanko_certvalidator.fetchers.requests_fetchers.ocsp_client import Request
 
 # Revocation data without a nextUpdate is reused for at most this long.
 DEFAULT_TTL_S = 300.0
+
+
+# What pyHanko-certvalidator's fetchers are asked about.
+_Certificate: TypeAlias = x509.Certificate | cms.AttributeCertificateV2
 
 
 class RevocationUnavailable(RuntimeError):
@@ -56,7 +61,7 @@ class ValidationData:
 class RevocationCache:
     """Process-wide store of fetched revocation data, each entry kept until its nextUpdate."""
 
-    def __init__(self, clock=time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, Any], tuple[float, Any]] = {}
@@ -100,7 +105,7 @@ class _CachingOCSPFetcher(OCSPFetcher):
         self._inner, self._cache = inner, cache
         self._fetched: dict[Any, ocsp.OCSPResponse] = {}
 
-    async def fetch(self, cert, authority) -> ocsp.OCSPResponse:
+    async def fetch(self, cert: _Certificate, authority: Authority) -> ocsp.OCSPResponse:
         key = ("ocsp", cert.issuer_serial)
         response = self._cache.get(key)
         if response is None:
@@ -112,7 +117,7 @@ class _CachingOCSPFetcher(OCSPFetcher):
     def fetched_responses(self) -> Iterable[ocsp.OCSPResponse]:
         return list(self._fetched.values())
 
-    def fetched_responses_for_cert(self, cert) -> Iterable[ocsp.OCSPResponse]:
+    def fetched_responses_for_cert(self, cert: _Certificate) -> Iterable[ocsp.OCSPResponse]:
         response = self._fetched.get(cert.issuer_serial)
         return [response] if response is not None else []
 
@@ -122,7 +127,7 @@ class _CachingCRLFetcher(CRLFetcher):
         self._inner, self._cache = inner, cache
         self._fetched: dict[Any, list[crl.CertificateList]] = {}
 
-    async def fetch(self, cert, *, use_deltas=None) -> Iterable[crl.CertificateList]:
+    async def fetch(self, cert: _Certificate, *, use_deltas: bool | None = None) -> Iterable[crl.CertificateList]:
         key = ("crl", cert.issuer_serial)
         crls = self._cache.get(key)
         if crls is None:
@@ -138,7 +143,7 @@ class _CachingCRLFetcher(CRLFetcher):
                 unique[item.dump()] = item
         return list(unique.values())
 
-    def fetched_crls_for_cert(self, cert) -> Iterable[crl.CertificateList]:
+    def fetched_crls_for_cert(self, cert: _Certificate) -> Iterable[crl.CertificateList]:
         return self._fetched[cert.issuer_serial]
 
 
@@ -149,21 +154,26 @@ class _ConfiguredOCSPFetcher(RequestsOCSPFetcher):
         super().__init__(per_request_timeout=timeout_s)
         self._urls = urls
 
-    async def _fetch(self, cert, authority) -> ocsp.OCSPResponse:
+    async def _fetch(self, cert: _Certificate, authority: Authority) -> ocsp.OCSPResponse:
         request = format_ocsp_request(cert, authority, certid_hash_algo=self.certid_hash_algo,
                                       request_nonces=self.request_nonces)
-        return await ocsp_job_get_earliest(self._fetch_single(url, request) for url in self._urls)
+        # pyHanko-certvalidator leaves both unannotated
+        jobs = (self._fetch_single(url, request) for url in self._urls)  # type: ignore[no-untyped-call]
+        response: ocsp.OCSPResponse = await ocsp_job_get_earliest(jobs)  # type: ignore[no-untyped-call]
+        return response
 
 
 class _ConfiguredCRLFetcher(RequestsCRLFetcher):
     """Fetches the CRLs of [revocation] crl_urls, not the certificate's distribution points."""
 
     def __init__(self, urls: tuple[str, ...], timeout_s: float) -> None:
-        super().__init__(per_request_timeout=timeout_s)
+        super().__init__(per_request_timeout=timeout_s)  # type: ignore[no-untyped-call]  # unannotated upstream
         self._urls = urls
 
-    async def _fetch(self, cert, *, use_deltas):
-        async for fetched in crl_job_results_as_completed(self._fetch_single(url) for url in self._urls):
+    async def _fetch(self, cert: x509.Certificate, *, use_deltas: bool | None) -> AsyncIterator[crl.CertificateList]:
+        # pyHanko-certvalidator leaves both unannotated
+        jobs = (self._fetch_single(url) for url in self._urls)  # type: ignore[no-untyped-call]
+        async for fetched in crl_job_results_as_completed(jobs):  # type: ignore[no-untyped-call]
             yield fetched
 
 
@@ -217,7 +227,8 @@ class RevocationService:
         for leaf, intermediates in paths:
             validator = CertificateValidator(leaf, intermediate_certs=intermediates, validation_context=context)
             try:
-                path = await validator.async_validate_usage(key_usage=set())
+                # pyHanko-certvalidator leaves it unannotated
+                path = await validator.async_validate_usage(key_usage=set())  # type: ignore[no-untyped-call]
             except RevokedError as exc:
                 raise CertificateRevoked(f"certificate {leaf.subject.human_friendly!r} is revoked") from exc
             except (PathBuildingError, PathValidationError) as exc:

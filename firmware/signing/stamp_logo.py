@@ -57,13 +57,13 @@ def decode_logo(png: bytes) -> StampLogo:
         image.load()
     except (OSError, SyntaxError, ValueError, zlib.error) as exc:
         raise InvalidRequest(f"the stamp logo is not a readable PNG: {exc}") from None
-    image = image.convert("RGBA")
-    alpha = image.getchannel("A")
+    rgba = image.convert("RGBA")
+    alpha = rgba.getchannel("A")
     opaque = alpha.getextrema() == (255, 255)
     return StampLogo(
-        width=image.width,
-        height=image.height,
-        rgb=zlib.compress(image.convert("RGB").tobytes()),
+        width=rgba.width,
+        height=rgba.height,
+        rgb=zlib.compress(rgba.convert("RGB").tobytes()),
         alpha=None if opaque else zlib.compress(alpha.tobytes()),
     )
 

@@ -16,7 +16,7 @@ from pyhanko.pdf_utils import generic, layout
 from pyhanko.pdf_utils.content import PdfContent, ResourceType
 from pyhanko.pdf_utils.generic import pdf_name
 
-from ..config import BoxConfig, ConfigError
+from ..config import BoxConfig, ConfigError, SigningSettings
 from .stamp_logo import StampLogo, load_stamp_logo
 
 __all__ = ["StampLook", "parse_colour", "stamp_style"]
@@ -46,7 +46,7 @@ class StampLook:
     @classmethod
     def default(cls) -> StampLook:
         """box.toml's defaults: for signers with no box.toml, such as the local agent."""
-        return cls("", parse_colour(BoxConfig.stamp_background), parse_colour(BoxConfig.stamp_border))
+        return cls("", parse_colour(SigningSettings.stamp_background), parse_colour(SigningSettings.stamp_border))
 
     @classmethod
     def from_config(cls, config: BoxConfig) -> StampLook:
@@ -61,6 +61,10 @@ class StampLook:
                    load_stamp_logo(config.stamp_logo_file))
 
 
+def _number(value: int) -> generic.NumberObject:
+    return generic.NumberObject(value)  # type: ignore[no-untyped-call]  # pyHanko leaves __new__ unannotated
+
+
 class _Panel(PdfContent):
     """The stamp's background: an opaque rectangle of the whole stamp, and the logo on it."""
 
@@ -69,8 +73,7 @@ class _Panel(PdfContent):
         self._look = look
         self._logo_box = logo_box  # x, y, width, height
 
-    def _logo_image(self) -> generic.IndirectObject:
-        logo = self._look.logo
+    def _logo_image(self, logo: StampLogo) -> generic.IndirectObject:
         writer = self._ensure_writer
 
         def image(data: bytes, colour_space: str) -> generic.StreamObject:
@@ -78,10 +81,10 @@ class _Panel(PdfContent):
                 {
                     pdf_name("/Type"): pdf_name("/XObject"),
                     pdf_name("/Subtype"): pdf_name("/Image"),
-                    pdf_name("/Width"): generic.NumberObject(logo.width),
-                    pdf_name("/Height"): generic.NumberObject(logo.height),
+                    pdf_name("/Width"): _number(logo.width),
+                    pdf_name("/Height"): _number(logo.height),
                     pdf_name("/ColorSpace"): pdf_name(colour_space),
-                    pdf_name("/BitsPerComponent"): generic.NumberObject(8),
+                    pdf_name("/BitsPerComponent"): _number(8),
                     pdf_name("/Filter"): pdf_name("/FlateDecode"),
                 },
                 encoded_data=data,
@@ -96,7 +99,7 @@ class _Panel(PdfContent):
         width, height = self.box.width, self.box.height
         commands = [b"q %g %g %g rg 0 0 %g %g re f Q" % (*self._look.background, width, height)]
         if self._look.logo is not None:
-            self.set_resource(ResourceType.XOBJECT, pdf_name("/Logo"), self._logo_image())
+            self.set_resource(ResourceType.XOBJECT, pdf_name("/Logo"), self._logo_image(self._look.logo))
             x, y, logo_width, logo_height = self._logo_box
             commands.append(b"q %g 0 0 %g %g %g cm /Logo Do Q" % (logo_width, logo_height, x, y))
         return b" ".join(commands)
@@ -135,6 +138,9 @@ def stamp_style(look: StampLook, text: str | None, width: float, height: float) 
         inner_content_layout=layout.SimpleBoxLayoutRule(
             x_align=layout.AxisAlignment.ALIGN_MIN,
             y_align=layout.AxisAlignment.ALIGN_MID,
-            margins=layout.Margins(left=text_left, right=_MARGIN, top=_MARGIN, bottom=_MARGIN),
+            # pyHanko annotates margins as int; its layout arithmetic takes the reals PDF uses
+            margins=layout.Margins(
+                left=text_left, right=_MARGIN, top=_MARGIN, bottom=_MARGIN  # type: ignore[arg-type]
+            ),
         ),
     )

@@ -12,8 +12,9 @@ import logging
 import os
 import threading
 import time
+from datetime import datetime
 
-from asn1crypto import tsp
+from asn1crypto import cms, tsp
 from pyhanko.sign.timestamps.api import TimeStamper
 from pyhanko.sign.timestamps.common_utils import TimestampRequestError
 from pyhanko.sign.timestamps.requests_client import RequestsHTTPTimeStamper
@@ -31,8 +32,11 @@ class FallbackTimeStamper(TimeStamper):
     def __init__(self, urls: list[str], timeout_s: float = 10.0, clock: ClockWatch | None = None) -> None:
         if not urls:
             raise ValueError("at least one TSA URL is needed")
-        super().__init__()
-        self._stampers = [RequestsHTTPTimeStamper(url, timeout=timeout_s) for url in urls]
+        super().__init__()  # type: ignore[no-untyped-call]  # pyHanko leaves TimeStamper.__init__ unannotated
+        self._stampers = [
+            RequestsHTTPTimeStamper(url, timeout=timeout_s)  # type: ignore[no-untyped-call]  # likewise
+            for url in urls
+        ]
         self._clock = clock
 
     async def async_request_tsa_response(self, req: tsp.TimeStampReq) -> tsp.TimeStampResp:
@@ -69,13 +73,14 @@ class FallbackTimeStamper(TimeStamper):
         if failure:
             raise failure[0]
 
-    async def async_timestamp(self, message_digest: bytes, md_algorithm: str):
+    async def async_timestamp(self, message_digest: bytes, md_algorithm: str) -> cms.ContentInfo:
         try:
             return await super().async_timestamp(message_digest, md_algorithm)
         except TimestampRequestError as exc:  # a TSA answered, but with a refusal or garbage
             raise TimestampUnavailable(f"timestamp refused: {exc}") from exc
 
 
-def _gen_time(response: tsp.TimeStampResp):
+def _gen_time(response: tsp.TimeStampResp) -> datetime:
     info = response["time_stamp_token"]["content"]["encap_content_info"]["content"].parsed
-    return info["gen_time"].native
+    gen_time: datetime = info["gen_time"].native
+    return gen_time

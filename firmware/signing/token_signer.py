@@ -30,10 +30,11 @@ def _scheme_for(certificate: x509.Certificate, prefer_pss: bool) -> SignatureSch
 def _signature_size(certificate: x509.Certificate) -> int:
     """Upper bound of a signature's length, for pyHanko's dry runs that size the PDF hole."""
     key = certificate.public_key
+    bits: int = key.bit_size
     if key.algorithm == "rsa":
-        return key.bit_size // 8
+        return bits // 8
     # DER ECDSA: SEQUENCE of two INTEGERs, each up to one byte longer than the field size.
-    field_bytes = (key.bit_size + 7) // 8
+    field_bytes = (bits + 7) // 8
     return 2 * (field_bytes + 3) + 3
 
 
@@ -49,12 +50,20 @@ class TokenSigner(Signer):
         super().__init__(
             prefer_pss=prefer_pss,
             signing_cert=chain[0],
-            cert_registry=SimpleCertificateStore.from_certs(chain),
+            # pyHanko-certvalidator leaves from_certs unannotated
+            cert_registry=SimpleCertificateStore.from_certs(chain),  # type: ignore[no-untyped-call]
         )
         self._token = token
         self._key_label = key_label
         self._scheme = _scheme_for(chain[0], prefer_pss)
         self._clock = clock
+
+    @property
+    def signing_cert(self) -> x509.Certificate:
+        """Never None here, unlike pyHanko's Signer: a TokenSigner is made with its chain."""
+        cert = super().signing_cert
+        assert cert is not None  # set in __init__
+        return cert
 
     @property
     def key_label(self) -> str:
