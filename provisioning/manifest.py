@@ -32,9 +32,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from firmware.errors import InvalidRequest
@@ -44,6 +46,8 @@ from hsm import KEY_ALGORITHMS
 
 from .bundle import valid_name
 from .errors import ProvisioningRefused
+
+T = TypeVar("T")
 
 FORMAT = "esignbox-bundle/1"
 MAX_COUNTER = 2**53
@@ -117,11 +121,11 @@ class _Invalid(Exception):
     pass
 
 
-def _fail(where: str, message: str) -> None:
+def _fail(where: str, message: str) -> NoReturn:
     raise _Invalid(f"{where}: {message}")
 
 
-def _object(value: Any, where: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+def _object(value: object, where: str, allowed: set[str], required: AbstractSet[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(value, dict):
         _fail(where, "must be an object")
     unknown = set(value) - allowed
@@ -133,29 +137,33 @@ def _object(value: Any, where: str, allowed: set[str], required: set[str] = froz
     return value
 
 
-def _text(value: Any, where: str, max_len: int = 200, nullable: bool = False) -> str | None:
-    if value is None and nullable:
-        return None
+def _text(value: object, where: str, max_len: int = 200) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= max_len or not value.isprintable():
         _fail(where, f"must be printable text of 1–{max_len} characters")
     return value
 
 
-def _int(value: Any, where: str, low: int, high: int, nullable: bool = False) -> int | None:
-    if value is None and nullable:
-        return None
+def _optional_text(value: object, where: str, max_len: int = 200) -> str | None:
+    return None if value is None else _text(value, where, max_len)
+
+
+def _int(value: object, where: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         _fail(where, f"must be a whole number from {low} to {high}")
     return value
 
 
-def _list(value: Any, where: str, item, max_items: int = 16) -> tuple:
+def _optional_int(value: object, where: str, low: int, high: int) -> int | None:
+    return None if value is None else _int(value, where, low, high)
+
+
+def _list(value: object, where: str, item: Callable[[Any, str], T], max_items: int = 16) -> tuple[T, ...]:
     if not isinstance(value, list) or len(value) > max_items:
         _fail(where, f"must be a list of at most {max_items} items")
     return tuple(item(v, f"{where}[{i}]") for i, v in enumerate(value))
 
 
-def _time(value: Any, where: str) -> datetime:
+def _time(value: object, where: str) -> datetime:
     text = _text(value, where, 40)
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -166,7 +174,7 @@ def _time(value: Any, where: str) -> datetime:
     return parsed
 
 
-def _url(value: Any, where: str) -> str:
+def _url(value: object, where: str) -> str:
     text = _text(value, where, 2048)
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -174,28 +182,28 @@ def _url(value: Any, where: str) -> str:
     return text
 
 
-def _hostname(value: Any, where: str) -> str:
+def _hostname(value: object, where: str) -> str:
     text = _text(value, where, 253)
     if not all(_HOSTNAME_LABEL.match(label) for label in text.rstrip(".").split(".")):
         _fail(where, "must be a host name (letters, digits, '-', dot-separated)")
     return text
 
 
-def _ip(value: Any, where: str) -> str:
+def _ip(value: object, where: str) -> str:
     try:
         return str(ipaddress.ip_address(_text(value, where, 64)))
     except ValueError:
         _fail(where, "must be an IP address")
 
 
-def _host_or_ip(value: Any, where: str) -> str:
+def _host_or_ip(value: object, where: str) -> str:
     try:
         return _ip(value, where)
     except _Invalid:
         return _hostname(value, where)
 
 
-def _network(value: Any) -> Network:
+def _network(value: object) -> Network:
     fields = {"hostname", "mode", "address", "gateway", "dns", "ntp", "api_host", "api_port"}
     net = _object(value, "network", fields)
     mode = net.get("mode")
@@ -223,7 +231,7 @@ def _network(value: Any) -> Network:
     )
 
 
-def _client(value: Any, where: str) -> ClientSpec:
+def _client(value: object, where: str) -> ClientSpec:
     c = _object(value, where, {"id", "name", "key_sha256", *_CLIENT_FIELDS}, {"id", "name", "key_sha256"})
     if not isinstance(c["id"], str) or not _CLIENT_ID.match(c["id"]):
         _fail(f"{where}.id", "must be 12 lower-case hex digits")
@@ -237,11 +245,11 @@ def _client(value: Any, where: str) -> ClientSpec:
         settings["scopes"] = tuple(s for s in SCOPES if s in scopes)
     for name in ("calls", "rate_per_minute", "rate_per_day"):
         if name in c:
-            settings[name] = _int(c[name], f"{where}.{name}", 0, 10**12, nullable=True)
+            settings[name] = _optional_int(c[name], f"{where}.{name}", 0, 10**12)
     return ClientSpec(c["id"], _text(c["name"], f"{where}.name", 100), c["key_sha256"], settings)
 
 
-def _file_ref(value: Any, where: str, files: set[str], used: set[str]) -> str:
+def _file_ref(value: object, where: str, files: set[str], used: set[str]) -> str:
     if not isinstance(value, str) or not valid_name(value):
         _fail(where, "must be a plain file name under files/")
     if value not in files:
@@ -251,15 +259,15 @@ def _file_ref(value: Any, where: str, files: set[str], used: set[str]) -> str:
 
 
 def _strict_json(data: bytes) -> Any:
-    def pairs(items):
-        seen = {}
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
         for key, value in items:
             if key in seen:
                 raise _Invalid(f"duplicate field {key!r}")
             seen[key] = value
         return seen
 
-    def constant(name):
+    def constant(name: str) -> NoReturn:
         raise _Invalid(f"{name} is not allowed")
 
     try:
@@ -285,7 +293,7 @@ def _parse(data: bytes, files: set[str]) -> Manifest:
     created, expires = _time(m["created_at"], "created_at"), _time(m["expires_at"], "expires_at")
     if expires <= created:
         _fail("expires_at", "must be after created_at")
-    box_serial = _text(m.get("box_serial"), "box_serial", 128, nullable=True)
+    box_serial = _optional_text(m.get("box_serial"), "box_serial", 128)
     any_box = m.get("any_box", False)
     if not isinstance(any_box, bool):
         _fail("any_box", "must be true or false")
