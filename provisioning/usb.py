@@ -232,7 +232,7 @@ class StickWatcher:
         self._handled[verdict.sys_path] = verdict.key
         return self.handle(verdict)
 
-    def handle(self, info: StickInfo) -> Outcome | None:
+    def handle(self, info: StickInfo) -> Outcome:
         log.info("provisioning stick %s (%s, label %s)", info.devnode, info.fstype, info.label)
         try:
             with Stick(info, self.mount_root, self._run) as stick:
