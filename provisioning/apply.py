@@ -24,10 +24,12 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from asn1crypto import pem, x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -37,13 +39,13 @@ from firmware.config import BoxConfig, ConfigError, parse
 from firmware.durable import write_durable, write_new
 from firmware.errors import InvalidRequest
 from firmware.operations import accounts, configstore
-from firmware.operations.generations import RolledBack
-from firmware.operations.keys import build_csr, parse_subject
+from firmware.operations.generations import Generations, RolledBack
+from firmware.operations.keys import build_csr, generate, parse_subject
 from firmware.store import audit
 from firmware.store import clients as client_store
 from firmware.store.db import immediate
 from firmware.store.metering import DEFAULT_SCOPES
-from hsm import KeyAlgorithm, KeyNotFound, Token, TokenError
+from hsm import KeyNotFound, Token, TokenError
 
 from .bundle import FILES, MANIFEST, SIGNATURE
 from .errors import ProvisioningRefused
@@ -112,7 +114,7 @@ def _check_setup_code(state: ProvisioningState, manifest: Manifest) -> None:
         )
 
 
-def post_commit(state: ProvisioningState, generation: int) -> list[str]:
+def post_commit(state: Generations, generation: int) -> list[str]:
     """What follows the commit outside box.db's provisioning transaction; safe to repeat."""
     manifest_path = state.generation_dir(generation) / "bundle" / MANIFEST
     if not manifest_path.exists():
@@ -144,7 +146,9 @@ def _key_request(tokens: TokenAccess, manifest: Manifest, state: ProvisioningSta
             existing = token.key(request.label)
             result.actions.append(f"key {request.label!r} already on the token ({existing.key_type}); CSR made for it")
         except KeyNotFound:
-            token.generate_key(request.label, KeyAlgorithm(request.algorithm))
+            # The manifest checked label and algorithm by the same rules. The provision.apply audit entry
+            # covers the key request, so generate's key.generate details are not recorded separately.
+            generate(token, request.label, request.algorithm)
             result.actions.append(f"generated key {request.label!r} ({request.algorithm}) on the token")
         csr = build_csr(token, request.label, parse_subject(request.subject))
     except TokenError as exc:
@@ -206,7 +210,7 @@ def _check_chain(tokens: TokenAccess, verified: VerifiedBundle, state: Provision
 
 # -- the new configuration ----------------------------------------------------------------------
 
-def _render_config(base: dict, verified: VerifiedBundle, generation: int, applied_at: str) -> str:
+def _render_config(base: dict[str, Any], verified: VerifiedBundle, generation: int, applied_at: str) -> str:
     m = verified.manifest
     raw = json.loads(json.dumps(base))  # a deep copy of plain TOML data
     signing = raw.setdefault("signing", {})
@@ -250,7 +254,7 @@ def _stage_snapshot(state: ProvisioningState, number: int, base_text: str, carry
         write_new(staging / "state.json", json.dumps({"generation": number, "adopted": True}).encode())
 
 
-def _stage(state: ProvisioningState, number: int, base: dict, carry_from: Path | None,
+def _stage(state: ProvisioningState, number: int, base: dict[str, Any], carry_from: Path | None,
            verified: VerifiedBundle, applied_at: str, source: str) -> BoxConfig:
     """Stage generation ``number``; the configuration it makes, checked as the box will load it."""
     m, raw = verified.manifest, verified.raw
@@ -288,14 +292,14 @@ def _stage(state: ProvisioningState, number: int, base: dict, carry_from: Path |
 
 # -- API clients, inside the commit transaction -------------------------------------------------------
 
-def _check_client_ids(conn, clients: tuple[ClientSpec, ...]) -> None:
+def _check_client_ids(conn: sqlite3.Connection, clients: tuple[ClientSpec, ...]) -> None:
     for spec in clients:
         row = conn.execute("SELECT name FROM clients WHERE id = ?", (spec.id,)).fetchone()
         if row is not None and row["name"] != spec.name:
             raise ProvisioningRefused("invalid-content", f"client id {spec.id} belongs to client {row['name']!r}")
 
 
-def _apply_clients(conn, clients: tuple[ClientSpec, ...], free_calls: int) -> tuple[list[audit.AuditEntry], list[str]]:
+def _apply_clients(conn: sqlite3.Connection, clients: tuple[ClientSpec, ...], free_calls: int) -> tuple[list[audit.AuditEntry], list[str]]:
     """Create or update clients by name (keys of existing clients are left alone)."""
     entries, actions = [], []
     for spec in clients:

@@ -35,6 +35,7 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import keys as pkeys
 from .errors import ProvisioningRefused
@@ -300,7 +301,7 @@ def read_source(path: Path, limits: Limits = DEFAULT_LIMITS) -> RawBundle:
 
 # -- the administrator's side: writing and signing --------------------------------------------------
 
-def write_dir(path: Path, manifest: dict, files: dict[str, bytes]) -> None:
+def write_dir(path: Path, manifest: dict[str, Any], files: dict[str, bytes]) -> None:
     """Write an unsigned bundle directory (manifest.json + files/)."""
     for name in files:
         if not valid_name(name):

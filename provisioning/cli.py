@@ -3,6 +3,7 @@ box's (enroll, apply, watch, status, recover, rollback). Registered by the entry
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import hashlib
 import json
@@ -11,6 +12,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyudev
 
@@ -25,7 +27,7 @@ from .apply import TokenAccess, recover, rollback
 from .errors import ProvisioningRefused
 from .manifest import FORMAT
 from .report import write_report
-from .service import provision_copied
+from .service import Outcome, provision_copied
 from .state import ProvisioningState, box_id_path
 from .usb import DEFAULT_FILESYSTEMS, DEFAULT_LABELS, StickWatcher
 
@@ -38,7 +40,7 @@ def _read_secret_file(path: str | None) -> bytes | None:
 
 # -- on the administrator's PC -------------------------------------------------------------------------
 
-def cmd_keygen(args) -> None:
+def cmd_keygen(args: argparse.Namespace) -> None:
     key = pkeys.generate(args.algorithm)
     prefix = Path(args.out)
     private, public = prefix.with_name(prefix.name + ".key"), prefix.with_name(prefix.name + ".pub")
@@ -53,11 +55,11 @@ def cmd_keygen(args) -> None:
           f"key id:      {pkeys.key_id(key.public_key())}")
 
 
-def _client_entry(text: str) -> tuple[dict, str]:
+def _client_entry(text: str) -> tuple[dict[str, Any], str]:
     name, _, rest = text.partition(":")
     scopes_text, _, calls_text = rest.partition(":")
     client_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    entry: dict = {"id": client_id, "name": name, "key_sha256": hashlib.sha256(secret.encode()).hexdigest()}
+    entry: dict[str, Any] = {"id": client_id, "name": name, "key_sha256": hashlib.sha256(secret.encode()).hexdigest()}
     if scopes_text:
         entry["scopes"] = [s for s in scopes_text.split(",") if s]
     if calls_text:
@@ -65,8 +67,8 @@ def _client_entry(text: str) -> tuple[dict, str]:
     return entry, f"esb_{client_id}_{secret}"
 
 
-def cmd_make_bundle(args) -> None:
-    manifest: dict = json.loads(Path(args.settings).read_text()) if args.settings else {}
+def cmd_make_bundle(args: argparse.Namespace) -> None:
+    manifest: dict[str, Any] = json.loads(Path(args.settings).read_text()) if args.settings else {}
     now = datetime.now(UTC).replace(microsecond=0)
     manifest.update({
         "format": FORMAT,
@@ -148,7 +150,7 @@ def cmd_make_bundle(args) -> None:
         print("\n".join(lines))
 
 
-def cmd_sign_bundle(args) -> None:
+def cmd_sign_bundle(args: argparse.Namespace) -> None:
     passphrase = _read_secret_file(args.passphrase_file)
     data = Path(args.key).read_bytes()
     try:
@@ -166,11 +168,11 @@ def cmd_sign_bundle(args) -> None:
 
 # -- on the box -------------------------------------------------------------------------------------------
 
-def _print_report(outcome) -> None:
+def _print_report(outcome: Outcome) -> None:
     print(outcome.report.to_text(), end="")
 
 
-def cmd_enroll(args) -> None:
+def cmd_enroll(args: argparse.Namespace) -> None:
     state_dir = Path(args.state_dir)
     key_id, changed = pkeys.enroll(state_dir, Path(args.public_key).read_bytes(), replace=args.replace)
     if changed:
@@ -181,7 +183,7 @@ def cmd_enroll(args) -> None:
     print(f"provisioning key {key_id} {'enrolled' if changed else 'was already enrolled'}")
 
 
-def cmd_apply(args) -> None:
+def cmd_apply(args: argparse.Namespace) -> None:
     if args.report_dir and not Path(args.report_dir).is_dir():
         raise SystemExit(f"esignbox: report directory {args.report_dir} does not exist; nothing was applied")
     outcome = provision_copied(Path(args.state_dir), Path(args.bundle))
@@ -192,7 +194,7 @@ def cmd_apply(args) -> None:
         raise SystemExit(2 if outcome.report.result == "refused" else 1)
 
 
-def _watcher(args) -> StickWatcher:
+def _watcher(args: argparse.Namespace) -> StickWatcher:
     return StickWatcher(
         Path(args.state_dir),
         labels=tuple(args.label or DEFAULT_LABELS),
@@ -203,7 +205,7 @@ def _watcher(args) -> StickWatcher:
     )
 
 
-def cmd_stick(args) -> None:
+def cmd_stick(args: argparse.Namespace) -> None:
     watcher = _watcher(args)
     device = pyudev.Devices.from_device_file(watcher.context(), args.device)
     info = watcher.classify(device)
@@ -215,7 +217,7 @@ def cmd_stick(args) -> None:
         raise SystemExit(2 if outcome.report.result == "refused" else 1)
 
 
-def cmd_watch(args) -> None:
+def cmd_watch(args: argparse.Namespace) -> None:
     state = ProvisioningState(Path(args.state_dir))
     with state.locked():
         recover(state)
@@ -233,11 +235,11 @@ def _box_serial(state_dir: Path) -> str | None:
         tokens.close()
 
 
-def cmd_status(args) -> None:
+def cmd_status(args: argparse.Namespace) -> None:
     state = ProvisioningState(Path(args.state_dir))
     with state.locked():
         recovered = recover(state)
-    info: dict = {"state_dir": str(state.state_dir)}
+    info: dict[str, Any] = {"state_dir": str(state.state_dir)}
     try:
         info["trusted_key_id"] = pkeys.key_id(pkeys.trusted_key(state.state_dir))
     except ProvisioningRefused as exc:
@@ -256,14 +258,14 @@ def cmd_status(args) -> None:
     print(json.dumps(info, indent=2))
 
 
-def cmd_recover(args) -> None:
+def cmd_recover(args: argparse.Namespace) -> None:
     state = ProvisioningState(Path(args.state_dir))
     with state.locked():
         done = recover(state)
     print(done or "nothing to recover")
 
 
-def cmd_rollback(args) -> None:
+def cmd_rollback(args: argparse.Namespace) -> None:
     state = ProvisioningState(Path(args.state_dir))
     with state.locked():
         recover(state)
@@ -271,7 +273,7 @@ def cmd_rollback(args) -> None:
     print(f"{rolled.summary}\ngeneration {rolled.generation} is current again; restart the signing service")
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The `provision` command group, added to `esignbox`'s subcommands."""
     s = sub.add_parser("provision", help="USB-stick provisioning: bundles, keys, the watcher")
     psub = s.add_subparsers(dest="action", required=True)
@@ -334,7 +336,7 @@ def add_parser(sub) -> None:
     c.add_argument("--report-dir", help="also write esignbox-report/ into this directory")
     c.set_defaults(func=cmd_apply)
 
-    def stick_options(c) -> None:
+    def stick_options(c: argparse.ArgumentParser) -> None:
         c.add_argument("--label", action="append", help="filesystem label to accept (default ESIGNBOX)")
         c.add_argument("--filesystem", action="append", help="filesystem type to accept (default vfat, exfat)")
         c.add_argument("--mount-root", default="/run/esignbox/media", help="where sticks are mounted read-only")

@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from firmware.durable import write_durable
 
@@ -22,6 +23,7 @@ from .errors import ProvisioningRefused
 
 ALGORITHMS = ("ed25519", "ecdsa-p256")
 TRUSTED_KEY_NAME = "trusted.pub"
+_NOT_A_PROVISIONING_KEY = "a provisioning key must be Ed25519 or ECDSA P-256"
 
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -47,8 +49,10 @@ def public_pem(key: PublicKey) -> bytes:
 
 def load_private(data: bytes, passphrase: bytes | None) -> PrivateKey:
     key = serialization.load_pem_private_key(data, password=passphrase or None)
-    _algorithm_of(key.public_key())
-    return key  # type: ignore[return-value]
+    if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise ValueError(_NOT_A_PROVISIONING_KEY)
+    _checked(key.public_key())  # the curve
+    return key
 
 
 def load_public(data: bytes) -> PublicKey:
@@ -56,8 +60,15 @@ def load_public(data: bytes) -> PublicKey:
         key = serialization.load_pem_public_key(data)
     except ValueError as exc:
         raise ValueError(f"not a PEM public key: {exc}") from exc
-    _algorithm_of(key)  # type: ignore[arg-type]
-    return key  # type: ignore[return-value]
+    return _checked(key)
+
+
+def _checked(key: PublicKeyTypes) -> PublicKey:
+    """The key, if it is one a provisioning key can be (Ed25519, ECDSA P-256); ValueError if not."""
+    if isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        _algorithm_of(key)
+        return key
+    raise ValueError(_NOT_A_PROVISIONING_KEY)
 
 
 def _algorithm_of(key: PublicKey) -> str:
@@ -65,7 +76,7 @@ def _algorithm_of(key: PublicKey) -> str:
         return "ed25519"
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return "ecdsa-p256"
-    raise ValueError("a provisioning key must be Ed25519 or ECDSA P-256")
+    raise ValueError(_NOT_A_PROVISIONING_KEY)
 
 
 def algorithm(key: PublicKey) -> str:

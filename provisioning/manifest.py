@@ -32,23 +32,26 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from firmware.errors import InvalidRequest
-from firmware.operations.keys import parse_subject
+from firmware.operations.keys import LABEL, parse_subject
 from firmware.store.metering import SCOPES
-from hsm import KeyAlgorithm
+from hsm import KEY_ALGORITHMS
 
 from .bundle import valid_name
 from .errors import ProvisioningRefused
 
+T = TypeVar("T")
+
 FORMAT = "esignbox-bundle/1"
 MAX_COUNTER = 2**53
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_KEY_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CLIENT_ID = re.compile(r"^[0-9a-f]{12}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _CLIENT_FIELDS = ("scopes", "calls", "rate_per_minute", "rate_per_day")
@@ -118,11 +121,11 @@ class _Invalid(Exception):
     pass
 
 
-def _fail(where: str, message: str) -> None:
+def _fail(where: str, message: str) -> NoReturn:
     raise _Invalid(f"{where}: {message}")
 
 
-def _object(value: Any, where: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+def _object(value: object, where: str, allowed: set[str], required: AbstractSet[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(value, dict):
         _fail(where, "must be an object")
     unknown = set(value) - allowed
@@ -134,29 +137,33 @@ def _object(value: Any, where: str, allowed: set[str], required: set[str] = froz
     return value
 
 
-def _text(value: Any, where: str, max_len: int = 200, nullable: bool = False) -> str | None:
-    if value is None and nullable:
-        return None
+def _text(value: object, where: str, max_len: int = 200) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= max_len or not value.isprintable():
         _fail(where, f"must be printable text of 1–{max_len} characters")
     return value
 
 
-def _int(value: Any, where: str, low: int, high: int, nullable: bool = False) -> int | None:
-    if value is None and nullable:
-        return None
+def _optional_text(value: object, where: str, max_len: int = 200) -> str | None:
+    return None if value is None else _text(value, where, max_len)
+
+
+def _int(value: object, where: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         _fail(where, f"must be a whole number from {low} to {high}")
     return value
 
 
-def _list(value: Any, where: str, item, max_items: int = 16) -> tuple:
+def _optional_int(value: object, where: str, low: int, high: int) -> int | None:
+    return None if value is None else _int(value, where, low, high)
+
+
+def _list(value: object, where: str, item: Callable[[Any, str], T], max_items: int = 16) -> tuple[T, ...]:
     if not isinstance(value, list) or len(value) > max_items:
         _fail(where, f"must be a list of at most {max_items} items")
     return tuple(item(v, f"{where}[{i}]") for i, v in enumerate(value))
 
 
-def _time(value: Any, where: str) -> datetime:
+def _time(value: object, where: str) -> datetime:
     text = _text(value, where, 40)
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -167,7 +174,7 @@ def _time(value: Any, where: str) -> datetime:
     return parsed
 
 
-def _url(value: Any, where: str) -> str:
+def _url(value: object, where: str) -> str:
     text = _text(value, where, 2048)
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -175,28 +182,28 @@ def _url(value: Any, where: str) -> str:
     return text
 
 
-def _hostname(value: Any, where: str) -> str:
+def _hostname(value: object, where: str) -> str:
     text = _text(value, where, 253)
     if not all(_HOSTNAME_LABEL.match(label) for label in text.rstrip(".").split(".")):
         _fail(where, "must be a host name (letters, digits, '-', dot-separated)")
     return text
 
 
-def _ip(value: Any, where: str) -> str:
+def _ip(value: object, where: str) -> str:
     try:
         return str(ipaddress.ip_address(_text(value, where, 64)))
     except ValueError:
         _fail(where, "must be an IP address")
 
 
-def _host_or_ip(value: Any, where: str) -> str:
+def _host_or_ip(value: object, where: str) -> str:
     try:
         return _ip(value, where)
     except _Invalid:
         return _hostname(value, where)
 
 
-def _network(value: Any) -> Network:
+def _network(value: object) -> Network:
     fields = {"hostname", "mode", "address", "gateway", "dns", "ntp", "api_host", "api_port"}
     net = _object(value, "network", fields)
     mode = net.get("mode")
@@ -224,7 +231,7 @@ def _network(value: Any) -> Network:
     )
 
 
-def _client(value: Any, where: str) -> ClientSpec:
+def _client(value: object, where: str) -> ClientSpec:
     c = _object(value, where, {"id", "name", "key_sha256", *_CLIENT_FIELDS}, {"id", "name", "key_sha256"})
     if not isinstance(c["id"], str) or not _CLIENT_ID.match(c["id"]):
         _fail(f"{where}.id", "must be 12 lower-case hex digits")
@@ -238,11 +245,11 @@ def _client(value: Any, where: str) -> ClientSpec:
         settings["scopes"] = tuple(s for s in SCOPES if s in scopes)
     for name in ("calls", "rate_per_minute", "rate_per_day"):
         if name in c:
-            settings[name] = _int(c[name], f"{where}.{name}", 0, 10**12, nullable=True)
+            settings[name] = _optional_int(c[name], f"{where}.{name}", 0, 10**12)
     return ClientSpec(c["id"], _text(c["name"], f"{where}.name", 100), c["key_sha256"], settings)
 
 
-def _file_ref(value: Any, where: str, files: set[str], used: set[str]) -> str:
+def _file_ref(value: object, where: str, files: set[str], used: set[str]) -> str:
     if not isinstance(value, str) or not valid_name(value):
         _fail(where, "must be a plain file name under files/")
     if value not in files:
@@ -252,15 +259,15 @@ def _file_ref(value: Any, where: str, files: set[str], used: set[str]) -> str:
 
 
 def _strict_json(data: bytes) -> Any:
-    def pairs(items):
-        seen = {}
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
         for key, value in items:
             if key in seen:
                 raise _Invalid(f"duplicate field {key!r}")
             seen[key] = value
         return seen
 
-    def constant(name):
+    def constant(name: str) -> NoReturn:
         raise _Invalid(f"{name} is not allowed")
 
     try:
@@ -286,7 +293,7 @@ def _parse(data: bytes, files: set[str]) -> Manifest:
     created, expires = _time(m["created_at"], "created_at"), _time(m["expires_at"], "expires_at")
     if expires <= created:
         _fail("expires_at", "must be after created_at")
-    box_serial = _text(m.get("box_serial"), "box_serial", 128, nullable=True)
+    box_serial = _optional_text(m.get("box_serial"), "box_serial", 128)
     any_box = m.get("any_box", False)
     if not isinstance(any_box, bool):
         _fail("any_box", "must be true or false")
@@ -322,17 +329,17 @@ def _parse(data: bytes, files: set[str]) -> Manifest:
     chain = None
     if "signing_chain" in m:
         c = _object(m["signing_chain"], "signing_chain", {"key_label", "file"}, {"key_label", "file"})
-        if not isinstance(c["key_label"], str) or not _KEY_LABEL.match(c["key_label"]):
+        if not isinstance(c["key_label"], str) or not LABEL.match(c["key_label"]):
             _fail("signing_chain.key_label", "must be a token key label ([A-Za-z0-9._-], ≤ 64)")
         chain = ChainSpec(c["key_label"], _file_ref(c["file"], "signing_chain.file", files, used))
 
     request = None
     if "key_request" in m:
         k = _object(m["key_request"], "key_request", {"label", "algorithm", "subject"}, {"label", "algorithm", "subject"})
-        if not isinstance(k["label"], str) or not _KEY_LABEL.match(k["label"]):
+        if not isinstance(k["label"], str) or not LABEL.match(k["label"]):
             _fail("key_request.label", "must be a token key label ([A-Za-z0-9._-], ≤ 64)")
-        if k["algorithm"] not in [a.value for a in KeyAlgorithm]:
-            _fail("key_request.algorithm", f"must be one of {', '.join(a.value for a in KeyAlgorithm)}")
+        if k["algorithm"] not in KEY_ALGORITHMS:
+            _fail("key_request.algorithm", f"must be one of {', '.join(KEY_ALGORITHMS)}")
         try:
             parse_subject(_text(k["subject"], "key_request.subject", 500))
         except InvalidRequest as exc:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from firmware.config import BoxConfig, ConfigError
 from firmware.durable import write_durable
@@ -49,17 +50,26 @@ class Outcome:
     files: dict[str, bytes] = field(default_factory=dict)  # to write next to the report (CSRs)
 
 
-def provision_copied(state_dir: Path, source: Path, *, limits: Limits = DEFAULT_LIMITS, **kwargs) -> Outcome:
+class ProvisionOptions(TypedDict, total=False):
+    """What `provision_copied` passes on to `provision` besides the copy."""
+
+    now: datetime | None
+    token_factory: Callable[[], Token] | None
+
+
+def provision_copied(state_dir: Path, source: Path, *, limits: Limits = DEFAULT_LIMITS,
+                     **kwargs: Unpack[ProvisionOptions]) -> Outcome:
     """Copy the bundle at ``source`` now, as the caller; verify and apply as the state directory's owner."""
+    copied: RawBundle | ProvisioningRefused
     try:
-        raw, refusal = read_source(Path(source), limits), None
+        copied = read_source(Path(source), limits)
     except ProvisioningRefused as exc:
-        raw, refusal = None, exc
+        copied = exc
 
     def copy() -> RawBundle:
-        if refusal is not None:
-            raise refusal
-        return raw
+        if isinstance(copied, ProvisioningRefused):
+            raise copied
+        return copied
 
     owner = os.stat(state_dir)
     if os.geteuid() != 0 or owner.st_uid == 0:
@@ -122,7 +132,8 @@ def provision(
             tokens.close()
 
 
-def _attempt(state, tokens, source, limits, now, copy) -> Outcome:
+def _attempt(state: ProvisioningState, tokens: TokenAccess, source: Path, limits: Limits, now: datetime | None,
+             copy: Callable[[], RawBundle] | None) -> Outcome:
     report = Report(result="error", message="")
     raw: RawBundle | None = None
     try:

@@ -29,7 +29,7 @@ import pyudev
 
 from .bundle import DEFAULT_LIMITS, Limits
 from .report import Report, write_report
-from .service import Outcome, provision_copied
+from .service import Outcome, ProvisionOptions, provision_copied
 
 log = logging.getLogger("esignbox.provisioning.usb")
 
@@ -43,7 +43,7 @@ _FS_OPTIONS = {
     "exfat": ("uid=0", "gid=0", "fmask=0177", "dmask=0077"),
 }
 
-Runner = Callable[..., subprocess.CompletedProcess]
+Runner = Callable[..., subprocess.CompletedProcess[str]]  # the output that is read is asked for with text=True
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class Stick:
     def make_writable(self) -> None:
         self._do(remount_command(self.mountpoint, self.info.fstype, writable=True))
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._mounted:
             os.sync()
             try:
@@ -161,7 +161,7 @@ class StickWatcher:
         run: Runner = subprocess.run,
         limits: Limits = DEFAULT_LIMITS,
         on_result: Callable[[StickInfo, Outcome], None] | None = None,
-        provision_kwargs: dict | None = None,
+        provision_kwargs: ProvisionOptions | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.labels = {label.upper() for label in labels}
@@ -232,7 +232,7 @@ class StickWatcher:
         self._handled[verdict.sys_path] = verdict.key
         return self.handle(verdict)
 
-    def handle(self, info: StickInfo) -> Outcome | None:
+    def handle(self, info: StickInfo) -> Outcome:
         log.info("provisioning stick %s (%s, label %s)", info.devnode, info.fstype, info.label)
         try:
             with Stick(info, self.mount_root, self._run) as stick:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import falcon
 
 from .console import Console
+from .forms import Form, read_form
 from .pages import audit, auth, clients, dashboard, keys, settings
 from .sessions import COOKIE
 
@@ -31,47 +32,6 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-MAX_FORM_BYTES = 2 * 1024 * 1024
-
-
-class Form:
-    """A parsed form: text fields (several values per name allowed) and uploaded files."""
-
-    def __init__(self, values: list[tuple[str, str]] | None = None, files: dict[str, tuple[str, bytes]] | None = None):
-        self.values = values or []
-        self.files = files or {}
-
-    def get(self, name: str, default: str = "") -> str:
-        found = [v for k, v in self.values if k == name]
-        return found[-1] if found else default
-
-    def getall(self, name: str) -> list[str]:
-        return [v for k, v in self.values if k == name]
-
-    def file(self, name: str) -> bytes | None:
-        item = self.files.get(name)
-        return item[1] if item and item[1] else None
-
-
-def read_form(req: falcon.Request) -> Form:
-    content_type = (req.content_type or "").split(";")[0].strip().lower()
-    if content_type == "application/x-www-form-urlencoded":
-        body = req.bounded_stream.read(MAX_FORM_BYTES + 1)
-        if len(body) > MAX_FORM_BYTES:
-            raise falcon.HTTPContentTooLarge(title="Form too large")
-        return Form(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-    if content_type == "multipart/form-data":
-        values, files = [], {}
-        try:
-            for part in req.get_media():
-                if part.filename is not None:
-                    files[part.name] = (part.filename, part.get_data())
-                else:
-                    values.append((part.name, part.get_text() or ""))
-        except falcon.MediaMalformedError as exc:
-            raise falcon.HTTPBadRequest(title="Unreadable form", description=str(exc)) from exc
-        return Form(values, files)
-    return Form()
 
 
 # host [":" port] as a browser sends it in Host and Origin: a DNS name or IPv4 address, or an IPv6
@@ -97,7 +57,8 @@ def authority(value: str | None) -> tuple[str, int] | None:
 
 
 class SecurityHeaders:
-    def process_response(self, req, resp, resource, req_succeeded) -> None:
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
         resp.set_header("Content-Security-Policy", CSP)
         resp.set_header("X-Frame-Options", "DENY")
         resp.set_header("X-Content-Type-Options", "nosniff")
@@ -144,7 +105,8 @@ class SessionGuard:
     def __init__(self, console: Console) -> None:
         self.console = console
 
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         params: dict[str, Any]) -> None:
         if resource is None or req.path.startswith("/static/"):
             return
         c = self.console
@@ -172,8 +134,8 @@ class SessionGuard:
             raise falcon.HTTPSeeOther("/login?expired=1" if expired else "/login")
 
 
-def create_app(console: Console) -> falcon.App:
-    app = falcon.App(middleware=[SecurityHeaders(), NetworkGuard(console), SessionGuard(console)],
+def create_app(console: Console) -> falcon.App[falcon.Request, falcon.Response]:
+    app = falcon.App(middleware=(SecurityHeaders(), NetworkGuard(console), SessionGuard(console)),
                      independent_middleware=True)
     app.req_options.strip_url_path_trailing_slash = True
 
@@ -183,7 +145,7 @@ def create_app(console: Console) -> falcon.App:
             status=exc.status, title=exc.title, description=exc.description, version=console.version,
             admin=None, console=console)
 
-    def internal_error(req, resp, exc, params) -> None:
+    def internal_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
         if isinstance(exc, (falcon.HTTPError, falcon.HTTPStatus)):
             raise exc
         log.exception("console: internal error on %s %s", req.method, req.path)

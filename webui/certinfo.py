@@ -19,7 +19,8 @@ def key_description(public_key_info: keys.PublicKeyInfo) -> str:
     if public_key_info.algorithm == "ec":
         curve = public_key_info.curve[1]
         return {"secp256r1": "EC P-256", "secp384r1": "EC P-384", "secp521r1": "EC P-521"}.get(curve, f"EC {curve}")
-    return public_key_info.algorithm.upper()
+    algorithm: str = public_key_info.algorithm
+    return algorithm.upper()
 
 
 def subject_text(name: x509.Name) -> str:

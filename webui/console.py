@@ -20,13 +20,15 @@ from firmware.config import BoxConfig
 from firmware.operations import configstore
 from firmware.operations.accounts import Accounts
 from firmware.operations.configstore import ConfigChange
-from firmware.operations.live import reassemble
+from firmware.operations.live import SigningService, reassemble
 from firmware.store.db import Database
 
 from . import templating
 from .lan import LanPolicy, parse_peer
+from .nginx import NginxFront
 from .probes import Prober
 from .sessions import COOKIE, Session, SessionStore
+from .tls import ConsoleTls
 
 
 def version() -> str:
@@ -46,9 +48,9 @@ class Console:
     sessions: SessionStore
     lan: LanPolicy
     hosts: set[str]
-    signing: Any = None
-    tls: Any = None
-    nginx: Any = None
+    signing: SigningService | None = None
+    tls: ConsoleTls | None = None  # None in unit tests
+    nginx: NginxFront | None = None  # None in unit tests
     prober: Prober = field(default_factory=Prober)
     port: int = 8443
     urls: list[str] = field(default_factory=list)
@@ -61,7 +63,9 @@ class Console:
         return host_port is not None and host_port[0] in self.hosts and host_port[1] == self.port
 
     @property
-    def box(self):
+    def box(self) -> Box:
+        """The box being served: only a running console (never a unit test's) has pages that ask for it."""
+        assert self.signing is not None, "this console serves no box"
         return self.signing.box
 
     @property
@@ -78,6 +82,8 @@ class Console:
         return session
 
     def set_cookie(self, req: falcon.Request, resp: falcon.Response, session: Session) -> None:
+        """Send a session just made (SessionStore.create or replace) to the browser."""
+        assert session.cookie is not None, "only a new session carries its cookie"
         req.context.session = session
         resp.set_cookie(COOKIE, session.cookie, secure=True, http_only=True, same_site="Strict", path="/")
 
@@ -97,7 +103,7 @@ class Console:
         return f"admin:{req.context.session.admin}"
 
     # -- box.toml -----------------------------------------------------------------------------------
-    def change_config(self, req: falcon.Request, changes: dict, action: str, details: dict,
+    def change_config(self, req: falcon.Request, changes: dict[str, dict[str, Any]], action: str, details: dict[str, Any],
                       restart_signing: bool = True) -> ConfigChange:
         """Change box.toml through the one writer (firmware.operations.configstore), audited; restart signing on it.
 
@@ -105,16 +111,17 @@ class Console:
         written; if that fails, box.toml and the running service stay as they were.
         """
         with self._config_lock:
+            signing = self.signing if restart_signing else None
             ready: list[Box] = []
 
             def prepare(config: BoxConfig) -> None:
-                if restart_signing and self.signing is not None:
-                    ready.append(reassemble(self.signing.box, config))
+                if signing is not None:
+                    ready.append(reassemble(signing.box, config))
 
             change = configstore.update(self.state_dir, changes, actor=self.actor(req), action=action,
                                         details=details, db=self.db, check=prepare)
-            if ready:
-                self.signing.install(ready[0])
+            if signing is not None and ready:
+                signing.install(ready[0])
             self.config = change.config
             return change
 

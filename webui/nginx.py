@@ -103,7 +103,7 @@ class NginxFront:
         self.upstream_port = upstream_port
         self.cert_file, self.key_file = cert_file, key_file
         self.binary = find_nginx(binary)
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self.restarts = 0

@@ -14,8 +14,10 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import requests
 from asn1crypto import algos, crl, ocsp, tsp, x509
@@ -55,7 +57,8 @@ def _ocsp_request(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
         "issuer_key_hash": hashlib.sha1(issuer.public_key["public_key"].contents[1:]).digest(),
         "serial_number": cert.serial_number,
     })
-    return ocsp.OCSPRequest({"tbs_request": {"request_list": [{"req_cert": cert_id}]}}).dump()
+    request: bytes = ocsp.OCSPRequest({"tbs_request": {"request_list": [{"req_cert": cert_id}]}}).dump()
+    return request
 
 
 def _ocsp(url: str, body: bytes, timeout: float) -> str:
@@ -74,31 +77,34 @@ def _crl(url: str, timeout: float) -> str:
     return f"{len(listed['tbs_cert_list']['revoked_certificates'] or [])} revoked"
 
 
-def probe_plan(chain: list[x509.Certificate], tsa_urls: list[str], timeout: float) -> list[tuple[str, str, object]]:
+Probe = tuple[str, str, Callable[[], str]]  # kind, url, the request (returns what the service answered)
+
+
+def probe_plan(chain: list[x509.Certificate], tsa_urls: list[str], timeout: float) -> list[Probe]:
     """(kind, url, zero-argument callable) for every service the signing path depends on."""
-    plan: list[tuple[str, str, object]] = [("TSA", url, lambda u=url: _tsa(u, timeout)) for url in tsa_urls]
+    plan: list[Probe] = [("TSA", url, partial(_tsa, url, timeout)) for url in tsa_urls]
     seen: set[tuple[str, str]] = set()
     for cert, issuer in itertools.pairwise(chain):
         for url in cert.ocsp_urls:
             body = _ocsp_request(cert, issuer)
             if ("OCSP", url) not in seen:
                 seen.add(("OCSP", url))
-                plan.append(("OCSP", url, lambda u=url, b=body: _ocsp(u, b, timeout)))
+                plan.append(("OCSP", url, partial(_ocsp, url, body, timeout)))
         for point in cert.crl_distribution_points:
             url = point.url
             if url and ("CRL", url) not in seen:
                 seen.add(("CRL", url))
-                plan.append(("CRL", url, lambda u=url: _crl(u, timeout)))
+                plan.append(("CRL", url, partial(_crl, url, timeout)))
     return plan
 
 
 class Prober:
-    def __init__(self, ttl_s: float = 60.0, timeout_s: float = 3.0, clock=time.time) -> None:
+    def __init__(self, ttl_s: float = 60.0, timeout_s: float = 3.0, clock: Callable[[], float] = time.time) -> None:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._cached: tuple[float, tuple, list[ProbeResult]] | None = None
+        self._cached: tuple[float, tuple[tuple[bytes, ...], tuple[str, ...]], list[ProbeResult]] | None = None
 
     def results(self, chain: list[x509.Certificate], tsa_urls: list[str]) -> list[ProbeResult]:
         key = (tuple(c.sha256 for c in chain), tuple(tsa_urls))
@@ -110,8 +116,8 @@ class Prober:
             self._cached = (self._clock(), key, results)
             return results
 
-    def _run(self, plan) -> list[ProbeResult]:
-        def one(item) -> ProbeResult:
+    def _run(self, plan: list[Probe]) -> list[ProbeResult]:
+        def one(item: Probe) -> ProbeResult:
             kind, url, call = item
             start = time.perf_counter()
             try:

@@ -15,9 +15,11 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import waitress
 
+from firmware.box import Box
 from firmware.config import BoxConfig
 from firmware.operations.accounts import Accounts
 from firmware.operations.live import SigningService
@@ -40,11 +42,17 @@ def _url(address: str, port: int) -> str:
     return f"https://[{address}]:{port}/" if ":" in address else f"https://{address}:{port}/"
 
 
+class Listener(Protocol):
+    """What is used of the waitress server (waitress has no type information)."""
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class ConsoleRuntime:
     console: Console
     signing_app: SigningService
-    server: object
+    server: Listener
     thread: threading.Thread
     nginx: NginxFront
 
@@ -56,7 +64,7 @@ class ConsoleRuntime:
             pass
 
 
-def start_console(box, config: BoxConfig, out: Callable[[str], None] = print) -> ConsoleRuntime:
+def start_console(box: Box, config: BoxConfig, out: Callable[[str], None] = print) -> ConsoleRuntime:
     """Start the console for a serving box; raises ConsoleError (nothing left running) on failure."""
     settings = config.console
     interfaces = interface_addresses()

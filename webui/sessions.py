@@ -14,6 +14,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from firmware.operations.accounts import ensure_schema
@@ -33,16 +34,19 @@ class Session:
     admin: str | None
     csrf: str
     setup_nonce: str | None = None
-    flash: list = field(default_factory=list)
+    flash: list[list[str]] = field(default_factory=list)  # [kind, text] pairs
     cookie: str | None = None  # set only when the session was just created: send it to the browser
     expired: bool = False  # the browser's previous session ran out (say so on the login page)
 
     def csrf_ok(self, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(self.csrf.encode(), token.encode())
+        if not token:
+            return False
+        return hmac.compare_digest(self.csrf.encode(), token.encode())
 
 
 class SessionStore:
-    def __init__(self, db: Database, idle_s: float = 900.0, absolute_s: float = 12 * 3600.0, clock=time.time) -> None:
+    def __init__(self, db: Database, idle_s: float = 900.0, absolute_s: float = 12 * 3600.0,
+                 clock: Callable[[], float] = time.time) -> None:
         ensure_schema(db)
         self._db = db
         self.idle_s = idle_s
@@ -111,7 +115,7 @@ class SessionStore:
         session.flash.append([kind, text])
         self._save_flash(session)
 
-    def pop_flash(self, session: Session) -> list:
+    def pop_flash(self, session: Session) -> list[list[str]]:
         messages, session.flash = session.flash, []
         if messages:
             self._save_flash(session)

@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from firmware.certificates import CertificateError, as_pyca, read_certificates
@@ -44,7 +45,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _write_key(path: Path, key) -> None:
+def _write_key(path: Path, key: PrivateKeyTypes) -> None:
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
     write_durable(path, data, mode=0o600)
@@ -55,7 +56,7 @@ def _chain(data: bytes) -> list[x509.Certificate]:
     return [as_pyca(cert) for cert in read_certificates(data, pem_only=True)]
 
 
-def _load_key(path: Path):
+def _load_key(path: Path) -> PrivateKeyTypes:
     return serialization.load_pem_private_key(path.read_bytes(), password=None)
 
 
@@ -85,7 +86,7 @@ class ConsoleTls:
                [str(v) for v in san.get_values_for_type(x509.IPAddress)]
 
 
-def ensure_ca(directory: Path, box_name: str) -> tuple[x509.Certificate, object]:
+def ensure_ca(directory: Path, box_name: str) -> tuple[x509.Certificate, PrivateKeyTypes]:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     cert_path, key_path = directory / CA_CERT, directory / CA_KEY
     if cert_path.exists() and key_path.exists():
@@ -141,6 +142,8 @@ def ensure_server_cert(directory: Path, names: list[str], addresses: list[str]) 
         fresh = leaf.not_valid_after_utc - _now() > dt.timedelta(days=RENEW_DAYS)
         if same and fresh and leaf.issuer == ca_cert.subject:
             return ConsoleTls(cert_path, key_path, leaf, ca_cert, False)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):  # ensure_ca makes EC P-256 keys, nothing else
+        raise TlsError(f"{directory / CA_KEY} is not the EC key of the box-local CA")
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     leaf = (
@@ -169,7 +172,7 @@ def load_organisation(cert_file: Path, key_file: Path) -> ConsoleTls:
     return ConsoleTls(cert_file, key_file, chain[0], None, True)
 
 
-def check_organisation(cert_pem: bytes, key_pem: bytes) -> tuple[list[x509.Certificate], object]:
+def check_organisation(cert_pem: bytes, key_pem: bytes) -> tuple[list[x509.Certificate], PrivateKeyTypes]:
     """Refuse an uploaded certificate that cannot serve: unreadable, expired, or not for the key."""
     try:
         chain = _chain(cert_pem)

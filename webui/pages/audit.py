@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 
 import falcon
 
 from firmware.operations import reports
 
+from ..console import Console
 from ..state import record
 from . import Page
 
@@ -58,7 +60,7 @@ class Export(Page):
         after = req.get_param_as_int("after", min_value=0, max_value=MAX_SEQ) or 0
         record(c.db, c.actor(req), "audit.export", {"after": after})
 
-        def lines():
+        def lines() -> Iterator[bytes]:
             for item in reports.export_audit(c.db, after):
                 yield (json.dumps(item, sort_keys=True) + "\n").encode()
 
@@ -67,7 +69,7 @@ class Export(Page):
         resp.stream = lines()
 
 
-def add_routes(app: falcon.App, console) -> None:
+def add_routes(app: falcon.App[falcon.Request, falcon.Response], console: Console) -> None:
     app.add_route("/audit", Audit(console))
     app.add_route("/audit/verify", Verify(console))
     app.add_route("/audit/export", Export(console))

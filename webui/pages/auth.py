@@ -6,7 +6,7 @@ import falcon
 
 from firmware.operations.accounts import AccountError
 
-from ..console import peer_of
+from ..console import Console, peer_of
 from ..state import record
 from . import Page
 
@@ -93,7 +93,7 @@ class Logout(Page):
         raise falcon.HTTPSeeOther("/login")
 
 
-def add_routes(app: falcon.App, console) -> None:
+def add_routes(app: falcon.App[falcon.Request, falcon.Response], console: Console) -> None:
     app.add_route("/login", Login(console))
     app.add_route("/setup", Setup(console))
     app.add_route("/setup/password", SetupPassword(console))

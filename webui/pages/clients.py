@@ -9,10 +9,12 @@ from firmware.store import metering
 from firmware.store.clients import ClientError
 
 from ..charts import usage_chart
+from ..console import Console
+from ..forms import Form
 from . import Page
 
 
-def _int(form, name: str) -> int | None:
+def _int(form: Form, name: str) -> int | None:
     text = form.get(name).strip()
     if not text:
         return None
@@ -96,7 +98,7 @@ class ClientAction(Page):
             self.failed(req, back, f"Not changed: {exc}.")
 
 
-def add_routes(app: falcon.App, console) -> None:
+def add_routes(app: falcon.App[falcon.Request, falcon.Response], console: Console) -> None:
     app.add_route("/clients", Clients(console))
     app.add_route("/clients/{client_id}", ClientPage(console))
     app.add_route("/clients/{client_id}/{action}", ClientAction(console))

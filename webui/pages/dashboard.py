@@ -2,37 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import falcon
+from asn1crypto import x509
 
 from firmware.operations import reports
 from firmware.operations.keys import token_presence
+from firmware.signing.token_signer import TokenSigner
+from firmware.store.clients import Client
 from firmware.store.storage import MB, StorageState
 
 from .. import certinfo
 from ..charts import usage_chart
+from ..console import Console
 from ..templating import counted
 from . import Page
 
 QUOTA_WARN_FRACTION = 0.1
 
 
-def signing_chain(signer) -> list:
+def signing_chain(signer: TokenSigner) -> list[x509.Certificate]:
     return [signer.signing_cert, *(c for c in signer.cert_registry if c != signer.signing_cert)]
 
 
-def quota_warnings(clients, used_today: dict[str, int]) -> list[tuple[str, str, str]]:
+def quota_warnings(clients: Iterable[Client], used_today: dict[str, int]) -> list[tuple[str, str, str]]:
     """(level, client name, text) for active clients that are out of, or close to, their limits."""
     warnings = []
     for client in clients:
         if not client.active:
             continue
-        left = client.calls_left
-        if left is not None:
+        purchased, left = client.calls_purchased, client.calls_left
+        if purchased is not None and left is not None:  # calls_left is None exactly when calls are unlimited
             if left == 0:
-                warnings.append(("error", client.name,
-                                 f"call quota exhausted ({counted(client.calls_purchased, 'call')} used)"))
-            elif left <= max(1, client.calls_purchased * QUOTA_WARN_FRACTION):
-                warnings.append(("warn", client.name, f"{left} of {counted(client.calls_purchased, 'call')} left"))
+                warnings.append(("error", client.name, f"call quota exhausted ({counted(purchased, 'call')} used)"))
+            elif left <= max(1, purchased * QUOTA_WARN_FRACTION):
+                warnings.append(("warn", client.name, f"{left} of {counted(purchased, 'call')} left"))
         today = used_today.get(client.id, 0)
         if client.rate_per_day and today >= client.rate_per_day * (1 - QUOTA_WARN_FRACTION):
             warnings.append(("warn", client.name,
@@ -74,5 +79,5 @@ class Dashboard(Page):
         )
 
 
-def add_routes(app: falcon.App, console) -> None:
+def add_routes(app: falcon.App[falcon.Request, falcon.Response], console: Console) -> None:
     app.add_route("/", Dashboard(console))

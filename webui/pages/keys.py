@@ -28,6 +28,7 @@ from firmware.operations.keys import (
 )
 
 from .. import certinfo
+from ..console import Console
 from ..state import record
 from . import Page
 
@@ -45,9 +46,10 @@ class Keys(Page):
                  "cert": certinfo.facts(s.leaf) if s.leaf is not None else None, "can_activate": s.can_activate,
                  "pending": s.pending} for s in states]
         suggested = next((s.label for s in states if s.leaf is None), box.config.key_label)  # the key awaiting a chain
+        signing_cert = box.signer.signing_cert
+        assert signing_cert is not None  # a TokenSigner is made with its chain's leaf
         c.render(req, resp, "keys.html", nav="keys", keys=rows, error=error, suggested=suggested,
-                 algorithms=KEY_ALGORITHMS,
-                 subject=certinfo.subject_text(box.signer.signing_cert.subject))
+                 algorithms=KEY_ALGORITHMS, subject=certinfo.subject_text(signing_cert.subject))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Generate a key pair on the token."""
@@ -118,7 +120,7 @@ class Activate(Page):
                                 f"The signing service was restarted inside the box; no restart is needed.")
 
 
-def add_routes(app: falcon.App, console) -> None:
+def add_routes(app: falcon.App[falcon.Request, falcon.Response], console: Console) -> None:
     app.add_route("/keys", Keys(console))
     app.add_route("/keys/csr", Csr(console))
     app.add_route("/keys/chain", Chain(console))

@@ -12,8 +12,8 @@ from firmware.signing.levels import Level, parse_enum
 from firmware.signing.pdf_signing import check_stamp_text
 
 from .. import tls
-from ..console import peer_of
-from ..lan import interface_addresses
+from ..console import Console, peer_of
+from ..lan import InterfaceAddress, interface_addresses
 from . import Page
 
 
@@ -31,7 +31,7 @@ def _tsa_urls(text: str) -> list[str]:
 class Settings(Page):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         c = self.console
-        interfaces: dict[str, list] = {}
+        interfaces: dict[str, list[InterfaceAddress]] = {}
         for item in interface_addresses():
             interfaces.setdefault(item.interface, []).append(item)
         c.render(req, resp, "settings.html", nav="settings", config=c.config, levels=[lv.value for lv in Level],
@@ -128,7 +128,7 @@ class Password(Page):
         self.done(req, "/settings", "Password changed; other sessions of this account are signed out.")
 
 
-def add_routes(app: falcon.App, console) -> None:
+def add_routes(app: falcon.App[falcon.Request, falcon.Response], console: Console) -> None:
     app.add_route("/settings", Settings(console))
     app.add_route("/settings/signing", SigningSettings(console))
     app.add_route("/settings/outbound", OutboundSettings(console))
