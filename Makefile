@@ -9,15 +9,20 @@ BIN           := $(VENV)/bin
 # A fresh box's unattended-upgrades may hold the package lock for minutes: wait for it, don't fail.
 APT_WAIT      := -o DPkg::Lock::Timeout=300
 
-.PHONY: run test bench system-deps clean
+.PHONY: run test lint bench system-deps clean
 
 ## Serve the box on 127.0.0.1:8080 with a dev token and dev PKI (created on first start).
 run: $(VENV)/.installed
 	$(BIN)/esignbox --state-dir $(STATE_DIR) serve --dev
 
-## Run the whole test suite (real SoftHSM2 token, real PKI servers on loopback).
-test: $(VENV)/.installed
+## Run the whole test suite (real SoftHSM2 token, real PKI servers on loopback), after the linters.
+test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## ruff and mypy as configured in pyproject.toml (mypy strict for hsm/ and firmware/operations/).
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 ## Print signing throughput, latency percentiles and PDF timings (not a test).
 bench: $(VENV)/.installed

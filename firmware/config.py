@@ -36,7 +36,7 @@ __all__ = [
     "CONFIG_NAME", "SECTIONS", "STAMP_LOGO_NAME", "ApiSettings", "AuditSettings", "BoxConfig", "BoxSettings",
     "ConfigError", "ConsoleSettings", "DevSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
     "ProvisionedSettings", "RevocationSettings", "SigningSettings", "TokenSettings", "check_http_url",
-    "check_proxy_url", "default_value", "effective_value", "parse", "redacted_url",
+    "check_proxy_url", "default_value", "effective_value", "is_hostname", "parse", "redacted_url",
 ]
 
 CONFIG_NAME = "box.toml"
@@ -81,8 +81,13 @@ def check_http_url(url: str, key: str = "url") -> str:
     return url
 
 
+def is_hostname(value: str) -> bool:
+    """A DNS host name: dot-separated labels of letters, digits and '-' (box.toml and bundles alike)."""
+    return len(value) <= 253 and all(_HOSTNAME_LABEL.match(label) for label in value.rstrip(".").split("."))
+
+
 def _hostname(key: str, value: str) -> None:
-    if len(value) > 253 or not all(_HOSTNAME_LABEL.match(label) for label in value.rstrip(".").split(".")):
+    if not is_hostname(value):
         raise _Invalid(key, f"must be a host name (letters, digits, '-', dot-separated), not {value!r}")
 
 

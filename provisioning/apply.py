@@ -38,13 +38,9 @@ from firmware.certificates import as_pyca, check_chain, load_certificates
 from firmware.config import BoxConfig, ConfigError, parse
 from firmware.durable import write_durable, write_new
 from firmware.errors import InvalidRequest
-from firmware.operations import accounts, configstore
-from firmware.operations.generations import Generations, RolledBack
-from firmware.operations.keys import build_csr, generate, parse_subject
-from firmware.store import audit
+from firmware.operations import Generations, RolledBack, accounts, build_csr, configstore, generate, parse_subject
+from firmware.store import DEFAULT_SCOPES, audit, immediate
 from firmware.store import clients as client_store
-from firmware.store.db import immediate
-from firmware.store.metering import DEFAULT_SCOPES
 from hsm import KeyNotFound, Token, TokenError
 
 from .bundle import FILES, MANIFEST, SIGNATURE

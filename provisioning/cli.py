@@ -17,8 +17,7 @@ from typing import Any
 import pyudev
 
 from firmware.durable import write_new
-from firmware.store import audit
-from firmware.store.db import immediate
+from firmware.store import audit, immediate
 from hsm import KEY_ALGORITHMS
 
 from . import bundle as bundle_mod

@@ -39,9 +39,10 @@ from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
+from firmware.config import is_hostname
 from firmware.errors import InvalidRequest
-from firmware.operations.keys import LABEL, parse_subject
-from firmware.store.metering import SCOPES
+from firmware.operations import KEY_LABEL, parse_subject
+from firmware.store import SCOPES
 from hsm import KEY_ALGORITHMS
 
 from .bundle import valid_name
@@ -51,7 +52,6 @@ T = TypeVar("T")
 
 FORMAT = "esignbox-bundle/1"
 MAX_COUNTER = 2**53
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _CLIENT_ID = re.compile(r"^[0-9a-f]{12}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _CLIENT_FIELDS = ("scopes", "calls", "rate_per_minute", "rate_per_day")
@@ -184,7 +184,7 @@ def _url(value: object, where: str) -> str:
 
 def _hostname(value: object, where: str) -> str:
     text = _text(value, where, 253)
-    if not all(_HOSTNAME_LABEL.match(label) for label in text.rstrip(".").split(".")):
+    if not is_hostname(text):
         _fail(where, "must be a host name (letters, digits, '-', dot-separated)")
     return text
 
@@ -329,14 +329,14 @@ def _parse(data: bytes, files: set[str]) -> Manifest:
     chain = None
     if "signing_chain" in m:
         c = _object(m["signing_chain"], "signing_chain", {"key_label", "file"}, {"key_label", "file"})
-        if not isinstance(c["key_label"], str) or not LABEL.match(c["key_label"]):
+        if not isinstance(c["key_label"], str) or not KEY_LABEL.match(c["key_label"]):
             _fail("signing_chain.key_label", "must be a token key label ([A-Za-z0-9._-], ≤ 64)")
         chain = ChainSpec(c["key_label"], _file_ref(c["file"], "signing_chain.file", files, used))
 
     request = None
     if "key_request" in m:
         k = _object(m["key_request"], "key_request", {"label", "algorithm", "subject"}, {"label", "algorithm", "subject"})
-        if not isinstance(k["label"], str) or not LABEL.match(k["label"]):
+        if not isinstance(k["label"], str) or not KEY_LABEL.match(k["label"]):
             _fail("key_request.label", "must be a token key label ([A-Za-z0-9._-], ≤ 64)")
         if k["algorithm"] not in KEY_ALGORITHMS:
             _fail("key_request.algorithm", f"must be one of {', '.join(KEY_ALGORITHMS)}")

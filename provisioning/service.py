@@ -28,8 +28,7 @@ from typing import TypedDict, Unpack
 
 from firmware.config import BoxConfig, ConfigError
 from firmware.durable import write_durable
-from firmware.store import audit
-from firmware.store.db import immediate
+from firmware.store import audit, immediate
 from hsm import Token
 
 from . import keys as pkeys

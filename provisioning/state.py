@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from firmware.operations.generations import HOOK_ENV, Generations, Record, test_hook
+from firmware.operations import HOOK_ENV, Generations, Record, test_hook
 
 __all__ = ["HOOK_ENV", "ProvisioningState", "Record", "box_id_path", "test_hook"]
 

@@ -183,3 +183,17 @@ def test_the_command_line_starts_without_the_signing_services():
     probe = "import sys, esignbox, firmware.operations, firmware.signing; print('pyhanko' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_faces_import_firmware_subpackages_not_their_modules():
+    """webui/, provisioning/ and the entry point use what a firmware subpackage names in __all__."""
+    subpackages = {name for name in PACKAGES if name.startswith("firmware.")}
+    offenders = []
+    for module, path in _sources().items():
+        if module.startswith(("firmware", "hsm")):
+            continue
+        for node in _module_level(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and node.module.rpartition(".")[0] in subpackages:
+                offenders.append(f"{module}: from {node.module} import …")
+    assert not offenders, offenders

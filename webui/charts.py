@@ -12,7 +12,7 @@ from html import escape
 
 from markupsafe import Markup
 
-from firmware.operations.reports import UsageRow
+from firmware.operations import UsageRow
 
 PALETTE = ["#2f6fb0", "#e07b39", "#3a9a5b", "#b8434e", "#7d5bb5", "#8c6d3f", "#c45fa0", "#5f8c99"]
 OTHERS = "others"

@@ -17,11 +17,8 @@ import jinja2
 
 from firmware.box import Box
 from firmware.config import BoxConfig
-from firmware.operations import configstore
-from firmware.operations.accounts import Accounts
-from firmware.operations.configstore import ConfigChange
-from firmware.operations.live import SigningService, reassemble
-from firmware.store.db import Database
+from firmware.operations import Accounts, ConfigChange, SigningService, configstore, reassemble
+from firmware.store import Database
 
 from . import templating
 from .lan import LanPolicy, parse_peer

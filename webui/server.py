@@ -21,8 +21,7 @@ import waitress
 
 from firmware.box import Box
 from firmware.config import BoxConfig
-from firmware.operations.accounts import Accounts
-from firmware.operations.live import SigningService
+from firmware.operations import Accounts, SigningService
 
 from . import tls
 from .app import create_app

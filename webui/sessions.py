@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from firmware.operations.accounts import ensure_schema
-from firmware.store.db import Database, immediate
+from firmware.operations import accounts
+from firmware.store import Database, immediate
 
 COOKIE = "__Host-esb_session"
 TOUCH_S = 10.0  # idle time is measured to within this many seconds
@@ -47,7 +47,7 @@ class Session:
 class SessionStore:
     def __init__(self, db: Database, idle_s: float = 900.0, absolute_s: float = 12 * 3600.0,
                  clock: Callable[[], float] = time.time) -> None:
-        ensure_schema(db)
+        accounts.ensure_schema(db)
         self._db = db
         self.idle_s = idle_s
         self.absolute_s = absolute_s

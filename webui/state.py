@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from firmware.store import audit
-from firmware.store.db import Database
+from firmware.store import Database, audit
 
 
 def record(db: Database, actor: str, action: str, details: dict[str, Any], client_id: str | None = None) -> int:

@@ -18,6 +18,23 @@ from . import accounts, configstore, keys, reports
 from .accounts import AccountError, Accounts
 from .configstore import ConfigChange
 from .generations import HOOK_ENV, Generations, Record, RolledBack, test_hook
+from .keys import (
+    KEY_ALGORITHMS,
+    KeyExists,
+    KeyNotFound,
+    TokenError,
+    activation,
+    build_csr,
+    chain_details,
+    chain_path,
+    generate,
+    install_chain,
+    inventory,
+    parse_subject,
+    rollback_activation,
+    token_presence,
+)
+from .keys import LABEL as KEY_LABEL
 from .reports import UsageRow
 
 if TYPE_CHECKING:
@@ -25,9 +42,11 @@ if TYPE_CHECKING:
     from .live import SigningService, reassemble
 
 __all__ = [
-    "FAULTS", "HOOK_ENV", "AccountError", "Accounts", "ConfigChange", "Face", "Fault", "Generations", "Record",
-    "RolledBack", "SigningService", "UsageRow", "accounts", "configstore", "keys", "reassemble", "reports",
-    "test_hook",
+    "FAULTS", "HOOK_ENV", "KEY_ALGORITHMS", "KEY_LABEL", "AccountError", "Accounts", "ConfigChange", "Face", "Fault",
+    "Generations", "KeyExists", "KeyNotFound", "Record", "RolledBack", "SigningService", "TokenError", "UsageRow",
+    "accounts", "activation", "build_csr", "chain_details", "chain_path", "configstore", "generate", "install_chain",
+    "inventory", "keys", "parse_subject", "reassemble", "reports", "rollback_activation", "test_hook",
+    "token_presence",
 ]
 
 _HEAVY = {"SigningService": "live", "reassemble": "live", "FAULTS": "errors", "Face": "errors", "Fault": "errors"}

@@ -7,6 +7,8 @@ downloads (a CSR).
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import falcon
 
 from ..console import Console
@@ -20,9 +22,9 @@ class Page:
     def __init__(self, console: Console) -> None:
         self.console = console
 
-    def done(self, req: falcon.Request, location: str, message: str, kind: str = "ok") -> None:
+    def done(self, req: falcon.Request, location: str, message: str, kind: str = "ok") -> NoReturn:
         self.console.flash(req, kind, message)
         raise falcon.HTTPSeeOther(location)
 
-    def failed(self, req: falcon.Request, location: str, message: str) -> None:
+    def failed(self, req: falcon.Request, location: str, message: str) -> NoReturn:
         self.done(req, location, message, "error")

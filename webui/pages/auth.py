@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import falcon
 
-from firmware.operations.accounts import AccountError
+from firmware.operations import AccountError
 
 from ..console import Console, peer_of
 from ..state import record

@@ -5,8 +5,7 @@ from __future__ import annotations
 import falcon
 
 from firmware.operations import reports
-from firmware.store import metering
-from firmware.store.clients import ClientError
+from firmware.store import ClientError, metering
 
 from ..charts import usage_chart
 from ..console import Console

@@ -7,11 +7,9 @@ from collections.abc import Iterable
 import falcon
 from asn1crypto import x509
 
-from firmware.operations import reports
-from firmware.operations.keys import token_presence
-from firmware.signing.token_signer import TokenSigner
-from firmware.store.clients import Client
-from firmware.store.storage import MB, StorageState
+from firmware.operations import reports, token_presence
+from firmware.signing import TokenSigner
+from firmware.store import MB, Client, StorageState
 
 from .. import certinfo
 from ..charts import usage_chart

@@ -13,7 +13,7 @@ from __future__ import annotations
 import falcon
 
 from firmware.errors import InvalidRequest
-from firmware.operations.keys import (
+from firmware.operations import (
     KEY_ALGORITHMS,
     KeyExists,
     KeyNotFound,

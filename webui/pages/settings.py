@@ -7,9 +7,8 @@ import urllib.parse
 import falcon
 
 from firmware.config import ConfigError, check_proxy_url, redacted_url
-from firmware.operations.accounts import AccountError
-from firmware.signing.levels import Level, parse_enum
-from firmware.signing.pdf_signing import check_stamp_text
+from firmware.operations import AccountError
+from firmware.signing import Level, check_stamp_text, parse_enum
 
 from .. import tls
 from ..console import Console, peer_of
