@@ -17,6 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from firmware.config import parse
+from firmware.operations import configstore
+
 ESIGNBOX = str(Path(sys.executable).with_name("esignbox"))
 
 
@@ -100,3 +103,8 @@ def issue_certificate(csr_pem: bytes, days: int = 30):
             .sign(root_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
     return root.public_bytes(pem), leaf.public_bytes(pem)
+
+
+def box_toml_with(text: str, changes: dict[str, dict[str, object]]) -> str:
+    """``text`` (a box.toml) with ``changes`` merged per section, rendered by the box's one writer."""
+    return configstore.render(configstore.merged(parse(text, Path("box.toml")), changes), "tests")

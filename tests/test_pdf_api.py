@@ -35,7 +35,7 @@ from .pdfs import (
     signature_field,
     validate,
 )
-from .support import Api, BoxProcess
+from .support import Api, BoxProcess, box_toml_with
 
 PDF = {"Content-Type": "application/pdf"}
 ARTIFACTS = Path(__file__).parent / "artifacts" / "pdf"
@@ -389,7 +389,7 @@ def test_stamp_colours_and_logo_from_box_toml(box_config, api_key, document, tmp
 
     toml = box_config.state_dir / "box.toml"
     original = toml.read_text()
-    toml.write_text(original.replace("[signing]\n", '[signing]\nstamp_background = "#ffe9b0"\nstamp_border = "#000000"\n', 1))
+    toml.write_text(box_toml_with(original, {"signing": {"stamp_background": "#ffe9b0", "stamp_border": "#000000"}}))
     logo = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # a red square on a transparent ground
     logo.paste((220, 0, 0, 255), (10, 10, 30, 30))
     out = io.BytesIO()

@@ -17,17 +17,17 @@ from pathlib import Path
 from firmware.store import audit
 from firmware.store.db import open_connection
 
-from .support import Api, BoxProcess
+from .support import Api, BoxProcess, box_toml_with
 
 FLOOD = 2000
 
 
 @contextlib.contextmanager
-def audit_settings(state_dir: Path, *lines: str) -> Iterator[None]:
-    """box.toml's [audit] section with ``lines`` added while the block runs (read when a box starts)."""
+def audit_settings(state_dir: Path, **settings: object) -> Iterator[None]:
+    """box.toml's [audit] section with ``settings`` while the block runs (read when a box starts)."""
     path = state_dir / "box.toml"
     original = path.read_text()
-    path.write_text(original.replace("[audit]\n", "[audit]\n" + "".join(f"{line}\n" for line in lines), 1))
+    path.write_text(box_toml_with(original, {"audit": settings}))
     try:
         yield
     finally:
@@ -68,7 +68,7 @@ def _refusals_counted(entries: list[dict], error: str) -> int:
 
 
 def test_a_flood_of_bad_keys_becomes_a_few_summary_entries(box_config, pki_server, session_box_stopped):
-    with audit_settings(box_config.state_dir, "refusal_window_seconds = 1"):
+    with audit_settings(box_config.state_dir, refusal_window_seconds=1):
         flooded = BoxProcess(box_config.state_dir).start()
     try:
         conn = open_connection(box_config.database)

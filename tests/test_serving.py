@@ -25,7 +25,7 @@ import requests
 from firmware.config import BoxConfig
 from firmware.store.db import Database
 
-from .support import ESIGNBOX, Api, BoxProcess, free_port
+from .support import ESIGNBOX, Api, BoxProcess, box_toml_with, free_port
 
 PARTIAL_HEAD = b"POST /v1/signatures HTTP/1.1\r\nHost: box\r\nContent-Type: application/json\r\n"
 ATTACKER = "127.0.0.2"  # another loopback address: a peer other than the honest client's 127.0.0.1
@@ -93,7 +93,7 @@ def tight_box(box_config: BoxConfig, pki_server, tmp_path_factory) -> Iterator[B
     (state / "softhsm2.conf").write_text(
         f"directories.tokendir = {state / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
     toml = (shared / "box.toml").read_text()
-    (state / "box.toml").write_text(toml.replace("[api]\n", "[api]\nconnection_limit = 40\nheader_timeout = 2\n", 1))
+    (state / "box.toml").write_text(box_toml_with(toml, {"api": {"connection_limit": 40, "header_timeout": 2}}))
     process = BoxProcess(state).start()
     yield process
     process.stop()
