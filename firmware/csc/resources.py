@@ -1,6 +1,7 @@
 """CSC API resources: one class per method, shared by v1 and v2 where only field names differ.
 
-Each resource parses, calls a store or service, and serialises; the base class does what every
+Each resource reads its parameters by its method's body schema (schema.py, also what the OpenAPI
+document shows), calls a store or service, and serialises; the base class does what every
 CSC method shares: the access-token check (the box's API-key middleware stands aside for these
 resources) and ``Cache-Control: no-store`` (tokens, SADs and signatures must not sit in caches).
 Failures are shown in CSC's shape by the box's error handlers (api/errors.py); refusals are
