@@ -1,8 +1,8 @@
 """GET /openapi.json: the box's API described for integrators and for schema-driven testing.
 
 Written by hand next to the resources it describes (Falcon has no schema introspection), except
-for the request schemas: those come from schema.py, which the resources read requests with, and
-their level defaults are the running box's. The schemathesis run in the tests keeps the rest
+for the request schemas: those come from schema.py (native) and csc/schema.py (CSC), which the
+resources read requests with, and their level defaults are the running box's. The schemathesis run in the tests keeps the rest
 honest: any response that strays from this document fails CI.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 import falcon
 
 from ..csc.resources import CscResource, served
+from ..csc.schema import FORM_METHODS, body_schema
 from ..csc.versions import V1, V2
 from ..signing.levels import HASH_LEVELS, Level, Profile
 from .schema import hash_body, level_schema, pdf_sign_query, pdf_verify_query, usage_query
@@ -142,6 +143,15 @@ def _csc_description(resource: type[CscResource]) -> dict[str, str]:
     return {"description": text} if text else {}
 
 
+def _csc_body(schema: dict[str, Any], form: bool) -> dict[str, Any]:
+    """A CSC method's body, as csc/schema.py describes it and the resource reads it; optional where
+    every field is (CSC clients send no body then)."""
+    content = {"application/json": {"schema": schema}}
+    if form:
+        content["application/x-www-form-urlencoded"] = {"schema": schema}
+    return {"required": bool(schema.get("required")), "content": content}
+
+
 def _csc_paths() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for version in (V1, V2):
@@ -151,10 +161,7 @@ def _csc_paths() -> dict[str, Any]:
                 **_csc_description(resource),
                 "tags": [f"CSC {version.name}"],
                 "security": [] if not resource.requires_token else [{"cscToken": []}],
-                "requestBody": {"required": False, "content": {
-                    "application/json": {"schema": {"type": "object"}},
-                    **({"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}
-                       if name == "oauth2/token" else {})}},
+                "requestBody": _csc_body(body_schema(version, name), form=name in FORM_METHODS),
                 "responses": {
                     "200": _json({"type": "object"}), "204": {"description": "done"},
                     **_errors(400, 401, 402, 403, 413, 429, 500, 503, schema=_CSC_ERROR),

@@ -4,8 +4,9 @@ the OpenAPI document is built (openapi.py) and requests are read (signatures.py,
 One source for field names, types, levels and defaults, so the document cannot promise a field the
 parser does not read, and a level default shown to integrators is the running box's ([signing]
 default_level, changed from the console). The schemas are a small subset of JSON Schema — type,
-format byte, enum, default, minimum, maximum, minItems/maxItems, required — checked by hand here: the box
-carries no jsonschema dependency for five keywords.
+format byte, enum, default, minimum, maximum, minItems/maxItems, required, properties of nested
+objects — checked by hand here: the box carries no jsonschema dependency for a few keywords. The CSC
+API's bodies (csc/schema.py) are read by the same read_body.
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ def read_body(schema: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
 
     Fields the schema does not name are ignored (clients may send more than the box reads).
     """
+    return _fields(schema, body, "")
+
+
+def _fields(schema: dict[str, Any], body: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """read_body for an object, top level or nested (``prefix`` names it in errors: "entries[0].")."""
     out: dict[str, Any] = {}
     for name, prop in schema["properties"].items():
         value = body.get(name)
@@ -105,9 +111,9 @@ def read_body(schema: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
             value = prop.get("default")
         if value is None:
             if name in schema.get("required", ()):
-                raise InvalidRequest(f"missing field {name!r}")
+                raise InvalidRequest(f"missing field {prefix + name!r}")
             continue
-        out[name] = _checked(prop, value, name)
+        out[name] = _checked(prop, value, prefix + name)
     return out
 
 
@@ -152,9 +158,13 @@ def _checked(prop: dict[str, Any], value: object, name: str) -> Any:
     if isinstance(value, int) and value > prop.get("maximum", value):
         raise InvalidRequest(f"{name} must be at most {prop['maximum']}")
     if isinstance(value, list):
-        if not prop["minItems"] <= len(value) <= prop["maxItems"]:  # arrays here always bound both
-            raise InvalidRequest(f"{name} holds {prop['minItems']} to {prop['maxItems']} items")
+        low, high = prop.get("minItems", 0), prop.get("maxItems")
+        if len(value) < low or (high is not None and len(value) > high):
+            raise InvalidRequest(f"{name} holds {low} to {high} items" if high is not None
+                                 else f"{name} holds at least {low} item{'' if low == 1 else 's'}")
         return [_checked(prop["items"], item, f"{name}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict) and "properties" in prop:  # a nested object: its fields, read the same way
+        return _fields(prop, value, f"{name}.")
     if prop.get("format") == "byte":
         return b64decode(str(value), name)  # the type check above made it a string
     return value

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import falcon
 
-from ..api.bodies import field
+from ..errors import InvalidRequest
 from ..store.clients import Client, ClientRegistry
 from ..store.csc_grants import AccessTokens, InvalidAccessToken
 from .errors import CscError
@@ -26,6 +26,13 @@ _REALM = 'realm="esignbox-csc"'
 
 def _bearer_challenge(error: str | None = None) -> dict[str, str]:
     return {"WWW-Authenticate": f"Bearer {_REALM}" + (f', error="{error}"' if error else "")}
+
+
+def _required(value: str | None, name: str) -> str:
+    """A form field that is optional in the schema (Basic credentials stand in for it) but needed here."""
+    if value is None:
+        raise InvalidRequest(f"missing field {name!r}")
+    return value
 
 
 def _basic(value: str) -> tuple[str, str]:
@@ -69,13 +76,13 @@ class CscAuth:
             raise CscError(falcon.HTTP_400, "authentication_error", "unknown client, wrong or disabled API key")
         return self._tokens.issue(client.id, since)
 
-    def oauth_token(self, req: falcon.Request, form: dict[str, object]) -> tuple[str, int]:
+    def oauth_token(self, req: falcon.Request, form_id: str | None, form_secret: str | None) -> tuple[str, int]:
         """``oauth2/token`` client authentication: Basic, or client_id/client_secret in the form."""
         scheme, _, value = (req.get_header("Authorization") or "").partition(" ")
         if scheme.lower() == "basic":
             client_id, secret = _basic(value)
         else:
-            client_id, secret = field(form, "client_id", str), field(form, "client_secret", str)
+            client_id, secret = _required(form_id, "client_id"), _required(form_secret, "client_secret")
         since = self._tokens.checkpoint()
         client = self._clients.authenticate(secret)
         if client is None or client.id != client_id:

@@ -1,6 +1,7 @@
 """CSC API resources: one class per method, shared by v1 and v2 where only field names differ.
 
-Each resource parses, calls a store or service, and serialises; the base class does what every
+Each resource reads its parameters by its method's body schema (schema.py, also what the OpenAPI
+document shows), calls a store or service, and serialises; the base class does what every
 CSC method shares: the access-token check (the box's API-key middleware stands aside for these
 resources) and ``Cache-Control: no-store`` (tokens, SADs and signatures must not sit in caches).
 Failures are shown in CSC's shape by the box's error handlers (api/errors.py); refusals are
@@ -12,16 +13,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import falcon
 
 from hsm import DIGEST_SIZES, check_digest
 
-from ..api.bodies import b64, b64decode, check_length, field, read_json
+from ..api.bodies import b64, check_length, read_json
+from ..api.schema import read_body
 from ..errors import InvalidRequest
 from ..signing.hash_signing import HashSigningService, HashSignRequest
-from ..signing.levels import Level, Profile
 from ..signing.raw_signing import RawSigningService, digest_algorithm
 from ..signing.revocation import ValidationData
 from ..store.csc_grants import SadStore
@@ -29,12 +30,11 @@ from ..store.metering import require_scope
 from .auth import Caller, CscAuth
 from .credential import Credential
 from .errors import CscError
+from .schema import CONFORMANCE_LEVELS, FORM_METHODS, SIGNATURE_FORMATS, body_schema
 from .timestamping import TimestampService
 from .versions import CscVersion
 
 _MAX_BODY = 1024 * 1024
-_CONFORMANCE_LEVELS = {"Ades-B-B": Level.B_B, "Ades-B-T": Level.B_T, "Ades-B-LT": Level.B_LT}
-_FORMATS = {"C": Profile.CADES, "P": Profile.PADES}
 # From a digest the box makes a detached CMS; a PAdES one serves either kind of PDF signature.
 _ENVELOPES = {"C": ("Detached",), "P": ("Certification", "Revision")}
 _NONCE = re.compile(r"[0-9a-fA-F]{1,64}")
@@ -63,23 +63,6 @@ def _body(req: falcon.Request, form: bool = False) -> dict[str, object]:
     return read_json(req)
 
 
-def _digests(body: dict[str, object], name: str) -> list[bytes]:
-    values = field(body, name, list)
-    if not values or not all(isinstance(v, str) for v in values):
-        raise InvalidRequest(f"parameter {name!r} must be a non-empty array of base64 strings")
-    return [b64decode(v, f"{name}[{i}]") for i, v in enumerate(values)]
-
-
-def _sign_algo_params(body: dict[str, object]) -> bytes | None:
-    value = field(body, "signAlgoParams", str, required=False)
-    return None if value is None else b64decode(value, "signAlgoParams")
-
-
-def _synchronous_only(body: dict[str, object]) -> None:
-    if field(body, "operationMode", str, default="S") != "S":
-        raise InvalidRequest("Invalid parameter operationMode: the box signs synchronously only")
-
-
 class _Der(Protocol):
     """An asn1crypto value: what ``validationInfo`` carries, base64 of its DER."""
 
@@ -105,10 +88,18 @@ class CscResource:
     requires_token = True
     scope: str | None = None  # the client scope a method needs, as on the box's own endpoints
     v2_only = False
+    method: ClassVar[str]  # the CSC method name, e.g. "signatures/signHash": its route and its body schema
 
     def __init__(self, services: CscServices, version: CscVersion) -> None:
         self._csc = services
         self._version = version
+
+    def _read(self, body: dict[str, object]) -> dict[str, Any]:
+        """The method's parameters from ``body``, as its schema (csc/schema.py) describes them."""
+        return read_body(body_schema(self._version, self.method), body)
+
+    def _parameters(self, req: falcon.Request) -> dict[str, Any]:
+        return self._read(_body(req, form=self.method in FORM_METHODS))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.cache_control = ["no-store"]
@@ -150,6 +141,8 @@ class _TokenResource(CscResource):
 
 
 class InfoResource(_OpenResource):
+    method = "info"
+
     def respond(self, req: falcon.Request) -> dict[str, object]:
         out: dict[str, object] = {
             "specs": self._version.specs,
@@ -167,8 +160,9 @@ class InfoResource(_OpenResource):
                 asynchronousOperationMode=False,
                 validationInfo=False,  # only where required: signDoc at AdES-B-LT
                 signAlgorithms={"algos": self._csc.raw_signing.supported_algorithms()},
-                signature_formats={"formats": list(_FORMATS), "envelope_properties": list(_ENVELOPES.values())},
-                conformance_levels=list(_CONFORMANCE_LEVELS),
+                signature_formats={"formats": list(SIGNATURE_FORMATS),
+                                   "envelope_properties": list(_ENVELOPES.values())},
+                conformance_levels=list(CONFORMANCE_LEVELS),
             )
         return out
 
@@ -176,6 +170,8 @@ class InfoResource(_OpenResource):
 
 
 class LoginResource(_OpenResource):
+    method = "auth/login"
+
     def respond(self, req: falcon.Request) -> dict[str, object]:
         token, ttl = self._csc.auth.login(req)
         return {"access_token": token, "expires_in": ttl}
@@ -184,60 +180,62 @@ class LoginResource(_OpenResource):
 class OAuthTokenResource(_OpenResource):
     """OAuth2 client-credentials grant: the same client id and API key, OAuth2's way."""
 
+    method = "oauth2/token"
+
     def respond(self, req: falcon.Request) -> dict[str, object]:
-        form = _body(req, form=True)
-        if field(form, "grant_type", str) != "client_credentials":
+        form = self._parameters(req)
+        if form["grant_type"] != "client_credentials":
             raise CscError(falcon.HTTP_400, "unsupported_grant_type", "the box grants client_credentials only")
-        token, ttl = self._csc.auth.oauth_token(req, form)
+        token, ttl = self._csc.auth.oauth_token(req, form.get("client_id"), form.get("client_secret"))
         return {"access_token": token, "token_type": "Bearer", "expires_in": ttl}
 
 
 class RevokeResource(_TokenResource):
+    method = "auth/revoke"
+
     def respond(self, req: falcon.Request, caller: Caller) -> None:
-        self._csc.auth.revoke(field(_body(req, form=True), "token", str), caller)
+        self._csc.auth.revoke(self._parameters(req)["token"], caller)
 
 
 class CredentialsListResource(_TokenResource):
+    method = "credentials/list"
+
     def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object]:
         body = _body(req)
         if body.get("userID") is not None:
             raise InvalidRequest("userID parameter MUST be null: the access token names the client")
+        parameters = self._read(body)
         credential = self._csc.credential
         out: dict[str, object] = {"credentialIDs": [credential.id]}
-        if not self._version.is_v1 and field(body, "credentialInfo", bool, default=False):
-            info = credential.describe(
-                self._version,
-                field(body, "certificates", str, default="single"),
-                field(body, "certInfo", bool, default=False),
-            )
+        if parameters.get("credentialInfo"):  # v2 only: v1's schema names no such field
+            info = credential.describe(self._version, parameters["certificates"], parameters["certInfo"])
             out["credentialInfos"] = [{"credentialID": credential.id, **info}]
         return out
 
 
 class CredentialsInfoResource(_TokenResource):
+    method = "credentials/info"
+
     def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object]:
-        body = _body(req)
-        self._csc.credential.check_id(field(body, "credentialID", str))
-        return self._csc.credential.describe(
-            self._version,
-            field(body, "certificates", str, default="single"),
-            field(body, "certInfo", bool, default=False),
-        )
+        parameters = self._parameters(req)
+        self._csc.credential.check_id(parameters["credentialID"])
+        return self._csc.credential.describe(self._version, parameters["certificates"], parameters["certInfo"])
 
 
 class AuthorizeResource(_TokenResource):
     """A SAD for exactly the hashes listed (SCAL 2): the client says up front what it will sign."""
 
     scope = "hash"
+    method = "credentials/authorize"
 
     def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object]:
-        body = _body(req)
+        parameters = self._parameters(req)
         credential = self._csc.credential
-        credential.check_id(field(body, "credentialID", str))
-        count = field(body, "numSignatures", int)
+        credential.check_id(parameters["credentialID"])
+        count: int = parameters["numSignatures"]
         if not 1 <= count <= credential.multisign:
             raise InvalidRequest(f"numSignatures must be 1 to {credential.multisign}")
-        digests = _digests(body, self._version.hashes_field)
+        digests: list[bytes] = parameters[self._version.hashes_field]
         if len(digests) != count:
             raise InvalidRequest(f"numSignatures is {count} but {len(digests)} hashes were sent; SCAL 2 binds each")
         algorithm = None
@@ -245,7 +243,7 @@ class AuthorizeResource(_TokenResource):
             if any(len(d) not in DIGEST_SIZES.values() for d in digests):
                 raise InvalidRequest("Invalid digest value length")
         else:
-            algorithm = digest_algorithm(field(body, self._version.hash_algo_field, str))
+            algorithm = digest_algorithm(parameters[self._version.hash_algo_field])
             for digest in digests:
                 check_digest(digest, algorithm)
         sad, ttl = self._csc.sads.issue(caller.token, credential.id, digests, algorithm)
@@ -256,21 +254,17 @@ class SignHashResource(_TokenResource):
     """Raw signature values; the client builds the CMS (as pyHanko's CSCSigner does)."""
 
     scope = "hash"
+    method = "signatures/signHash"
 
     def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object]:
-        body = _body(req)
+        parameters = self._parameters(req)  # v2's operationMode: "S" only, by its schema
         credential = self._csc.credential
-        credential.check_id(field(body, "credentialID", str))
-        sad = field(body, "SAD", str)
-        if not self._version.is_v1:
-            _synchronous_only(body)
+        credential.check_id(parameters["credentialID"])
+        sad: str = parameters["SAD"]
         raw = self._csc.raw_signing
         algorithm = raw.algorithm(
-            field(body, "signAlgo", str),
-            field(body, self._version.hash_algo_field, str, required=False),
-            _sign_algo_params(body),
-        )
-        digests = _digests(body, self._version.hashes_field)
+            parameters["signAlgo"], parameters.get(self._version.hash_algo_field), parameters.get("signAlgoParams"))
+        digests: list[bytes] = parameters[self._version.hashes_field]
         raw.check(algorithm, digests)  # a malformed request does not spend the SAD
         self._csc.sads.consume(sad, caller.token, credential.id, [(algorithm.hash_algorithm, d) for d in digests])
         return {"signatures": [b64(s) for s in raw.sign(caller.client.id, algorithm, digests)]}
@@ -281,19 +275,21 @@ class SignDocResource(_TokenResource):
 
     scope = "hash"
     v2_only = True
+    method = "signatures/signDoc"
 
     def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object]:
         body = _body(req)
-        credential = self._csc.credential
-        credential.check_id(field(body, "credentialID", str))
-        sad = field(body, "SAD", str)
-        _synchronous_only(body)
         if body.get("documents") is not None:
             raise InvalidRequest("documents are not accepted: send documentDigests (the document stays with you)")
-        entries = field(body, "documentDigests", list)
-        if not entries:
-            raise InvalidRequest("Empty documentDigests")
-        requests = [request for entry in entries for request in self._requests(entry)]
+        parameters = self._read(body)  # operationMode: "S" only, by the schema
+        raw_entries = body["documentDigests"]  # the schema made it a non-empty list of objects
+        assert isinstance(raw_entries, list)
+        if any(entry.get("signed_props") for entry in raw_entries):
+            raise InvalidRequest("Invalid parameter signed_props: the box sets the signed attributes itself")
+        credential = self._csc.credential
+        credential.check_id(parameters["credentialID"])
+        sad: str = parameters["SAD"]
+        requests = [request for entry in parameters["documentDigests"] for request in self._requests(entry)]
         self._csc.sads.consume(sad, caller.token, credential.id, [(r.hash_algorithm, r.digest) for r in requests])
         signatures = self._csc.hash_signing.sign(caller.client.id, requests)
         out: dict[str, object] = {"SignatureObject": [b64(s.cms.dump()) for s in signatures]}
@@ -302,49 +298,42 @@ class SignDocResource(_TokenResource):
             out["validationInfo"] = _validation_info(data)
         return out
 
-    def _requests(self, entry: object) -> list[HashSignRequest]:
-        if not isinstance(entry, dict):
-            raise InvalidRequest("Invalid object parameter documentDigests")
-        signature_format = field(entry, "signature_format", str)
-        if signature_format not in _FORMATS:
-            raise InvalidRequest("Invalid parameter signature_format; use C (CAdES) or P (PAdES)")
-        level_name = field(entry, "conformance_level", str, default="Ades-B-B")
-        level = next((lv for name, lv in _CONFORMANCE_LEVELS.items() if name.lower() == level_name.lower()), None)
+    def _requests(self, entry: dict[str, Any]) -> list[HashSignRequest]:
+        """One documentDigests entry, as its schema read it: one request per hash."""
+        signature_format: str = entry["signature_format"]  # C or P, by the schema
+        level_name: str = entry["conformance_level"]
+        level = next((lv for name, lv in CONFORMANCE_LEVELS.items() if name.lower() == level_name.lower()), None)
         if level is None:
-            raise InvalidRequest(f"Invalid parameter conformance_level; use one of {', '.join(_CONFORMANCE_LEVELS)}")
-        envelope = field(entry, "signed_envelope_property", str, required=False)
+            raise InvalidRequest(f"Invalid parameter conformance_level; use one of {', '.join(CONFORMANCE_LEVELS)}")
+        envelope = entry.get("signed_envelope_property")
         if envelope is not None and envelope not in _ENVELOPES[signature_format]:
             allowed = ", ".join(_ENVELOPES[signature_format])
             raise InvalidRequest(f"Invalid parameter signed_envelope_property; use one of {allowed}")
-        if entry.get("signed_props"):
-            raise InvalidRequest("Invalid parameter signed_props: the box sets the signed attributes itself")
         raw = self._csc.raw_signing
-        requested = raw.algorithm(
-            field(entry, "signAlgo", str),
-            field(entry, "hashAlgorithmOID", str, required=False),
-            _sign_algo_params(entry),
-        )
+        requested = raw.algorithm(entry["signAlgo"], entry.get("hashAlgorithmOID"), entry.get("signAlgoParams"))
         made = raw.cms_algorithm(requested.hash_algorithm)
         if requested != made:
             raise InvalidRequest(
                 f"signAlgo asks for {requested.scheme.value}; the box's CMS signatures use {made.scheme.value}"
             )
-        digests = _digests(entry, "hashes")
+        digests: list[bytes] = entry["hashes"]
         for digest in digests:  # checked before the SAD is spent
             check_digest(digest, requested.hash_algorithm)
-        return [HashSignRequest(requested.hash_algorithm, d, level, _FORMATS[signature_format]) for d in digests]
+        return [HashSignRequest(requested.hash_algorithm, d, level, SIGNATURE_FORMATS[signature_format])
+                for d in digests]
 
 
 class TimestampResource(_TokenResource):
     """An RFC 3161 token from the box's TSAs; each is one metered call (quota and rates apply)."""
 
     scope = "timestamp"
+    method = "signatures/timestamp"
 
     def respond(self, req: falcon.Request, caller: Caller) -> dict[str, object]:
-        body = _body(req)
-        digest = b64decode(field(body, "hash", str), "hash")
-        algorithm = digest_algorithm(field(body, "hashAlgo", str))
-        nonce = field(body, "nonce", str, required=False)
+        parameters = self._parameters(req)
+        digest: bytes = parameters["hash"]
+        algorithm = digest_algorithm(parameters["hashAlgo"])
+        nonce: str | None = parameters.get("nonce")
         if nonce is not None and not _NONCE.fullmatch(nonce):
             raise InvalidRequest("Invalid parameter nonce: up to 64 hex digits")
         nonce_value = None if nonce is None else int(nonce, 16)
@@ -353,16 +342,19 @@ class TimestampResource(_TokenResource):
 
 
 RESOURCES: dict[str, type[CscResource]] = {
-    "info": InfoResource,
-    "auth/login": LoginResource,
-    "auth/revoke": RevokeResource,
-    "oauth2/token": OAuthTokenResource,
-    "credentials/list": CredentialsListResource,
-    "credentials/info": CredentialsInfoResource,
-    "credentials/authorize": AuthorizeResource,
-    "signatures/signHash": SignHashResource,
-    "signatures/signDoc": SignDocResource,
-    "signatures/timestamp": TimestampResource,
+    cls.method: cls
+    for cls in (
+        InfoResource,
+        LoginResource,
+        RevokeResource,
+        OAuthTokenResource,
+        CredentialsListResource,
+        CredentialsInfoResource,
+        AuthorizeResource,
+        SignHashResource,
+        SignDocResource,
+        TimestampResource,
+    )
 }
 
 

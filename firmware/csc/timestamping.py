@@ -8,7 +8,8 @@ nothing). Usage reports list it under the endpoint ``timestamp``.
 The CSC client may send its own nonce, which must come back in the token (so it can tell the
 token was made for its request), so the request is built here rather than by pyHanko's
 ``TimeStamper.async_timestamp``, which always picks the nonce itself. The box's FallbackTimeStamper
-still sends it (trying each TSA in turn), and pyHanko's response check still applies.
+still sends it (trying each TSA in turn), and its response check applies (token_from_response: the
+status, and the nonce, compared by the box since pyHanko's own comparison fails with an AttributeError).
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ import secrets
 
 from asn1crypto import algos, cms, tsp
 from pyhanko.sign.timestamps.api import TimeStamper
-from pyhanko.sign.timestamps.common_utils import TimestampRequestError, handle_tsp_response
 
 from hsm import check_digest
 
-from ..signing.timestamps import TimestampUnavailable
+from ..signing.timestamps import TimestampUnavailable, token_from_response
 from ..store.ledger import SignatureLedger
 
 
@@ -60,13 +60,7 @@ def _request(timestamper: TimeStamper, digest: bytes, hash_algorithm: str, nonce
             "cert_req": True,
         }
     )
-    response = asyncio.run(timestamper.async_request_tsa_response(request))
-    try:
-        # pyHanko annotates the nonce as bytes but compares it with the token's integer nonce
-        # (its own TimeStamper passes an int too)
-        token = handle_tsp_response(response, nonce)  # type: ignore[arg-type]
-    except TimestampRequestError as exc:
-        raise TimestampUnavailable(f"timestamp refused: {exc}") from exc
+    token = token_from_response(asyncio.run(timestamper.async_request_tsa_response(request)), nonce)
     imprint = token["content"]["encap_content_info"]["content"].parsed["message_imprint"]
     if imprint["hashed_message"].native != digest:
         raise TimestampUnavailable("the TSA stamped another hash than the one sent")

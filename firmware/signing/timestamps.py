@@ -16,7 +16,7 @@ from datetime import datetime
 
 from asn1crypto import cms, tsp
 from pyhanko.sign.timestamps.api import TimeStamper
-from pyhanko.sign.timestamps.common_utils import TimestampRequestError
+from pyhanko.sign.timestamps.common_utils import TimestampRequestError, handle_tsp_response
 from pyhanko.sign.timestamps.requests_client import RequestsHTTPTimeStamper
 
 from .clock import ClockWatch
@@ -26,6 +26,26 @@ log = logging.getLogger(__name__)
 
 class TimestampUnavailable(RuntimeError):
     """No configured TSA produced a timestamp."""
+
+
+def token_from_response(response: tsp.TimeStampResp, nonce: int | None) -> cms.ContentInfo:
+    """The timestamp token in a TSA's answer to a request carrying ``nonce``.
+
+    TimestampUnavailable for a refusal, or for a token with another nonce (a replayed or misrouted
+    answer). The nonce is compared here: pyHanko's handle_tsp_response, given one, formats its
+    mismatch message with ``nonce.hex()`` on the int its own TimeStamper passes, so a wrong nonce
+    raised AttributeError (a 500) instead of its TimestampRequestError.
+    """
+    try:
+        token = handle_tsp_response(response, None)  # the status check; the nonce is ours to compare
+    except TimestampRequestError as exc:
+        raise TimestampUnavailable(f"timestamp refused: {exc}") from exc
+    if nonce is not None:
+        received = token["content"]["encap_content_info"]["content"].parsed["nonce"].native
+        if received != nonce:
+            shown = "none" if received is None else f"{received:#x}"
+            raise TimestampUnavailable(f"the TSA's token carries another nonce ({shown}) than the request's ({nonce:#x})")
+    return token
 
 
 class FallbackTimeStamper(TimeStamper):
@@ -74,10 +94,10 @@ class FallbackTimeStamper(TimeStamper):
             raise failure[0]
 
     async def async_timestamp(self, message_digest: bytes, md_algorithm: str) -> cms.ContentInfo:
-        try:
-            return await super().async_timestamp(message_digest, md_algorithm)
-        except TimestampRequestError as exc:  # a TSA answered, but with a refusal or garbage
-            raise TimestampUnavailable(f"timestamp refused: {exc}") from exc
+        """pyHanko's TimeStamper.async_timestamp, with the answer checked by token_from_response."""
+        nonce: int | None
+        nonce, request = self.request_cms(message_digest, md_algorithm)  # type: ignore[no-untyped-call]  # unannotated upstream
+        return token_from_response(await self.async_request_tsa_response(request), nonce)
 
 
 def _gen_time(response: tsp.TimeStampResp) -> datetime:
