@@ -32,17 +32,6 @@ def read_json(req: falcon.Request) -> dict[str, Any]:
     return body
 
 
-def field(body: dict[str, Any], name: str, kind: type, default: Any = None, required: bool = True) -> Any:
-    value = body.get(name, default)
-    if value is None and not required:
-        return None
-    if value is None:
-        raise InvalidRequest(f"missing field {name!r}")
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidRequest(f"field {name!r} must be a {kind.__name__}")
-    return value
-
-
 def b64decode(value: str, name: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
