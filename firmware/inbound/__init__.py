@@ -1,0 +1,7 @@
+"""Mail into the box: the inbound SMTP listener of the certificate directory and the reading of
+signed messages, so people share their encryption certificate the way their mail client does."""
+
+from .signed_mail import SignedMail, UnsignedMail, read_signed_mail
+from .smtp import InboundListener, InboundSettings, Submissions
+
+__all__ = ["InboundListener", "InboundSettings", "SignedMail", "Submissions", "UnsignedMail", "read_signed_mail"]
