@@ -12,7 +12,6 @@ import base64
 import json
 import logging
 import sqlite3
-import threading
 from typing import TYPE_CHECKING
 
 from asn1crypto import cms, tsp  # noqa: F401  tsp registers TSTInfo, which a token's content parses as
@@ -58,25 +57,8 @@ def check_anchors(db: Database) -> list[str]:
     return problems
 
 
-class PeriodicAnchor:
-    """A daemon thread that anchors the head every ``interval_s`` seconds while the box serves."""
-
-    def __init__(self, db: Database, timestamper: FallbackTimeStamper, interval_s: float) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(db, timestamper, interval_s),
-                                        name="audit-anchor", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self, db: Database, timestamper: FallbackTimeStamper, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            try:
-                anchored = anchor(db, timestamper)
-                if anchored:
-                    log.info("audit chain anchored at entry %d", anchored)
-            except Exception as exc:  # a TSA outage must not stop the box; try again next time
-                log.warning("audit anchoring failed: %s", exc)
+def anchor_and_log(db: Database, timestamper: FallbackTimeStamper) -> None:
+    """One round of periodic anchoring (firmware/periodic.py runs it while the box serves)."""
+    anchored = anchor(db, timestamper)
+    if anchored:
+        log.info("audit chain anchored at entry %d", anchored)

@@ -23,7 +23,7 @@ from asn1crypto import pem
 
 from hsm import KEY_ALGORITHMS, KeyAlgorithm, Token
 
-from .anchoring import PeriodicAnchor, anchor
+from .anchoring import anchor, anchor_and_log
 from .config import BoxConfig, default_value, effective_value
 from .durable import write_durable, write_new
 from .instance import hold_state_dir
@@ -39,6 +39,7 @@ from .operations.keys import (
     parse_subject,
     rollback_activation,
 )
+from .periodic import Periodic
 from .serving import serve
 from .store import audit
 from .store.clients import Client, ClientRegistry
@@ -128,7 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
             except Exception as exc:  # the signing API serves even if the console cannot start
                 log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleFailure))
         if box.timestamper is not None:
-            anchoring = PeriodicAnchor(box.db, box.timestamper, config.anchor_interval_s)
+            timestamper = box.timestamper
+            anchoring = Periodic("audit anchoring", config.anchor_interval_s,
+                                 lambda: anchor_and_log(box.db, timestamper))
             anchoring.start()
             running.callback(anchoring.stop)
         serve(api_app, config.api, host, port)
