@@ -13,6 +13,8 @@ import datetime as dt
 import ipaddress
 import os
 import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -216,6 +218,52 @@ def test_writes_and_password_binds_are_refused(ldap: Running):
                             "-w", "secret"], capture_output=True, text=True, timeout=30)
     assert bound.returncode != 0
     assert "eve@example.com" not in ldap.published.asked
+
+
+_BOX = """
+import sys, time
+from pathlib import Path
+from firmware.config import BoxConfig
+from firmware.ldap import LdapServer
+
+class Nothing:
+    def lookup(self, address): return []
+    def allow(self, peer): return True
+
+server = LdapServer(BoxConfig.from_text(Path(sys.argv[1]), sys.argv[2]), Nothing())
+server.start()
+print(server.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()  # a zombie has ended
+    except FileNotFoundError:
+        return True
+
+
+def test_slapd_ends_with_the_box_even_on_kill_9(tmp_path: Path):
+    port = free_port()
+    toml = f'[token]\nmodule = "m.so"\nlabel = "t"\n\n[ldap]\nenabled = true\nport = {port}\nldaps_port = 0\n' \
+           f'listen = ["127.0.0.1"]\n'
+    box = subprocess.Popen([sys.executable, "-c", _BOX, str(tmp_path), toml], stdout=subprocess.PIPE, text=True,
+                           cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert box.stdout is not None
+        pid = int(box.stdout.readline())
+        assert not _gone(pid)
+        box.kill()  # SIGKILL: no handler runs in the box
+        box.wait()
+        deadline = time.monotonic() + 10
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(pid), "slapd outlived the box"
+    finally:
+        if box.poll() is None:
+            box.kill()
+            box.wait()
 
 
 def test_only_the_exact_address_reaches_the_directory():

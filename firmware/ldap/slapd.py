@@ -139,6 +139,11 @@ class LdapServer:
             raise
         log.info("LDAP directory serving on %s", " ".join(urls(self.settings)))
 
+    @property
+    def pid(self) -> int | None:
+        """slapd's process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
     def _probe_addresses(self) -> list[tuple[str, int]]:
         wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1"}
         return [(wildcard.get(address, address), port) for address in self.settings.listen
