@@ -184,10 +184,13 @@ def test_anything_but_one_exact_mail_equality_finds_nothing(ldap: Running, filte
     assert result.returncode == 0 and result.stdout.strip() == "", (filter_text, result.stdout, result.stderr)
 
 
-def test_entries_are_not_read_by_dn_or_outside_the_directory(ldap: Running):
+def test_entries_are_found_under_the_directory_by_mail_not_read_by_dn(ldap: Running):
     for base, scope in [("mail=alice@example.com,ou=directory,dc=esignbox", "base"), (BASE, "base")]:
         result = _search(ldap, "(mail=alice@example.com)", base=base, extra=("-s", scope))
         assert result.stdout.strip() == "", (base, scope, result.stdout)
+    for base, scope in [("ou=directory, dc=esignbox", "one"), ("OU=Directory,DC=esignbox", "sub")]:
+        result = _search(ldap, "(mail=alice@example.com)", "mail", base=base, extra=("-s", scope))
+        assert "mail: alice@example.com" in result.stdout, (base, scope, result.stdout, result.stderr)
 
 
 def test_the_size_limit_caps_what_one_address_returns(ldap: Running):
@@ -209,7 +212,7 @@ def test_a_peer_over_its_rate_is_refused(ldap: Running):
     assert _search(ldap, "(mail=alice@example.com)").stdout.strip()
 
 
-def test_writes_and_password_binds_are_refused(ldap: Running):
+def test_writes_compares_and_password_binds_are_refused(ldap: Running):
     url = f"ldap://127.0.0.1:{ldap.port}"
     entry = "dn: mail=eve@example.com,ou=directory,dc=esignbox\nobjectClass: inetOrgPerson\ncn: e\nsn: e\n"
     added = subprocess.run(["ldapadd", "-x", "-H", url], input=entry, capture_output=True, text=True, timeout=30)
@@ -217,6 +220,9 @@ def test_writes_and_password_binds_are_refused(ldap: Running):
     bound = subprocess.run(["ldapwhoami", "-x", "-H", url, "-D", "mail=alice@example.com,ou=directory,dc=esignbox",
                             "-w", "secret"], capture_output=True, text=True, timeout=30)
     assert bound.returncode != 0
+    compared = subprocess.run(["ldapcompare", "-x", "-H", url, "mail=alice@example.com,ou=directory,dc=esignbox",
+                               "mail:alice@example.com"], capture_output=True, text=True, timeout=30)
+    assert compared.returncode == 53, (compared.returncode, compared.stdout, compared.stderr)  # unwillingToPerform
     assert "eve@example.com" not in ldap.published.asked
 
 
