@@ -4,7 +4,7 @@
 PYTHON        ?= python3
 VENV          ?= .venv
 STATE_DIR     ?= var
-APT_PACKAGES  := softhsm2 poppler-utils qpdf openssl curl jq wrk nginx-light chromium tinyproxy faketime
+APT_PACKAGES  := softhsm2 poppler-utils qpdf openssl curl jq wrk nginx-light chromium tinyproxy faketime slapd ldap-utils
 BIN           := $(VENV)/bin
 # A fresh box's unattended-upgrades may hold the package lock for minutes: wait for it, don't fail.
 APT_WAIT      := -o DPkg::Lock::Timeout=300

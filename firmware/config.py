@@ -34,7 +34,7 @@ from .store.storage import MB, StorageBudget
 
 __all__ = [
     "CONFIG_NAME", "SECTIONS", "STAMP_LOGO_NAME", "ApiSettings", "AuditSettings", "BoxConfig", "BoxSettings",
-    "ConfigError", "ConsoleSettings", "DevSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
+    "ConfigError", "ConsoleSettings", "DevSettings", "LdapSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
     "ProvisionedSettings", "RevocationSettings", "SigningSettings", "TokenSettings", "check_http_url",
     "check_proxy_url", "default_value", "effective_value", "is_hostname", "parse", "redacted_url",
 ]
@@ -254,6 +254,43 @@ class ConsoleSettings(_Section):
 
 
 @dataclass(frozen=True)
+class LdapSettings(_Section):
+    """``[ldap]``: the certificate directory for mail clients, read-only over LDAP and LDAPS (firmware/ldap/).
+
+    Anonymous searches for exactly one address (``(mail=alice@example.com)``) find its published
+    certificates; any other filter finds nothing. A port of 0 turns that protocol off. The LDAPS
+    certificate is ``tls_cert_file``/``tls_key_file``, else the console's (the organisation's if
+    uploaded, else the one the box made for the console).
+    """
+
+    enabled: bool = False
+    port: int = 389  # plain LDAP; 0: off
+    ldaps_port: int = 636  # LDAP over TLS; 0: off
+    listen: tuple[str, ...] = ("0.0.0.0",)  # IP addresses slapd listens on
+    size_limit: int = 10  # entries one search returns, and certificates one address's entry carries
+    lookups_per_minute: float = 30.0  # per peer address, counted by the directory; more are refused
+    tls_cert_file: Path | None = None  # PEM chain, leaf first; None: the console's certificate
+    tls_key_file: Path | None = None
+    slapd: str | None = None  # the slapd binary; None: found on PATH or /usr/sbin/slapd
+
+    def check(self) -> None:
+        _port("port", self.port, low=0)
+        _port("ldaps_port", self.ldaps_port, low=0)
+        if self.enabled and not (self.port or self.ldaps_port):
+            raise _Invalid(None, "port and ldaps_port are both 0: nothing would serve")
+        if self.port and self.port == self.ldaps_port:
+            raise _Invalid("ldaps_port", f"must differ from port ({self.port})")
+        if not self.listen:
+            raise _Invalid("listen", "needs at least one address")
+        for address in self.listen:
+            _ip("listen", address)
+        _positive("size_limit", self.size_limit)
+        _positive("lookups_per_minute", self.lookups_per_minute)
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise _Invalid(None, "tls_cert_file and tls_key_file go together")
+
+
+@dataclass(frozen=True)
 class OutboundSettings(_Section):
     """``[outbound]``: how the box reaches TSAs, OCSP responders and CRL servers.
 
@@ -354,7 +391,7 @@ class ProvisionedSettings(_Section):
 SECTIONS: dict[str, type] = {
     "api": ApiSettings, "token": TokenSettings, "signing": SigningSettings, "metering": MeteringSettings,
     "audit": AuditSettings, "dev": DevSettings, "console": ConsoleSettings, "outbound": OutboundSettings,
-    "box": BoxSettings, "network": NetworkSettings, "revocation": RevocationSettings,
+    "box": BoxSettings, "network": NetworkSettings, "revocation": RevocationSettings, "ldap": LdapSettings,
     "provisioned": ProvisionedSettings,
 }
 
@@ -495,6 +532,7 @@ class BoxConfig:
     box: BoxSettings
     network: NetworkSettings
     revocation: RevocationSettings
+    ldap: LdapSettings
     provisioned: ProvisionedSettings
 
     def __post_init__(self) -> None:
