@@ -27,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from firmware.config import BoxConfig, ConfigError
 from firmware.ldap import LdapError, LdapServer, render_conf, tls_files
-from firmware.ldap.responder import exact_address, peer_address
+from firmware.ldap.responder import MAX_ADDRESSES, exact_address, exact_addresses, peer_address
 from tests.support import free_port
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/slapd").exists() or not Path("/usr/bin/ldapsearch").exists(),
@@ -176,12 +176,25 @@ def test_pending_and_unknown_addresses_find_nothing(ldap: Running, address: str)
 @pytest.mark.parametrize("filter_text", [
     "(mail=*)", "(mail=ali*)", "(mail=*@example.com)", "(objectClass=*)", "(mail~=alice@example.com)",
     "(mail>=a)", "(mail:caseExactIA5Match:=alice@example.com)", "(cn=alice@example.com)",
-    "(|(mail=alice@example.com)(mail=bob@example.com))", "(&(mail=alice@example.com)(objectClass=*))",
+    "(|(mail=alice@example.com)(mail=*))", "(|(mail=alice@example.com)(cn=bob))",
+    "(&(mail=alice@example.com)(objectClass=*))", "(|(mail=alice@example.com)(&(mail=bob@example.com)))",
     "(!(mail=nobody@example.com))", r"(mail=alice\2a)", "(mail=alice)",
 ])
 def test_anything_but_one_exact_mail_equality_finds_nothing(ldap: Running, filter_text: str):
     result = _search(ldap, filter_text)
     assert result.returncode == 0 and result.stdout.strip() == "", (filter_text, result.stdout, result.stderr)
+
+
+def test_an_or_of_exact_addresses_finds_each_as_thunderbird_asks_for_several_recipients(ldap: Running):
+    before = ldap.published.lookups["127.0.0.1"]
+    result = _search(ldap, "(|(mail=alice@example.com)(mail=nobody@example.com)(mail=bob@example.com))", "mail")
+    assert result.returncode == 0, result.stderr
+    found = sorted(line for line in result.stdout.splitlines() if line.startswith("mail:"))
+    assert found == sorted(f"mail: {a}" for a in ("alice@example.com", "bob@example.com")
+                           if a in ldap.published.published), result.stdout
+    assert ldap.published.lookups["127.0.0.1"] - before == 3  # each address counts against the rate
+    too_many = "(|" + "".join(f"(mail=u{i}@example.com)" for i in range(MAX_ADDRESSES + 1)) + ")"
+    assert _search(ldap, too_many).stdout.strip() == ""
 
 
 def test_entries_are_found_under_the_directory_by_mail_not_read_by_dn(ldap: Running):
@@ -278,6 +291,8 @@ def test_only_the_exact_address_reaches_the_directory():
     for refused in ("(mail=*)", "(mail=a*b@x)", r"(mail=a\2ab@x)", "(mail=a b@x)", "(?mail=\\C3\\A4@x)",
                     "(mail=a@b)(mail=c@d)", "(mail=@x)", "(mail=a@)", "(mail=a@@x)", r"(mail=a\00@x)"):
         assert exact_address(refused) is None, refused
+    assert exact_addresses("(|(mail=a@x.org)(MAIL=b@x.org)(mail=a@x.org))") == ["a@x.org", "b@x.org"]
+    assert exact_addresses("(|(mail=a@x.org)(mail=b*))") == [] and exact_addresses("(|(mail=a@x.org)x)") == []
     assert peer_address("IP=192.0.2.7:51234") == "192.0.2.7"
     assert peer_address("IP=[2001:db8::7]:51234") == "2001:db8::7"
 

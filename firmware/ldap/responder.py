@@ -53,6 +53,9 @@ _UNIX_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
 # One equality on mail, as slapd renders it: no '*' (substrings/presence), no nesting.
 _EQUALITY = re.compile(r"\(mail=((?:[^*()\\\x00]|\\[0-9A-Fa-f]{2})+)\)", re.IGNORECASE)
 _ESCAPE = re.compile(rb"\\([0-9A-Fa-f]{2})")
+_OR = re.compile(r"\(\|((?:\([^()]*\))+)\)")
+_CLAUSE = re.compile(r"\([^()]*\)")
+MAX_ADDRESSES = 20  # recipients one OR search may ask for; each counts against the peer's rate
 # A plain address: printable ASCII (mail is an IA5String) without spaces, LDAP filter characters
 # or quoting; one '@'; a host name or address literal after it. Wider forms are refused, not guessed at.
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
@@ -119,6 +122,26 @@ def exact_address(filter_text: str) -> str | None:
     return value if len(value) <= 254 and _ADDRESS.fullmatch(value) else None
 
 
+def exact_addresses(filter_text: str) -> list[str]:
+    """The addresses of a filter that is one exact ``(mail=…)`` or an OR of at most
+    ``MAX_ADDRESSES`` of them (Thunderbird asks for all recipients lacking a certificate in one
+    search); anything else — wildcards, other attributes, AND, NOT — gives none."""
+    text = filter_text.strip()
+    single = exact_address(text)
+    if single is not None:
+        return [single]
+    match = _OR.fullmatch(text)
+    if match is None:
+        return []
+    clauses = _CLAUSE.findall(match[1])
+    if "".join(clauses) != match[1] or len(clauses) > MAX_ADDRESSES:
+        return []
+    addresses = [exact_address(clause) for clause in clauses]
+    if any(address is None for address in addresses):
+        return []
+    return list(dict.fromkeys(a for a in addresses if a is not None))
+
+
 def _in_scope(base: str, scope: str) -> bool:
     """Whether entries under ``ou=directory`` are within the search's base and scope (slapd leaves that to the backend)."""
     normal = re.sub(r"\s*([,=])\s*", r"\1", base.strip()).lower()
@@ -168,15 +191,24 @@ def answer(request: Request, published: PublishedCertificates, size_limit: int) 
         return _result(INVALID_CREDENTIALS, "the directory is read anonymously")
     if request.command != "SEARCH":
         return _result(UNWILLING_TO_PERFORM, "the directory is read-only and answers searches by mail only")
-    if not published.allow(peer_address(request.get("peername"))):
-        return _result(ADMIN_LIMIT_EXCEEDED, "too many lookups from this address; try again later")
-    address = exact_address(request.get("filter"))
-    if address is None or not _in_scope(request.get("base"), request.get("scope")):
+    peer = peer_address(request.get("peername"))
+    addresses = exact_addresses(request.get("filter"))
+    # Every address asked for is one lookup against the peer's rate; a search that can find
+    # nothing still counts once, so that probing costs as much as asking.
+    for _ in range(max(len(addresses), 1)):
+        if not published.allow(peer):
+            return _result(ADMIN_LIMIT_EXCEEDED, "too many lookups from this address; try again later")
+    if not _in_scope(request.get("base"), request.get("scope")):
         return _result(SUCCESS)
-    certificates = published.lookup(address)[:size_limit]
-    if not certificates:
-        return _result(SUCCESS)
-    return _entry(address, certificates) + _result(SUCCESS)
+    entries, budget = [], size_limit
+    for address in addresses:
+        certificates = published.lookup(address)[:budget]
+        if certificates:
+            entries.append(_entry(address, certificates))
+            budget -= len(certificates)
+        if budget <= 0:
+            break
+    return "".join(entries) + _result(SUCCESS)
 
 
 class _Handler(socketserver.BaseRequestHandler):
