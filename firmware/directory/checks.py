@@ -131,7 +131,8 @@ def _validate_path(der: bytes, chain: Sequence[bytes], revocation: RevocationSer
     async def validate() -> tuple[bytes, ...]:
         # pyHanko-certvalidator leaves it unannotated
         path = await validator.async_validate_usage(key_usage=set())  # type: ignore[no-untyped-call]
-        return tuple(item.dump() for item in path if item.dump() != der)
+        # the path runs from the trust root down: the chain is given issuer first, root last
+        return tuple(item.dump() for item in reversed(list(path)) if item.dump() != der)
 
     try:
         return asyncio.run(validate())
