@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -35,6 +36,7 @@ from firmware.directory import (
 )
 from firmware.directory.addresses import AddressInvalid
 from firmware.signing.revocation import RevocationService
+from firmware.store.metering import RateLimited
 
 from .support import free_port
 
@@ -263,6 +265,53 @@ def test_the_typed_code_proves_control_and_wrong_codes_are_limited(directory, lo
     directory.submit("dave@example.com", dave, [pki.intermediate_cert()], source="api", actor="admin:tests")
     assert directory.confirm_code(" Dave@Example.com", sender.last("dave@example.com").code).status == "published"
     assert directory.published(local_box.db.connect(), "dave@example.com")
+
+
+def test_the_owner_unpublishes_through_a_proof_and_an_admin_directly(directory, local_box, mail_pki, sender):
+    pki, _ = mail_pki
+    dave = pki.mail_user("dave").cert
+    if not directory.published(local_box.db.connect(), "dave@example.com"):
+        directory.submit("dave@example.com", dave, [pki.intermediate_cert()], source="api", actor="admin:tests")
+        directory.confirm(_token(sender.last("dave@example.com")))
+    (row,) = directory.published(local_box.db.connect(), "dave@example.com")
+    directory.request_unpublish("dave@example.com", row.fingerprint, actor="owner")
+    proof = sender.last("dave@example.com")
+    assert proof.purpose == "unpublish"
+    assert directory.published(local_box.db.connect(), "dave@example.com")  # nothing changes before the proof
+    assert directory.confirm(_token(proof)).status == "unpublished"
+    assert not directory.published(local_box.db.connect(), "dave@example.com")
+
+    directory.submit("dave@example.com", dave, [pki.intermediate_cert()], source="console", actor="admin:tests")
+    directory.confirm(_token(sender.last("dave@example.com")))
+    directory.unpublish("dave@example.com", row.fingerprint, actor="admin:tests")
+    assert not directory.published(local_box.db.connect(), "dave@example.com")
+    entry = local_box.db.connect().execute(
+        "SELECT actor, details FROM audit_log WHERE action = 'directory.unpublish' ORDER BY seq DESC LIMIT 1").fetchone()
+    assert entry[0] == "admin:tests" and json.loads(entry[1])["reason"] == "admin"
+
+
+def test_concurrent_lookups_stay_within_the_rate(directory, local_box):
+    """Each worker thread has its own SQLite connection, as worker processes would: the count and the
+    charge share one write transaction, so no interleaving lets a sixth lookup through."""
+    client_id = _client_id(local_box)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def look(i: int) -> None:
+        try:
+            directory.lookup(f"parallel{i}@example.com", client_id)
+            outcome = "ok"
+        except RateLimited:
+            outcome = "429"
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=look, args=(i,)) for i in range(3 * PER_CLIENT)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["429"] * (2 * PER_CLIENT) + ["ok"] * PER_CLIENT
 
 
 # -- re-check: a certificate revoked after publishing is unpublished -----------------------------------------
