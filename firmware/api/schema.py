@@ -86,7 +86,7 @@ def usage_query() -> dict[str, Any]:
     }}
 
 
-_EMAIL = {"type": "string", "description": "the exact e-mail address (case, surrounding spaces and IDN domains"
+_EMAIL = {"type": "string", "format": "email", "description": "the exact e-mail address (case, surrounding spaces and IDN domains"
                                           " are normalised; no patterns)"}
 MAX_CHAIN = 8  # certificates a submitter may send as path candidates
 
