@@ -15,6 +15,7 @@ from hsm import Token
 
 from .api import errors
 from .api.auth import ApiKeyAuth, RefusalAudit
+from .api.directory import add_directory_routes
 from .api.info import CertificateResource, HealthResource
 from .api.json_media import BoundedJsonHandler
 from .api.openapi import OpenApiResource
@@ -24,6 +25,7 @@ from .api.usage import UsageResource
 from .certificates import check_chain, load_certificates
 from .config import BoxConfig, ConfigError
 from .csc.routes import CscSessions, add_csc_routes
+from .directory import DirectoryService, ProofSender, UndeliveredProofs
 from .errors import InvalidRequest
 from .outbound import apply_outbound
 from .signing.clock import ClockWatch
@@ -57,17 +59,23 @@ class Box:
     # Reports from parts beside the signing path (the console's nginx), shown by /v1/health; the
     # same dict is handed to every reassembled Box, so a face registers once.
     health_parts: dict[str, Callable[[], dict[str, object]]] = field(default_factory=dict)
+    # The certificate directory ([directory] enabled), and what mails its proofs of mailbox control
+    # (the S/MIME mailer once there is one; handed on to every reassembled Box, like health_parts).
+    directory: DirectoryService | None = None
+    proof_sender: ProofSender = field(default_factory=UndeliveredProofs)
 
     @classmethod
-    def open(cls, config: BoxConfig) -> Box:
+    def open(cls, config: BoxConfig, proof_sender: ProofSender | None = None) -> Box:
         db = Database(config.database)
         ledger = SignatureLedger(db, config.audit.refusal_window_s, config.audit.budget)
-        return cls.assemble(config, Token(config.token_config()), db, ClientRegistry(db), ledger)
+        return cls.assemble(config, Token(config.token_config()), db, ClientRegistry(db), ledger,
+                            proof_sender=proof_sender)
 
     @classmethod
     def assemble(
         cls, config: BoxConfig, token: Token, db: Database, clients: ClientRegistry, ledger: SignatureLedger,
         csc_sessions: CscSessions | None = None, health_parts: dict[str, Callable[[], dict[str, object]]] | None = None,
+        proof_sender: ProofSender | None = None,
     ) -> Box:
         """The signing services for ``config`` around an open token and database (the console's
         key rollover reassembles them without closing the token's logged-in session)."""
@@ -92,9 +100,14 @@ class Box:
             signer, timestamper, revocation, ledger, config.max_pdf_bytes, StampLook.from_config(config)
         )
         raw_signing = RawSigningService(token, signer, ledger)
+        sender = proof_sender or UndeliveredProofs()
+        directory = None
+        if config.directory.enabled:
+            roots = revocation.with_trust_roots(load_certificates(config.directory.trust_roots_file))
+            directory = DirectoryService(db, roots, config.directory, sender)
         return cls(
             config, token, clock, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing,
-            csc_sessions or CscSessions.open(db), health_parts if health_parts is not None else {},
+            csc_sessions or CscSessions.open(db), health_parts if health_parts is not None else {}, directory, sender,
         )
 
     def app(self) -> falcon.App[falcon.Request, falcon.Response]:
@@ -110,7 +123,9 @@ class Box:
         app.add_route("/v1/pdf/sign", PdfSignResource(self.pdf_signing, level))
         app.add_route("/v1/pdf/verify", PdfVerifyResource(self.revocation, self.config.max_pdf_bytes))
         app.add_route("/v1/usage", UsageResource(self.db, self.clients))
-        app.add_route("/openapi.json", OpenApiResource(level))
+        app.add_route("/openapi.json", OpenApiResource(level, directory=self.directory is not None))
+        if self.directory is not None:
+            add_directory_routes(app, self.directory)
         add_csc_routes(
             app, sessions=self.csc_sessions, signer=self.signer, raw_signing=self.raw_signing, hash_signing=self.hash_signing,
             timestamper=self.timestamper, clients=self.clients, ledger=self.ledger,

@@ -34,7 +34,7 @@ from .store.storage import MB, StorageBudget
 
 __all__ = [
     "CONFIG_NAME", "SECTIONS", "STAMP_LOGO_NAME", "ApiSettings", "AuditSettings", "BoxConfig", "BoxSettings",
-    "ConfigError", "ConsoleSettings", "DevSettings", "LdapSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
+    "ConfigError", "ConsoleSettings", "DevSettings", "DirectorySettings", "LdapSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
     "ProvisionedSettings", "RevocationSettings", "SigningSettings", "TokenSettings", "check_http_url",
     "check_proxy_url", "default_value", "effective_value", "is_hostname", "parse", "redacted_url",
 ]
@@ -378,6 +378,38 @@ class RevocationSettings(_Section):
 
 
 @dataclass(frozen=True)
+class DirectorySettings(_Section):
+    """``[directory]``: the certificate directory of people's e-mail encryption certificates
+    (firmware/directory/). Off unless ``enabled = true``.
+
+    A certificate is kept only if it chains to ``trust_roots_file`` (PEM; the CAs whose S/MIME
+    certificates the organisation accepts, not necessarily the box's own), and published only after
+    its owner follows the link (or types the code) the box mails, encrypted, to it; the link starts
+    with ``public_base_url``, the address under which the organisation's reverse proxy publishes
+    the box's API listener. Lookups are limited per API client and per looked-up address.
+    """
+
+    enabled: bool = False
+    trust_roots_file: Path = Path("directory-roots.pem")
+    lookups_per_minute_per_client: int = 60
+    lookups_per_minute_per_address: int = 20
+    proof_lifetime_minutes: float = 1440.0  # how long a mailed link or code stays usable
+    proof_max_attempts: int = 5  # wrong codes before a proof is used up
+    public_base_url: str | None = None  # e.g. https://certificates.example.org; None: the code only
+
+    def check(self) -> None:
+        for key in ("lookups_per_minute_per_client", "lookups_per_minute_per_address", "proof_lifetime_minutes",
+                    "proof_max_attempts"):
+            _positive(key, getattr(self, key))
+        if self.public_base_url is not None:
+            check_http_url(self.public_base_url, "public_base_url")
+
+    @property
+    def proof_lifetime_s(self) -> float:
+        return self.proof_lifetime_minutes * 60
+
+
+@dataclass(frozen=True)
 class ProvisionedSettings(_Section):
     """``[provisioned]``: which bundle made this configuration generation (provisioning/apply.py). Read-only."""
 
@@ -392,7 +424,7 @@ SECTIONS: dict[str, type] = {
     "api": ApiSettings, "token": TokenSettings, "signing": SigningSettings, "metering": MeteringSettings,
     "audit": AuditSettings, "dev": DevSettings, "console": ConsoleSettings, "outbound": OutboundSettings,
     "box": BoxSettings, "network": NetworkSettings, "revocation": RevocationSettings, "ldap": LdapSettings,
-    "provisioned": ProvisionedSettings,
+    "provisioned": ProvisionedSettings, "directory": DirectorySettings,
 }
 
 
@@ -534,6 +566,7 @@ class BoxConfig:
     revocation: RevocationSettings
     ldap: LdapSettings
     provisioned: ProvisionedSettings
+    directory: DirectorySettings = field(default_factory=DirectorySettings)
 
     def __post_init__(self) -> None:
         if not self.signing.stamp_logo_file.is_relative_to(self.state_dir):  # the console may rewrite it

@@ -16,7 +16,17 @@ from ..csc.resources import CscResource, served
 from ..csc.schema import FORM_METHODS, body_schema
 from ..csc.versions import V1, V2
 from ..signing.levels import HASH_LEVELS, Level, Profile
-from .schema import hash_body, level_schema, pdf_sign_query, pdf_verify_query, usage_query
+from .schema import (
+    directory_code_body,
+    directory_exists_query,
+    directory_lookup_query,
+    directory_submit_body,
+    hash_body,
+    level_schema,
+    pdf_sign_query,
+    pdf_verify_query,
+    usage_query,
+)
 
 _ERROR = {
     "type": "object",
@@ -46,12 +56,14 @@ _SIGNATURE = {
 
 _MESSAGES = {
     400: "invalid request", 401: "missing or invalid API key", 402: "call quota exhausted",
-    403: "scope not allowed", 404: "no such resource", 405: "method not allowed",
+    403: "scope not allowed", 404: "no such resource, or (directory) no published certificate / unknown or spent proof",
+    405: "method not allowed",
     409: "the PDF's signatures rule it out: certified_no_changes (DocMDP 1), certified_document (a new visible"
          " field on a certified PDF; use an empty field or sign invisibly), earlier_signature_broken (an earlier"
          " signature is, or would be, broken; nothing released)",
     413: "body too large",
-    415: "wrong content type", 422: "not a usable PDF", 429: "rate limit reached",
+    415: "wrong content type", 422: "not a usable PDF, or (directory) a certificate refused: the message names the"
+                                      " failed check", 429: "rate limit reached",
     500: "internal error", 503: "token, TSA or revocation service unavailable; nothing was signed",
 }
 
@@ -71,8 +83,9 @@ _SIGNING_ERRORS = (400, 401, 402, 403, 413, 429, 500, 503)
 
 
 def _query(schema: dict[str, Any]) -> list[dict[str, Any]]:
-    """OpenAPI parameters for a query schema's properties (all optional)."""
-    return [{"name": name, "in": "query", "required": False, "description": prop.get("description", ""),
+    """OpenAPI parameters for a query schema's properties (required as the schema says)."""
+    required = set(schema.get("required", ()))
+    return [{"name": name, "in": "query", "required": name in required, "description": prop.get("description", ""),
              "schema": {k: v for k, v in prop.items() if k != "description"}}
             for name, prop in schema["properties"].items()]
 
@@ -136,6 +149,57 @@ def _native_paths(default_level: Level) -> dict[str, Any]:
     }
 
 
+_DIRECTORY_CERT = {"type": "object", "required": ["fingerprint", "certificate", "chain"], "properties": {
+    "fingerprint": {"type": "string", "description": "SHA-256 of the DER, hex"},
+    "not_before": {"type": "string"}, "not_after": {"type": "string"},
+    "certificate": _B64, "chain": {"type": "array", "items": _B64}}}
+_PROOF_ANSWER = _json({"type": "object", "required": ["email", "fingerprint", "status"], "properties": {
+    "email": {"type": "string"}, "fingerprint": {"type": "string"},
+    "status": {"type": "string", "enum": ["published", "superseded", "unpublished"]}}})
+
+
+def _directory_paths() -> dict[str, Any]:
+    """The certificate directory's endpoints, documented only on a box that serves them."""
+    tag = {"tags": ["Certificate directory"]}
+    return {
+        "/v1/directory/certificates": {
+            "get": {**tag, "summary": "The published e-mail encryption certificates of exactly one address, with"
+                                     " chain (scope directory; metered; rate-limited per client and per address)",
+                    "parameters": _query(directory_lookup_query()),
+                    "responses": {
+                        "200": {"description": "OK", "content": {
+                            "application/json": {"schema": {"type": "object", "required": ["email", "certificates"],
+                                                            "properties": {"email": {"type": "string"}, "certificates": {
+                                                                "type": "array", "items": _DIRECTORY_CERT}}}},
+                            "application/pem-certificate-chain": {"schema": {"type": "string"}},
+                            "application/pkcs7-mime": {"schema": {"type": "string", "format": "binary"}}}},
+                        **_errors(400, 401, 402, 403, 404, 429, 500)}},
+            "post": {**tag, "summary": "Submit a certificate for an address: checked, then published once its owner"
+                                      " follows the link mailed (encrypted) to it (scope directory)",
+                     "requestBody": _json_body(directory_submit_body()),
+                     "responses": {
+                         "202": _json({"type": "object", "required": ["email", "fingerprint", "status"], "properties": {
+                             "email": {"type": "string"}, "fingerprint": {"type": "string"},
+                             "status": {"type": "string"}, "proof_sent": {"type": "boolean"}}}, "pending: proof sent"),
+                         "200": _json({"type": "object"}, "already published"),
+                         **_errors(400, 401, 403, 413, 422, 500, 503)}}},
+        "/v1/directory/exists": {"get": {
+            **tag, "summary": "Is there a published certificate for exactly this address? (scope directory; metered)",
+            "parameters": _query(directory_exists_query()),
+            "responses": {"200": _json({"type": "object", "required": ["exists"],
+                                        "properties": {"exists": {"type": "boolean"}}}),
+                          **_errors(400, 401, 402, 403, 429, 500)}}},
+        "/v1/directory/proofs": {"post": {
+            **tag, "summary": "Prove control of the mailbox with the mailed code", "security": [],
+            "requestBody": _json_body(directory_code_body()),
+            "responses": {"200": _PROOF_ANSWER, **_errors(400, 404, 413, 422, 500, 503)}}},
+        "/v1/directory/proofs/{token}": {"post": {
+            **tag, "summary": "Prove control of the mailbox: the mailed link's token", "security": [],
+            "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _PROOF_ANSWER, **_errors(404, 422, 500, 503)}}},
+    }
+
+
 def _csc_description(resource: type[CscResource]) -> dict[str, str]:
     """What the resource's docstring says, and the client scope it needs."""
     scope = resource.scope and f"Needs the client's `{resource.scope}` scope."
@@ -171,8 +235,9 @@ def _csc_paths() -> dict[str, Any]:
     return paths
 
 
-def build_spec(default_level: Level) -> dict[str, Any]:
-    """The document for a box whose [signing] default_level is ``default_level``."""
+def build_spec(default_level: Level, directory: bool = False) -> dict[str, Any]:
+    """The document for a box whose [signing] default_level is ``default_level``, with the
+    certificate directory's endpoints if it serves them."""
     return {
         "openapi": "3.0.3",
         "info": {"title": "E-signature Box API", "version": "1",
@@ -182,7 +247,7 @@ def build_spec(default_level: Level) -> dict[str, Any]:
             "apiKey": {"type": "http", "scheme": "bearer", "description": "the client's API key"},
             "cscToken": {"type": "http", "scheme": "bearer", "description": "access token from auth/login"}}},
         "security": [{"apiKey": []}],
-        "paths": {**_native_paths(default_level), **_csc_paths(),
+        "paths": {**_native_paths(default_level), **(_directory_paths() if directory else {}), **_csc_paths(),
                   "/openapi.json": {"get": {"summary": "this document", "security": [],
                                             "responses": {"200": _json({"type": "object"})}}}},
     }
@@ -193,8 +258,8 @@ class OpenApiResource:
 
     public = True
 
-    def __init__(self, default_level: str) -> None:
-        self._spec = build_spec(Level(default_level))
+    def __init__(self, default_level: str, directory: bool = False) -> None:
+        self._spec = build_spec(Level(default_level), directory)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self._spec

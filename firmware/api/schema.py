@@ -23,7 +23,10 @@ from ..signing.hash_signing import MAX_BATCH
 from ..signing.levels import HASH_LEVELS, Level, Profile, hash_level
 from .bodies import b64decode
 
-__all__ = ["hash_body", "level_schema", "pdf_sign_query", "pdf_verify_query", "read_body", "read_query"]
+__all__ = [
+    "directory_code_body", "directory_exists_query", "directory_lookup_query", "directory_submit_body", "hash_body",
+    "level_schema", "pdf_sign_query", "pdf_verify_query", "read_body", "read_query",
+]
 
 _B64 = {"type": "string", "format": "byte"}
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -84,6 +87,44 @@ def usage_query() -> dict[str, Any]:
     }}
 
 
+_EMAIL = {"type": "string", "format": "email", "description": "the exact e-mail address (case, surrounding spaces and IDN domains"
+                                          " are normalised; no patterns)"}
+MAX_CHAIN = 8  # certificates a submitter may send as path candidates
+
+
+def directory_lookup_query() -> dict[str, Any]:
+    """GET /v1/directory/certificates."""
+    return {"type": "object", "required": ["email"], "properties": {
+        "email": _EMAIL,
+        "format": {"type": "string", "enum": ["json", "pem", "der"],
+                   "description": "default json; pem (or Accept: application/pem-certificate-chain): the certificates"
+                                  " and their chains as PEM; der (or Accept: application/pkcs7-mime): a certs-only"
+                                  " PKCS #7 bundle"},
+    }}
+
+
+def directory_exists_query() -> dict[str, Any]:
+    """GET /v1/directory/exists."""
+    return {"type": "object", "required": ["email"], "properties": {"email": _EMAIL}}
+
+
+def directory_submit_body() -> dict[str, Any]:
+    """POST /v1/directory/certificates: a certificate for an address, kept once its owner proves the mailbox."""
+    certificate = {"type": "string", "description": "one X.509 certificate: base64 DER, or PEM"}
+    return {"type": "object", "required": ["email", "certificate"], "properties": {
+        "email": _EMAIL,
+        "certificate": certificate,
+        "chain": {"type": "array", "items": certificate, "minItems": 0, "maxItems": MAX_CHAIN,
+                  "description": "intermediate certificates up to the directory's trust roots"},
+    }}
+
+
+def directory_code_body() -> dict[str, Any]:
+    """POST /v1/directory/proofs: the code from the proof mail, typed instead of following its link."""
+    return {"type": "object", "required": ["email", "code"], "properties": {
+        "email": _EMAIL, "code": {"type": "string", "description": "the eight digits from the mail"}}}
+
+
 def query_params(req: falcon.Request) -> dict[str, str]:
     """The request's query options; an option given twice is refused rather than one copy picked."""
     params = {}
@@ -129,6 +170,8 @@ def read_query(schema: dict[str, Any], params: dict[str, str]) -> dict[str, Any]
             out[name] = _checked(prop, _from_text(prop["type"], params[name], name), name)
         elif "default" in prop:
             out[name] = prop["default"]
+        elif name in schema.get("required", ()):
+            raise InvalidRequest(f"missing option {name!r}")
     return out
 
 

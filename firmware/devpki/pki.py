@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-__all__ = ["ARCH", "ROOT_CRL_REPO", "DevPki", "SoftSigner"]
+__all__ = ["ARCH", "MAIL_USERS", "ROOT_CRL_REPO", "DevPki", "SoftSigner"]
 
 ARCH = "esignbox-dev"
 """Certomancer architecture label; the first path segment of every service URL."""
@@ -57,8 +57,37 @@ SIGNER_LIFETIME = timedelta(days=730)
 # hour after valid-from ("yesterday") keeps the revoked signer on every CRL.
 REVOKED_AFTER = timedelta(hours=1)
 
-ALL_CERTS = ("root", "interm", "tsa", "interm-ocsp", "box-signer", "revoked-signer")
+# E-mail encryption certificates for the certificate directory, by user: the address in each
+# one's rfc822Name SAN (grace's names another address on purpose; see template.yml).
+MAIL_USERS: dict[str, str] = {
+    "alice": "alice@example.com",  # RSA-2048, keyEncipherment: what the directory keeps
+    "alice-renewed": "alice@example.com",  # alice's next certificate, issued later
+    "dave": "dave@example.com",  # EC P-256, keyAgreement
+    "carol": "carol@example.com",  # revoked
+    "erin": "erin@example.com",  # no emailProtection EKU
+    "frank": "frank@example.com",  # signing only: no encryption key usage
+    "grace": "mallory@example.com",  # submitted for grace@example.com: another address
+    "heidi": "heidi@example.com",  # expired
+    "judy": "judy@example.com",  # good until DevPki.revoke("judy")
+}
+# Users whose revocation is not fixed in the template: DevPki.revoke() may add it.
+REVOCABLE = ("alice", "alice-renewed", "dave", "judy")
+MAIL_CERTS = tuple(f"mail-{name}" for name in MAIL_USERS)
+
+ALL_CERTS = ("root", "interm", "tsa", "interm-ocsp", "box-signer", "revoked-signer", *MAIL_CERTS)
 BOX_CERT = "box-signer"
+# alice's renewed certificate is issued this long after the first.
+RENEWED_AFTER = timedelta(hours=2)
+# heidi's certificate expired this long after the CA's valid-from, i.e. before the PKI was made.
+EXPIRED_AFTER = timedelta(hours=12)
+
+
+def _rsa_2048() -> PrivateKeyTypes:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _ec_p256() -> PrivateKeyTypes:
+    return ec.generate_private_key(ec.SECP256R1())
 
 _SOFTWARE_KEYS: dict[str, Callable[[], PrivateKeyTypes]] = {
     "root": lambda: rsa.generate_private_key(public_exponent=65537, key_size=3072),
@@ -67,6 +96,8 @@ _SOFTWARE_KEYS: dict[str, Callable[[], PrivateKeyTypes]] = {
     "tsa": lambda: ec.generate_private_key(ec.SECP256R1()),
     "interm-ocsp": lambda: ec.generate_private_key(ec.SECP256R1()),
     "revoked-signer": lambda: ec.generate_private_key(ec.SECP256R1()),
+    # People's keys never sign certificates either.
+    **{f"mail-{name}": (_ec_p256 if name == "dave" else _rsa_2048) for name in MAIL_USERS},
 }
 
 
@@ -85,6 +116,7 @@ class _State:
     ca_from: datetime
     box_from: datetime
     serials: dict[str, int] = field(default_factory=dict)
+    revoked: tuple[str, ...] = ()  # mail users revoked by DevPki.revoke(), sorted
 
     @classmethod
     def fresh(cls, url_prefix: str, now: datetime) -> _State:
@@ -99,6 +131,7 @@ class _State:
             ca_from=datetime.fromisoformat(raw["ca_from"]),
             box_from=datetime.fromisoformat(raw["box_from"]),
             serials=raw["serials"],
+            revoked=tuple(raw.get("revoked", ())),
         )
 
     def to_json(self) -> str:
@@ -108,6 +141,8 @@ class _State:
             "box_from": self.box_from.isoformat(),
             "serials": self.serials,
         }
+        if self.revoked:  # absent when empty: an older PKI's state file stays as it was
+            raw["revoked"] = list(self.revoked)
         return json.dumps(raw, indent=2, sort_keys=True) + "\n"
 
     def with_url_prefix(self, url_prefix: str) -> _State:
@@ -116,6 +151,17 @@ class _State:
             c: (s if c == "root" else x509.random_serial_number()) for c, s in self.serials.items()
         }
         return replace(self, url_prefix=url_prefix, serials=serials)
+
+    def with_missing_serials(self) -> _State:
+        """Serials for certificates added to the template since the state was written; the
+        existing ones are kept, so their certificates stay byte-identical."""
+        missing = [c for c in ALL_CERTS if c not in self.serials]
+        if not missing:
+            return self
+        return replace(self, serials={**self.serials, **{c: x509.random_serial_number() for c in missing}})
+
+    def with_revoked(self, user: str) -> _State:
+        return replace(self, revoked=tuple(sorted({*self.revoked, user})))
 
     def with_new_box_cert(self, now: datetime) -> _State:
         serials = {**self.serials, BOX_CERT: x509.random_serial_number()}
@@ -133,8 +179,24 @@ class _State:
             box_to=(self.box_from + SIGNER_LIFETIME).isoformat(),
             revoked_since=(self.ca_from + REVOKED_AFTER).isoformat(),
             revoked_to=(self.ca_from + SIGNER_LIFETIME).isoformat(),
+            mail_to=(self.ca_from + SIGNER_LIFETIME).isoformat(),
+            renewed_from=(self.ca_from + RENEWED_AFTER).isoformat(),
+            renewed_to=(self.ca_from + RENEWED_AFTER + SIGNER_LIFETIME).isoformat(),
+            expired_to=(self.ca_from + EXPIRED_AFTER).isoformat(),
             **{f"serial_{c.replace('-', '_')}": self.serials[c] for c in ALL_CERTS},
+            **{f"revocation_mail_{u.replace('-', '_')}": self._revocation(u) for u in REVOCABLE},
         )
+
+    def _revocation(self, user: str) -> str:
+        """The YAML revocation block of a revocable user's certificate: empty unless revoked.
+
+        Dated like revoked-signer's (an hour after the CA's valid-from), so that every CRL lists
+        it, not only those issued after the revocation: the date is a test fixture's, not history.
+        """
+        if user not in self.revoked:
+            return ""
+        return (f'        revocation:\n          revoked-since: "{(self.ca_from + REVOKED_AFTER).isoformat()}"\n'
+                "          reason: key_compromise")
 
 
 class DevPki:
@@ -164,6 +226,7 @@ class DevPki:
         now = datetime.now(UTC).replace(microsecond=0)
         state_path = self.directory / STATE_FILE
         state = _State.from_json(state_path.read_text()) if state_path.exists() else _State.fresh(self.url_prefix, now)
+        state = state.with_missing_serials()
         if state.url_prefix != self.url_prefix:
             state = state.with_url_prefix(self.url_prefix)
 
@@ -192,6 +255,24 @@ class DevPki:
 
     def revoked_signer(self) -> SoftSigner:
         return SoftSigner(self._cert_der("revoked-signer"), self._key_path("revoked-signer"))
+
+    def mail_user(self, name: str) -> SoftSigner:
+        """A person's e-mail encryption certificate (DER) and private key file; names: MAIL_USERS."""
+        if name not in MAIL_USERS:
+            raise KeyError(f"no mail user {name!r} in the dev PKI (known: {', '.join(MAIL_USERS)})")
+        return SoftSigner(self._cert_der(f"mail-{name}"), self._key_path(f"mail-{name}"))
+
+    def revoke(self, name: str) -> None:
+        """Revoke a mail user's certificate (REVOCABLE): its serial goes on the intermediate's CRL
+        and OCSP answers "revoked". Nothing else changes; a running PkiServer serves it once
+        restarted (certomancer reads its configuration at start)."""
+        if name not in REVOCABLE:
+            raise KeyError(f"{name!r} cannot be revoked (revocable: {', '.join(REVOCABLE)})")
+        state_path = self.directory / STATE_FILE
+        state = _State.from_json(state_path.read_text()).with_revoked(name)
+        _write_if_changed(state_path, state.to_json().encode())
+        _write_if_changed(self.config_path, state.render().encode())
+        self._arch_cache = None
 
     def tsa_url(self) -> str:
         return self._arch().service_registry.get_tsa_info(ServiceLabel(TSA_SERVICE)).url

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from hsm import KeyNotFound, TokenError, TokenUnavailable, UnsupportedDigest
 
+from ..directory import AddressInvalid, CertificateRefused, NoCertificate, ProofInvalid
 from ..errors import InvalidRequest
 from ..signing.clock import ClockSkewed
 from ..signing.pdf_fields import CertifiedDocument, CertifiedNoChanges
@@ -61,6 +62,12 @@ FAULTS: dict[type[Exception], Fault] = {
     CertifiedNoChanges: Fault(409, "certified_no_changes", "invalid_request", 400),
     CertifiedDocument: Fault(409, "certified_document", "invalid_request", 400),
     EarlierSignatureBroken: Fault(409, "earlier_signature_broken", "invalid_request", 400),
+    # the certificate directory: a certificate refused names its failed check in the message; "no
+    # certificate" and "not proven yet" are one answer
+    CertificateRefused: Fault(422, "certificate_refused", "invalid_request", 400),
+    NoCertificate: Fault(404, "no_certificate", "invalid_request", 400),
+    ProofInvalid: Fault(404, "proof_invalid", "invalid_request", 400),
+    AddressInvalid: Fault(400, "invalid_address", "invalid_request"),
     # the caller can fix the request
     InvalidRequest: Fault(400, "invalid_request", "invalid_request"),
     ClientError: Fault(400, "invalid_request", "invalid_request"),

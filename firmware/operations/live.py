@@ -25,7 +25,8 @@ from ..config import BoxConfig
 def reassemble(old: Box, config: BoxConfig) -> Box:
     """A Box for ``config`` sharing ``old``'s token, database, clients, ledger and CSC sessions."""
     check_chain(old.token, config.key_label, load_certificates(config.chain_file))
-    box = Box.assemble(config, old.token, old.db, old.clients, old.ledger, old.csc_sessions, old.health_parts)
+    box = Box.assemble(config, old.token, old.db, old.clients, old.ledger, old.csc_sessions, old.health_parts,
+                       old.proof_sender)
     # One test signature on the real path: the key is there, usable and of the certificate's type.
     box.signer.sign_data(b"esignbox rollover check", "sha256")
     return box

@@ -196,6 +196,14 @@ class RevocationService:
     def trust_roots(self) -> list[x509.Certificate]:
         return self._trust_roots
 
+    def with_trust_roots(self, trust_roots: list[x509.Certificate]) -> RevocationService:
+        """A service for other roots (the certificate directory's) sharing this one's cache.
+
+        The [revocation] URLs are not carried over: they stand in for the box's own CA, whose
+        mirror need not know other CAs; certificates under other roots are checked where they say.
+        """
+        return RevocationService(trust_roots, self._cache, self._timeout_s)
+
     def validation_context(self, other_certs: Iterable[x509.Certificate] = ()) -> ValidationContext:
         """A hard-fail context whose fetchers go through the shared cache."""
         inner = self._backend.get_fetchers()

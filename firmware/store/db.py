@@ -92,11 +92,14 @@ CREATE VIEW IF NOT EXISTS signatures AS
            json_extract(details, '$.level') AS level,
            json_extract(details, '$.profile') AS profile
     FROM audit_log WHERE action = 'signature';
--- What quotas, rates and usage reports count: each signature and each CSC timestamp is one call.
-CREATE VIEW IF NOT EXISTS metered_calls AS
-    SELECT seq AS id, at AS created_at, client_id, json_extract(details, '$.kind') AS kind
-    FROM audit_log WHERE action IN ('signature', 'timestamp');
 """
+
+# What quotas, rates and usage reports count: each signature, each CSC timestamp and each
+# certificate-directory lookup is one call. Kept apart from SCHEMA because a view's definition
+# changes with the box (directory lookups were added): `_ensure_view` replaces an older one.
+METERED_CALLS = """CREATE VIEW metered_calls AS
+    SELECT seq AS id, at AS created_at, client_id, json_extract(details, '$.kind') AS kind
+    FROM audit_log WHERE action IN ('signature', 'timestamp', 'directory.lookup')"""
 
 
 class Database:
@@ -106,6 +109,7 @@ class Database:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = self.connect()
         conn.executescript(SCHEMA)  # idempotent: every statement is IF NOT EXISTS
+        _ensure_view(conn, "metered_calls", METERED_CALLS)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def connect(self) -> sqlite3.Connection:
@@ -115,6 +119,19 @@ class Database:
             conn = open_connection(self.path)
             self._local.conn = conn
         return conn
+
+
+def _ensure_view(conn: sqlite3.Connection, name: str, create: str) -> None:
+    """The view ``name`` as ``create`` defines it, replaced in one transaction if it differs (so a
+    worker process reading it meanwhile never finds it missing)."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = ?", (name,)).fetchone()
+    if row is not None and row[0] == create:
+        return
+    with immediate(conn):
+        row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = ?", (name,)).fetchone()
+        if row is None or row[0] != create:
+            conn.execute(f"DROP VIEW IF EXISTS {name}")
+            conn.execute(create)
 
 
 def _make_private(path: Path) -> None:
