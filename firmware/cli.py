@@ -27,6 +27,7 @@ from .anchoring import anchor, anchor_and_log
 from .config import BoxConfig, default_value, effective_value
 from .durable import write_durable, write_new
 from .instance import hold_state_dir
+from .lan_tls import tls_files
 from .network import apply as apply_network
 from .operations import configstore, reports
 from .operations.keys import (
@@ -47,6 +48,7 @@ from .store.db import Database
 
 if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them at run time
     from .box import Box
+    from .directory import DirectoryService
 
 log = logging.getLogger("esignbox")
 
@@ -128,6 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 running.callback(stop_console)
             except Exception as exc:  # the signing API serves even if the console cannot start
                 log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleFailure))
+        if box.directory is not None:
+            _start_directory_faces(box, box.directory, config, running)
         if box.timestamper is not None:
             timestamper = box.timestamper
             anchoring = Periodic("audit anchoring", config.anchor_interval_s,
@@ -135,6 +139,35 @@ def cmd_serve(args: argparse.Namespace) -> None:
             anchoring.start()
             running.callback(anchoring.stop)
         serve(api_app, config.api, host, port)
+
+
+DIRECTORY_RECHECK_S = 24 * 3600.0  # revoked or expired certificates leave the directory within a day
+
+
+def _start_directory_faces(box: Box, directory: DirectoryService, config: BoxConfig,
+                           running: contextlib.ExitStack) -> None:
+    """LDAP for mail clients and the inbound SMTP listener, when enabled; the nightly re-check."""
+    # optional heavy dependency: pyHanko (signed mail) and aiosmtpd, which only `serve` needs
+    from .inbound import InboundListener
+    from .ldap import LdapServer
+    from .operations.directory_links import InboundSubmissions, LdapDirectory
+
+    if config.ldap.enabled:
+        running.enter_context(LdapServer(config, LdapDirectory(directory, box.db, config.ldap.lookups_per_minute)))
+    if config.inbound.enabled:
+        listener = InboundListener(config.inbound, tls_files(config, config.inbound.tls_cert_file,
+                                                             config.inbound.tls_key_file),
+                                   InboundSubmissions(directory))
+        listener.start()
+        running.callback(listener.stop)
+    recheck = Periodic("directory re-check", DIRECTORY_RECHECK_S, lambda: _recheck(directory))
+    recheck.start()
+    running.callback(recheck.stop)
+
+
+def _recheck(directory: DirectoryService) -> None:
+    for change in directory.recheck():
+        log.info("directory: certificate %s… unpublished: %s", change.fingerprint[:16], change.reason)
 
 
 OPERATOR = "operator"  # the audit actor of every command run here

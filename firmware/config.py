@@ -34,7 +34,7 @@ from .store.storage import MB, StorageBudget
 
 __all__ = [
     "CONFIG_NAME", "SECTIONS", "STAMP_LOGO_NAME", "ApiSettings", "AuditSettings", "BoxConfig", "BoxSettings",
-    "ConfigError", "ConsoleSettings", "DevSettings", "DirectorySettings", "LdapSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
+    "ConfigError", "ConsoleSettings", "DevSettings", "DirectorySettings", "InboundSettings", "LdapSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
     "ProvisionedSettings", "RevocationSettings", "SigningSettings", "TokenSettings", "check_http_url",
     "check_proxy_url", "default_value", "effective_value", "is_hostname", "parse", "redacted_url",
 ]
@@ -410,6 +410,36 @@ class DirectorySettings(_Section):
 
 
 @dataclass(frozen=True)
+class InboundSettings(_Section):
+    """``[inbound]``: the SMTP listener people send a signed e-mail to, so the certificate directory
+    gets their certificate the way mail clients share it (firmware/inbound/). Off unless enabled;
+    needs ``[directory]`` enabled. The organisation routes ``address`` to the box (MX or transport
+    rule); only RCPT to it is accepted. STARTTLS uses ``tls_cert_file``/``tls_key_file``, else the
+    console's certificate (firmware/lan_tls.py).
+    """
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 2525  # the image forwards port 25 here; an unprivileged service cannot bind 25
+    address: str | None = None  # the directory's address, e.g. certificates@box.example.org
+    max_message_kb: int = 1024  # larger messages are refused by the server (552)
+    require_starttls: bool = False
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    def check(self) -> None:
+        _ip("host", self.host)
+        _port("port", self.port)
+        _positive("max_message_kb", self.max_message_kb)
+        if self.enabled and not self.address:
+            raise _Invalid("address", "the directory's e-mail address is needed when enabled")
+        if self.address is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", self.address):
+            raise _Invalid("address", f"must be an e-mail address, not {self.address!r}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise _Invalid(None, "tls_cert_file and tls_key_file go together")
+
+
+@dataclass(frozen=True)
 class ProvisionedSettings(_Section):
     """``[provisioned]``: which bundle made this configuration generation (provisioning/apply.py). Read-only."""
 
@@ -424,7 +454,7 @@ SECTIONS: dict[str, type] = {
     "api": ApiSettings, "token": TokenSettings, "signing": SigningSettings, "metering": MeteringSettings,
     "audit": AuditSettings, "dev": DevSettings, "console": ConsoleSettings, "outbound": OutboundSettings,
     "box": BoxSettings, "network": NetworkSettings, "revocation": RevocationSettings, "ldap": LdapSettings,
-    "provisioned": ProvisionedSettings, "directory": DirectorySettings,
+    "provisioned": ProvisionedSettings, "directory": DirectorySettings, "inbound": InboundSettings,
 }
 
 
@@ -567,8 +597,12 @@ class BoxConfig:
     ldap: LdapSettings
     provisioned: ProvisionedSettings
     directory: DirectorySettings = field(default_factory=DirectorySettings)
+    inbound: InboundSettings = field(default_factory=InboundSettings)
 
     def __post_init__(self) -> None:
+        for face in ("ldap", "inbound"):
+            if getattr(self, face).enabled and not self.directory.enabled:
+                raise ConfigError(f"[{face}] enabled needs [directory] enabled: it serves the certificate directory")
         if not self.signing.stamp_logo_file.is_relative_to(self.state_dir):  # the console may rewrite it
             raise ConfigError(f"[signing] stamp_logo_file: {self.signing.stamp_logo_file} is outside the state"
                               f" directory {self.state_dir}")

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from firmware.inbound import InboundListener, InboundSettings
+from firmware.config import InboundSettings
+from firmware.inbound import InboundListener
 
 from .support import free_port
 
@@ -90,12 +91,15 @@ def _signed(person: dict[str, Path], body: str = "Please publish my certificate.
     return signed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
+def _settings(port: int, **changes: object) -> InboundSettings:
+    return InboundSettings(**{"enabled": True, "host": "127.0.0.1", "port": port, "address": DIRECTORY, **changes})
+
+
 @pytest.fixture
 def listener(person) -> Iterator[tuple[InboundListener, RecordingDirectory, int]]:
     directory = RecordingDirectory()
     port = free_port()
-    server = InboundListener(InboundSettings("127.0.0.1", port, DIRECTORY, 256 * 1024, person["tls_cert"],
-                                             person["tls_key"]), directory)
+    server = InboundListener(_settings(port, max_message_kb=256), (person["tls_cert"], person["tls_key"]), directory)
     server.start()
     yield server, directory, port
     server.stop()
@@ -173,8 +177,8 @@ def test_an_oversized_message_is_refused_by_the_server(listener, person):
 
 def test_starttls_can_be_required(person):
     port = free_port()
-    server = InboundListener(InboundSettings("127.0.0.1", port, DIRECTORY, 65536, person["tls_cert"],
-                                             person["tls_key"], require_starttls=True), RecordingDirectory())
+    server = InboundListener(_settings(port, require_starttls=True), (person["tls_cert"], person["tls_key"]),
+                             RecordingDirectory())
     server.start()
     try:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from firmware.config import BoxConfig, ConfigError
-from firmware.ldap import LdapError, LdapServer, render_conf, tls_files
+from firmware.lan_tls import tls_files
+from firmware.ldap import LdapError, LdapServer, render_conf
 from firmware.ldap.responder import MAX_ADDRESSES, exact_address, exact_addresses, peer_address
 from tests.support import free_port
 

@@ -2,6 +2,6 @@
 signed messages, so people share their encryption certificate the way their mail client does."""
 
 from .signed_mail import SignedMail, UnsignedMail, read_signed_mail
-from .smtp import InboundListener, InboundSettings, Submissions
+from .smtp import InboundListener, Submissions
 
-__all__ = ["InboundListener", "InboundSettings", "SignedMail", "Submissions", "UnsignedMail", "read_signed_mail"]
+__all__ = ["InboundListener", "SignedMail", "Submissions", "UnsignedMail", "read_signed_mail"]

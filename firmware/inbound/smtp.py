@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -26,9 +25,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from asn1crypto import x509
 
+from ..config import InboundSettings
 from .signed_mail import UnsignedMail, read_signed_mail
 
-__all__ = ["InboundListener", "InboundSettings", "Submissions"]
+__all__ = ["InboundListener", "Submissions"]
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +37,13 @@ class Submissions(Protocol):
     """Where received certificates go (the certificate directory)."""
 
     def submit_received(self, address: str, certificate: x509.Certificate, chain: list[x509.Certificate]) -> None:
-        """Check and keep ``certificate`` as pending for ``address``; raise ValueError with the reason to refuse."""
-
-
-@dataclass(frozen=True)
-class InboundSettings:
-    host: str
-    port: int
-    address: str  # the directory address, e.g. certificates@box.example.org
-    max_message_bytes: int
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    require_starttls: bool = False
+        """Check and keep ``certificate`` as pending for ``address``; raise ValueError with the reason
+        to refuse it, anything else when it cannot be judged now."""
 
 
 class _Handler:
     def __init__(self, settings: InboundSettings, submissions: Submissions) -> None:
+        assert settings.address is not None  # the configuration refuses [inbound] enabled without one
         self._address = settings.address.lower()
         self._submissions = submissions
 
@@ -79,6 +70,9 @@ class _Handler:
                                            mail.chain)
             except ValueError as exc:
                 refused.append(str(exc))
+            except Exception as exc:  # e.g. the revocation servers are down: the sender's server retries
+                log.warning("inbound certificate for %s not checked now: %s", mail.sender, exc)
+                return "451 4.7.0 the certificate cannot be checked right now; try again later"
             else:
                 log.info("inbound certificate for %s received from %s", mail.sender, peer)
                 return (f"250 2.0.0 certificate received: a confirmation was sent to {mail.sender},"
@@ -91,18 +85,23 @@ def _one_line(text: str) -> str:
 
 
 class InboundListener:
-    """The SMTP server on its own thread (aiosmtpd's Controller); ``start``/``stop``."""
+    """The SMTP server on its own thread (aiosmtpd's Controller); ``start``/``stop``.
 
-    def __init__(self, settings: InboundSettings, submissions: Submissions) -> None:
+    ``tls`` is the certificate chain and key STARTTLS offers (firmware/lan_tls.py picks them);
+    without them STARTTLS is not offered, and ``require_starttls`` is refused.
+    """
+
+    def __init__(self, settings: InboundSettings, tls_files: tuple[Path, Path] | None,
+                 submissions: Submissions) -> None:
         tls = None
-        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        if tls_files is not None:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            tls.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+            tls.load_cert_chain(*tls_files)
         elif settings.require_starttls:
-            raise ValueError("require_starttls needs tls_cert_file and tls_key_file")
+            raise ValueError("[inbound] require_starttls needs a certificate (tls_cert_file/tls_key_file or the console's)")
         self._controller = Controller(
             _Handler(settings, submissions), hostname=settings.host, port=settings.port,
-            data_size_limit=settings.max_message_bytes, tls_context=tls,
+            data_size_limit=settings.max_message_kb * 1024, tls_context=tls,
             require_starttls=settings.require_starttls, ident="esignbox directory",
         )
 

@@ -7,7 +7,7 @@ anything else finds nothing.
 """
 
 from .responder import BRANCH, SUFFIX, LdapError, PublishedCertificates, Responder
-from .slapd import LdapServer, render_conf, tls_files, urls
+from .slapd import LdapServer, render_conf, urls
 
 __all__ = ["BRANCH", "SUFFIX", "LdapError", "LdapServer", "PublishedCertificates", "Responder", "render_conf",
-           "tls_files", "urls"]
+           "urls"]

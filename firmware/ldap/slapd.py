@@ -19,30 +19,20 @@ from typing import IO
 
 from ..children import dies_with_this_process
 from ..config import BoxConfig, LdapSettings
+from ..lan_tls import tls_files
 from .responder import SUFFIX, LdapError, PublishedCertificates, Responder
 
-__all__ = ["LdapServer", "render_conf", "tls_files", "urls"]
+__all__ = ["LdapServer", "render_conf", "urls"]
 
 log = logging.getLogger(__name__)
 
 DIRECTORY = "ldap"  # under the state directory
 CONF, SOCKET, LOG, PID = "slapd.conf", "responder.sock", "slapd.log", "slapd.pid"
 # The console's own certificate (webui/tls.py writes it; firmware does not import the console).
-CONSOLE_CERT, CONSOLE_KEY = Path("console/tls/console.pem"), Path("console/tls/console.key")
 SCHEMAS = ("core", "cosine", "inetorgperson")  # mail, userCertificate, userSMIMECertificate
 MODULE_PATH = Path("/usr/lib/ldap")  # back_sock.so, in Debian's slapd package
 _START_TIMEOUT = 10.0
 _LOG_TAIL = 2000
-
-
-def tls_files(config: BoxConfig) -> tuple[Path, Path] | None:
-    """LDAPS's certificate chain and key: ``[ldap]``'s, else the console's (uploaded or box-made), else None."""
-    for cert, key in ((config.ldap.tls_cert_file, config.ldap.tls_key_file),
-                      (config.console.tls_cert_file, config.console.tls_key_file),
-                      (config.state_dir / CONSOLE_CERT, config.state_dir / CONSOLE_KEY)):
-        if cert is not None and key is not None and cert.exists() and key.exists():
-            return cert, key
-    return None
 
 
 def _host(address: str) -> str:
@@ -114,7 +104,7 @@ class LdapServer:
     def __init__(self, config: BoxConfig, published: PublishedCertificates) -> None:
         self.settings = config.ldap
         self.directory = config.state_dir / DIRECTORY
-        self.tls = tls_files(config)
+        self.tls = tls_files(config, config.ldap.tls_cert_file, config.ldap.tls_key_file)
         if self.settings.ldaps_port and self.tls is None:
             raise LdapError("LDAPS needs the box's TLS certificate: start the console once, or set [ldap]"
                             " tls_cert_file and tls_key_file (or ldaps_port = 0)")
