@@ -4,8 +4,8 @@ the OpenAPI document is built (openapi.py) and requests are read (signatures.py,
 One source for field names, types, levels and defaults, so the document cannot promise a field the
 parser does not read, and a level default shown to integrators is the running box's ([signing]
 default_level, changed from the console). The schemas are a small subset of JSON Schema — type,
-format byte, enum, default, minimum, maximum, minItems/maxItems, required — checked by hand here: the box
-carries no jsonschema dependency for five keywords.
+format byte, enum, default, minimum, maximum, maxLength, minItems/maxItems, required, and objects
+with properties — checked by hand here: the box carries no jsonschema dependency for a few keywords.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..signing.hash_signing import MAX_BATCH
 from ..signing.levels import HASH_LEVELS, Level, Profile, hash_level
 from .bodies import b64decode
 
-__all__ = ["hash_body", "level_schema", "pdf_sign_query", "pdf_verify_query", "read_body", "read_query"]
+__all__ = ["hash_body", "level_schema", "mail_body", "pdf_sign_query", "pdf_verify_query", "read_body", "read_query"]
 
 _B64 = {"type": "string", "format": "byte"}
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -47,6 +47,33 @@ def hash_body(default_level: Level, batch: bool) -> dict[str, Any]:
             "level": level_schema(HASH_LEVELS, hash_level(default_level)),
             "profile": {"type": "string", "enum": [p.value for p in Profile], "default": Profile.PADES.value},
             **digests,
+        },
+    }
+
+
+MAX_ATTACHMENTS = 10
+
+
+def mail_body() -> dict[str, Any]:
+    """POST /v1/mail. The whole body is bounded by the JSON limit (1 MiB: about 750 KiB of attachments)."""
+    attachment = {
+        "type": "object",
+        "required": ["filename", "content_type", "data"],
+        "properties": {
+            "filename": {"type": "string", "maxLength": 200, "description": "e.g. bill-2026-11.pdf"},
+            "content_type": {"type": "string", "maxLength": 100, "description": "type/subtype, e.g. application/pdf"},
+            "data": {**_B64, "description": "the file, byte for byte"},
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["to", "subject"],
+        "properties": {
+            "to": {"type": "string", "maxLength": 254, "description": "one recipient address"},
+            "subject": {"type": "string", "maxLength": 200, "description": "one line; in the clear, not encrypted"},
+            "text": {"type": "string", "description": "plain-text body (text, html or both)"},
+            "html": {"type": "string", "description": "HTML body"},
+            "attachments": {"type": "array", "items": attachment, "minItems": 0, "maxItems": MAX_ATTACHMENTS},
         },
     }
 
@@ -149,12 +176,19 @@ def _checked(prop: dict[str, Any], value: object, name: str) -> Any:
         raise InvalidRequest(f"unknown {name} {value!r}; use one of {', '.join(map(str, prop['enum']))}")
     if isinstance(value, int) and value < prop.get("minimum", value):
         raise InvalidRequest(f"{name} must be at least {prop['minimum']}")
+    if isinstance(value, str) and len(value) > prop.get("maxLength", len(value)):
+        raise InvalidRequest(f"{name} holds at most {prop['maxLength']} characters")
     if isinstance(value, int) and value > prop.get("maximum", value):
         raise InvalidRequest(f"{name} must be at most {prop['maximum']}")
     if isinstance(value, list):
         if not prop["minItems"] <= len(value) <= prop["maxItems"]:  # arrays here always bound both
             raise InvalidRequest(f"{name} holds {prop['minItems']} to {prop['maxItems']} items")
         return [_checked(prop["items"], item, f"{name}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict) and "properties" in prop:
+        try:
+            return read_body(prop, value)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{name}: {exc}") from None
     if prop.get("format") == "byte":
         return b64decode(str(value), name)  # the type check above made it a string
     return value

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from hsm import KeyNotFound, TokenError, TokenUnavailable, UnsupportedDigest
 
 from ..errors import InvalidRequest
+from ..mail.outbox import MailUnavailable
 from ..signing.clock import ClockSkewed
 from ..signing.pdf_fields import CertifiedDocument, CertifiedNoChanges
 from ..signing.pdf_integrity import EarlierSignatureBroken
@@ -80,6 +81,7 @@ FAULTS: dict[type[Exception], Fault] = {
     TokenUnavailable: Fault(503, "token_unavailable", _UNAVAILABLE),
     KeyNotFound: Fault(503, "signing_key_missing", _UNAVAILABLE),
     StorageFull: Fault(503, "storage_full", _UNAVAILABLE),
+    MailUnavailable: Fault(503, "mail_unavailable", _UNAVAILABLE),
     TokenError: Fault(500, "token_error", "server_error"),
 }
 

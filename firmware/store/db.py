@@ -92,10 +92,31 @@ CREATE VIEW IF NOT EXISTS signatures AS
            json_extract(details, '$.level') AS level,
            json_extract(details, '$.profile') AS profile
     FROM audit_log WHERE action = 'signature';
--- What quotas, rates and usage reports count: each signature and each CSC timestamp is one call.
+-- What quotas, rates and usage reports count: each signature, each CSC timestamp and each mail
+-- queued (POST /v1/mail) is one call. Recreated by Database when an older box's lacks mail.
 CREATE VIEW IF NOT EXISTS metered_calls AS
     SELECT seq AS id, at AS created_at, client_id, json_extract(details, '$.kind') AS kind
-    FROM audit_log WHERE action IN ('signature', 'timestamp');
+    FROM audit_log WHERE action IN ('signature', 'timestamp', 'mail');
+-- The mail outbox (firmware/mail/outbox.py): every message the API accepted, until the relay took it.
+-- The address and the message are dropped once sent or given up; the address hash stays.
+CREATE TABLE IF NOT EXISTS mail_outbox (
+    id           TEXT PRIMARY KEY,      -- the id POST /v1/mail returned
+    client_id    TEXT NOT NULL,
+    message_id   TEXT NOT NULL,         -- the Message-ID header, the same on every attempt
+    address_hash TEXT NOT NULL,         -- SHA-256 of the normalised recipient address
+    recipient    TEXT,                  -- NULL once sent or failed
+    sender       TEXT NOT NULL,         -- the envelope sender (MAIL FROM)
+    message      BLOB,                  -- the whole message as sent; NULL once sent or failed
+    encrypted    INTEGER NOT NULL,
+    status       TEXT NOT NULL,         -- queued, sending, sent, failed
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,         -- Unix time: not before
+    lease_until  REAL,                  -- while sending: when another sender may take it over
+    created_at   TEXT NOT NULL,
+    sent_at      TEXT,
+    last_error   TEXT
+);
+CREATE INDEX IF NOT EXISTS mail_outbox_due ON mail_outbox(status, next_attempt);
 """
 
 
@@ -105,6 +126,7 @@ class Database:
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = self.connect()
+        _refresh_metered_view(conn)
         conn.executescript(SCHEMA)  # idempotent: every statement is IF NOT EXISTS
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -115,6 +137,13 @@ class Database:
             conn = open_connection(self.path)
             self._local.conn = conn
         return conn
+
+
+def _refresh_metered_view(conn: sqlite3.Connection) -> None:
+    """Drop a metered_calls view made before mail was metered, so SCHEMA makes it anew."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = 'metered_calls'").fetchone()
+    if row is not None and "'mail'" not in row[0]:
+        conn.execute("DROP VIEW metered_calls")
 
 
 def _make_private(path: Path) -> None:

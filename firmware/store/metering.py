@@ -1,5 +1,5 @@
-"""Quotas and rates per API client, counted in metered calls: signatures produced, and timestamps
-served by the CSC API (view metered_calls).
+"""Quotas and rates per API client, counted in metered calls: signatures produced, timestamps
+served by the CSC API, and mails queued (view metered_calls).
 
 `check` runs twice for every signing request: once before the token is touched (so an
 over-quota client costs the box nothing) and again inside the transaction that records the
@@ -13,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 # hash: hash signing (native and CSC); pdf: PDF signing; timestamp: the CSC timestamp endpoint (a
-# TSA proxy, so only for clients granted it). SCOPES lists every scope, DEFAULT_SCOPES what a new
-# client gets unless its scopes are given.
-SCOPES = ("hash", "pdf", "timestamp")
+# TSA proxy, so only for clients granted it); mail: signed, encrypted mail (POST /v1/mail), only for
+# clients granted it. SCOPES lists every scope, DEFAULT_SCOPES what a new client gets unless its
+# scopes are given.
+SCOPES = ("hash", "pdf", "timestamp", "mail")
 DEFAULT_SCOPES = ("hash", "pdf")
 
 
@@ -38,7 +39,8 @@ class RateLimited(Refusal):
     """The client's calls per minute or per day are used up."""
 
 
-_SCOPE_USES = {"hash": "hash signing", "pdf": "PDF signing", "timestamp": "the timestamp service"}
+_SCOPE_USES = {"hash": "hash signing", "pdf": "PDF signing", "timestamp": "the timestamp service",
+               "mail": "the mail service"}
 
 
 def require_scope(scopes: tuple[str, ...], scope: str) -> None:
