@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import falcon.testing
 import pytest
@@ -252,7 +253,7 @@ def test_openssl_decrypts_verifies_and_finds_the_attachment_intact(
 class EccCmsSharedInfo(core.Sequence):
     """RFC 5753 §7.2 ECC-CMS-SharedInfo, the X9.63 KDF's shared info (written here, not taken from the box's code)."""
 
-    _fields = [
+    _fields: ClassVar = [
         ("key_info", cms.KeyEncryptionAlgorithm),
         ("entity_u_info", core.OctetString, {"explicit": 0, "optional": True}),
         ("supp_pub_info", core.OctetString, {"explicit": 2}),
