@@ -145,6 +145,7 @@ def relay_settings(config: BoxConfig) -> RelaySettings | None:
         host=mail.relay_host, port=mail.relay_port, starttls=mail.starttls, username=mail.username,
         password_file=mail.password_file, ca_file=mail.relay_ca_file, timeout_s=mail.timeout_seconds,
         max_attempts=mail.max_attempts, backoff_s=mail.retry_seconds, max_backoff_s=mail.max_retry_seconds,
+        lease_s=10 * mail.timeout_seconds,  # a transaction is a handful of commands, each within the timeout
     )
 
 

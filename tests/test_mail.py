@@ -9,13 +9,16 @@ directory, the test hands the mail service a directory built from them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime
 import email
 import email.policy
 import hashlib
+import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -59,6 +62,15 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: list[tuple[list[str], bytes]] = []
         self.lock = threading.Lock()
+        self.rcpt_delay = 0.0  # seconds the next RCPT waits before its 250 (then back to 0)
+        self.rcpt_seen = threading.Event()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:  # aiosmtpd's hook name
+        self.rcpt_seen.set()
+        delay, self.rcpt_delay = self.rcpt_delay, 0.0
+        await asyncio.sleep(delay)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd's hook name
         with self.lock:
@@ -403,6 +415,40 @@ def test_a_message_whose_sender_died_is_sent_when_its_lease_runs_out(client, mai
     time.sleep(0.3)
     assert sender.deliver_due() == 1
     assert len(_received(relay, _message_id(mail_box, result.json["id"]))) == 1
+
+
+_KILLED_SENDER = """
+import sys
+from pathlib import Path
+from firmware.mail import Outbox, OutboxSender, RelaySettings
+from firmware.store.db import Database
+relay = RelaySettings(host="127.0.0.1", port=int(sys.argv[2]), starttls=False, timeout_s=10.0, lease_s=2.0)
+OutboxSender(Outbox(Database(Path(sys.argv[1]))), relay).deliver_due()
+"""
+
+
+def test_kill_9_mid_queue_loses_nothing_and_sends_nothing_twice(client, mail_box, mail_key, relay, sender, recipients):
+    """A sender process killed with SIGKILL in the middle of an SMTP transaction (after RCPT, before
+    DATA): its message stays claimed until the lease runs out, then goes once, with the rest."""
+    ids = [_post(client, mail_key, **_bill(recipients["rsa"].address)).json["id"] for _ in range(3)]
+    relay.inbox.rcpt_delay, relay.inbox.rcpt_seen = 5.0, threading.Event()
+    process = subprocess.Popen([sys.executable, "-c", _KILLED_SENDER, str(mail_box.db.path), str(relay.port)],
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    try:
+        assert relay.inbox.rcpt_seen.wait(30), "the sender never reached RCPT"
+    finally:
+        process.kill()  # SIGKILL: no cleanup of any kind
+        process.wait()
+    states = {i: client.simulate_get(f"/v1/mail/{i}", headers={"Authorization": f"Bearer {mail_key}"}).json["status"]
+              for i in ids}
+    assert sorted(states.values()) == ["queued", "queued", "sending"]
+    assert sender.deliver_due() == 2  # the two queued; the killed one's lease still holds
+    time.sleep(2.2)
+    assert sender.deliver_due() == 1
+    for mail_id in ids:
+        assert len(_received(relay, _message_id(mail_box, mail_id))) == 1
+        status = client.simulate_get(f"/v1/mail/{mail_id}", headers={"Authorization": f"Bearer {mail_key}"})
+        assert status.json["status"] == "sent"
 
 
 # -- (d) no certificate: the plain notice -------------------------------------------------------------------

@@ -57,11 +57,9 @@ class RelaySettings:
     max_attempts: int = 8
     backoff_s: float = 30.0  # the first retry's delay; doubled each time
     max_backoff_s: float = 3600.0
-
-    @property
-    def lease_s(self) -> float:
-        """How long a claimed message is left to its sender: well past one SMTP transaction's timeouts."""
-        return 10 * self.timeout_s
+    # How long a claimed message is left to its sender before another may take it over: well past
+    # one SMTP transaction's timeouts, or a slow relay could get the message twice.
+    lease_s: float = 300.0
 
     def password(self) -> str | None:
         if self.password_file is None:
