@@ -16,7 +16,9 @@ import datetime
 import email
 import email.policy
 import hashlib
+import ipaddress
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -28,6 +30,7 @@ from typing import ClassVar
 import falcon.testing
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from asn1crypto import cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
@@ -449,6 +452,59 @@ def test_kill_9_mid_queue_loses_nothing_and_sends_nothing_twice(client, mail_box
         assert len(_received(relay, _message_id(mail_box, mail_id))) == 1
         status = client.simulate_get(f"/v1/mail/{mail_id}", headers={"Authorization": f"Bearer {mail_key}"})
         assert status.json["status"] == "sent"
+
+
+def _tls_relay_cert(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / "relay.crt", directory / "relay.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_starttls_and_auth_with_the_password_file(client, mail_box, mail_key, recipients, tmp_path):
+    """A relay that wants STARTTLS before AUTH, and AUTH before mail: a wrong password is a retry, the
+    right one delivers; the relay's certificate is checked against relay_ca_file."""
+    cert_file, key_file = _tls_relay_cert(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert_file, key_file)
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticate(server, session, envelope, mechanism, auth_data) -> AuthResult:
+        logins.append((auth_data.login, auth_data.password))
+        ok = auth_data.login == b"box" and auth_data.password == b"s3cret"
+        return AuthResult(success=ok, handled=ok)  # not handled: aiosmtpd answers the failure with a 535
+
+    inbox, port = Inbox(), free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=tls, require_starttls=True,
+                            auth_required=True, auth_require_tls=True, authenticator=authenticate)
+    controller.start()
+    try:
+        password = tmp_path / "smtp.password"
+        password.write_text("wrong\n")
+        settings = RelaySettings(host="127.0.0.1", port=port, starttls=True, username="box", password_file=password,
+                                 ca_file=cert_file, timeout_s=5.0, backoff_s=0.2)
+        result = _post(client, mail_key, **_bill(recipients["ec"].address))
+        sender = OutboxSender(mail_box.outbox, settings)
+        assert sender.deliver_due() == 1
+        status = client.simulate_get(f"/v1/mail/{result.json['id']}", headers={"Authorization": f"Bearer {mail_key}"})
+        assert status.json["status"] == "queued" and "535" in status.json["last_error"]
+        password.write_text("s3cret\n")
+        time.sleep(0.3)
+        assert sender.deliver_due() == 1
+        assert set(logins[:-1]) == {(b"box", b"wrong")} and logins[-1] == (b"box", b"s3cret")  # smtplib tries PLAIN, LOGIN
+        assert len([m for _, m in inbox.messages if _message_id(mail_box, result.json["id"]).encode() in m]) == 1
+    finally:
+        controller.stop()
 
 
 # -- (d) no certificate: the plain notice -------------------------------------------------------------------
