@@ -38,7 +38,8 @@ from ..signing.token_signer import TokenSigner
 DIGEST = "sha256"
 MICALG = "sha-256"
 _POLICY = SMTP.clone(max_line_length=76)  # CRLF line ends, as RFC 8551 §3.1.1 canonical form wants
-# What the box can decrypt is nothing (it never receives mail here); what it sends: AES-256/128-CBC.
+# sMIMECapabilities (RFC 8551 §2.5.2): the ciphers to encrypt to the sender with, in preference order. The
+# box reads no replies; this is the list mail clients expect, and names what the box itself uses.
 _CAPABILITIES = cms.CMSAttribute({"type": "smime_capabilities", "values": [[
     {"capability_id": "2.16.840.1.101.3.4.1.42"},  # aes256-CBC
     {"capability_id": "2.16.840.1.101.3.4.1.2"},  # aes128-CBC
