@@ -18,6 +18,7 @@ from .api.auth import ApiKeyAuth, RefusalAudit
 from .api.directory import add_directory_routes
 from .api.info import CertificateResource, HealthResource
 from .api.json_media import BoundedJsonHandler
+from .api.mail import MailResource, MailStatusResource
 from .api.openapi import OpenApiResource
 from .api.pdf import PdfSignResource, PdfVerifyResource
 from .api.signatures import SignatureBatchResource, SignatureResource
@@ -27,6 +28,10 @@ from .config import BoxConfig, ConfigError
 from .csc.routes import CscSessions, add_csc_routes
 from .directory import DirectoryService, ProofSender, UndeliveredProofs
 from .errors import InvalidRequest
+from .mail.outbox import Outbox, OutboxSender, RelaySettings
+from .mail.service import MailPolicy, MailService, NoDirectory, RecipientDirectory
+from .mail.smime import SmimeSigner
+from .operations.directory_links import DirectoryRecipients, ProofByMail
 from .outbound import apply_outbound
 from .signing.clock import ClockWatch
 from .signing.hash_signing import HashSigningService
@@ -56,6 +61,8 @@ class Box:
     pdf_signing: PdfSigningService
     raw_signing: RawSigningService
     csc_sessions: CscSessions
+    outbox: Outbox
+    mail: MailService | None  # None: no [mail] relay_host, POST /v1/mail answers 503
     # Reports from parts beside the signing path (the console's nginx), shown by /v1/health; the
     # same dict is handed to every reassembled Box, so a face registers once.
     health_parts: dict[str, Callable[[], dict[str, object]]] = field(default_factory=dict)
@@ -100,15 +107,28 @@ class Box:
             signer, timestamper, revocation, ledger, config.max_pdf_bytes, StampLook.from_config(config)
         )
         raw_signing = RawSigningService(token, signer, ledger)
-        sender = proof_sender or UndeliveredProofs()
+        outbox = Outbox(db)
+        # The directory and the mailer need each other: the mailer encrypts to the directory's
+        # published certificates, and the directory mails its proofs of mailbox control.
         directory = None
         if config.directory.enabled:
             roots = revocation.with_trust_roots(load_certificates(config.directory.trust_roots_file))
-            directory = DirectoryService(db, roots, config.directory, sender)
+            directory = DirectoryService(db, roots, config.directory, proof_sender or UndeliveredProofs())
+        recipients = DirectoryRecipients(directory, db) if directory is not None else NoDirectory()
+        # Mail is signed with the box's signing key until it has a mail key of its own.
+        mail = _mail_service(config, db, outbox, SmimeSigner(signer), recipients)
+        if directory is not None and proof_sender is None and mail is not None:
+            directory.sender = ProofByMail(mail)
         return cls(
             config, token, clock, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing,
-            csc_sessions or CscSessions.open(db), health_parts if health_parts is not None else {}, directory, sender,
+            csc_sessions or CscSessions.open(db), outbox, mail, health_parts if health_parts is not None else {},
+            directory, directory.sender if directory is not None else UndeliveredProofs(),
         )
+
+    def mail_sender(self) -> OutboxSender | None:
+        """The outbox's delivery thread for `esignbox serve` to start and stop; None without a relay."""
+        relay = relay_settings(self.config)
+        return None if relay is None else OutboxSender(self.outbox, relay)
 
     def app(self) -> falcon.App[falcon.Request, falcon.Response]:
         middleware: list[RefusalAudit | ApiKeyAuth] = [RefusalAudit(self.ledger), ApiKeyAuth(self.clients)]
@@ -123,6 +143,8 @@ class Box:
         app.add_route("/v1/pdf/sign", PdfSignResource(self.pdf_signing, level))
         app.add_route("/v1/pdf/verify", PdfVerifyResource(self.revocation, self.config.max_pdf_bytes))
         app.add_route("/v1/usage", UsageResource(self.db, self.clients))
+        app.add_route("/v1/mail", MailResource(self.mail))
+        app.add_route("/v1/mail/{mail_id}", MailStatusResource(self.outbox))
         app.add_route("/openapi.json", OpenApiResource(level, directory=self.directory is not None))
         if self.directory is not None:
             add_directory_routes(app, self.directory)
@@ -131,3 +153,24 @@ class Box:
             timestamper=self.timestamper, clients=self.clients, ledger=self.ledger,
         )
         return app
+
+
+def relay_settings(config: BoxConfig) -> RelaySettings | None:
+    """[mail] as the outbox's sender reads it; None: no relay configured."""
+    mail = config.mail
+    if mail.relay_host is None:
+        return None
+    return RelaySettings(
+        host=mail.relay_host, port=mail.relay_port, starttls=mail.starttls, username=mail.username,
+        password_file=mail.password_file, ca_file=mail.relay_ca_file, timeout_s=mail.timeout_seconds,
+        max_attempts=mail.max_attempts, backoff_s=mail.retry_seconds, max_backoff_s=mail.max_retry_seconds,
+        lease_s=10 * mail.timeout_seconds,  # a transaction is a handful of commands, each within the timeout
+    )
+
+
+def _mail_service(config: BoxConfig, db: Database, outbox: Outbox, signer: SmimeSigner,
+                  directory: RecipientDirectory) -> MailService | None:
+    if config.mail.relay_host is None or config.mail.from_address is None:
+        return None
+    policy = MailPolicy(config.mail.from_address, config.mail.notice_subject, config.mail.notice_text)
+    return MailService(db, outbox, signer, directory, policy)

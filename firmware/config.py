@@ -34,7 +34,7 @@ from .store.storage import MB, StorageBudget
 
 __all__ = [
     "CONFIG_NAME", "SECTIONS", "STAMP_LOGO_NAME", "ApiSettings", "AuditSettings", "BoxConfig", "BoxSettings",
-    "ConfigError", "ConsoleSettings", "DevSettings", "DirectorySettings", "InboundSettings", "LdapSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
+    "ConfigError", "ConsoleSettings", "DevSettings", "DirectorySettings", "InboundSettings", "LdapSettings", "MailSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
     "ProvisionedSettings", "RevocationSettings", "SigningSettings", "TokenSettings", "check_http_url",
     "check_proxy_url", "default_value", "effective_value", "is_hostname", "parse", "redacted_url",
 ]
@@ -377,6 +377,54 @@ class RevocationSettings(_Section):
                 check_http_url(url, key)
 
 
+_MAIL_ADDRESS = re.compile(r"^[^@\s<>,;:\"()\[\]\\]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")
+
+
+@dataclass(frozen=True)
+class MailSettings(_Section):
+    """``[mail]``: the SMTP relay POST /v1/mail delivers through (firmware/mail/), and the notice sent
+    instead to a recipient without an encryption certificate. No ``relay_host``: no mail (503).
+
+    The relay's password is read from ``password_file`` (relative to the state directory), never
+    from box.toml. A relay outage is retried ``max_attempts`` times, the first after
+    ``retry_seconds``, each wait twice the one before up to ``max_retry_seconds``.
+    """
+
+    relay_host: str | None = None
+    relay_port: int = 25
+    starttls: bool = True  # STARTTLS before anything else; the relay's certificate is verified
+    relay_ca_file: Path | None = None  # the CA of the relay's certificate; None: the system's
+    username: str | None = None  # AUTH; needs password_file
+    password_file: Path | None = None
+    timeout_seconds: float = 30.0  # per connection and SMTP command
+    from_address: str | None = None  # From: and MAIL FROM; needed with relay_host
+    notice_subject: str = "How to receive encrypted mail from us"
+    notice_text: str = ("We have a message for you that we send only encrypted, and we have no e-mail encryption"
+                        " (S/MIME) certificate for your address yet. Please send us your certificate to"
+                        " receive it.")
+    max_attempts: int = 8
+    retry_seconds: float = 30.0
+    max_retry_seconds: float = 3600.0
+
+    def check(self) -> None:
+        _port("relay_port", self.relay_port)
+        for key in ("timeout_seconds", "max_attempts", "retry_seconds", "max_retry_seconds"):
+            _positive(key, getattr(self, key))
+        if self.relay_host is not None:
+            try:
+                _ip("relay_host", self.relay_host)
+            except _Invalid:
+                _hostname("relay_host", self.relay_host)
+            if self.from_address is None:
+                raise _Invalid("from_address", "is needed to send mail (relay_host is set)")
+        if self.from_address is not None and not _MAIL_ADDRESS.match(self.from_address):
+            raise _Invalid("from_address", f"must be one e-mail address (local@domain), not {self.from_address!r}")
+        if (self.username is None) != (self.password_file is None):
+            raise _Invalid(None, "username and password_file go together")
+        if "\n" in self.notice_subject or "\r" in self.notice_subject:
+            raise _Invalid("notice_subject", "must be one line")
+
+
 @dataclass(frozen=True)
 class DirectorySettings(_Section):
     """``[directory]``: the certificate directory of people's e-mail encryption certificates
@@ -453,7 +501,7 @@ class ProvisionedSettings(_Section):
 SECTIONS: dict[str, type] = {
     "api": ApiSettings, "token": TokenSettings, "signing": SigningSettings, "metering": MeteringSettings,
     "audit": AuditSettings, "dev": DevSettings, "console": ConsoleSettings, "outbound": OutboundSettings,
-    "box": BoxSettings, "network": NetworkSettings, "revocation": RevocationSettings, "ldap": LdapSettings,
+    "box": BoxSettings, "network": NetworkSettings, "revocation": RevocationSettings, "ldap": LdapSettings, "mail": MailSettings,
     "provisioned": ProvisionedSettings, "directory": DirectorySettings, "inbound": InboundSettings,
 }
 
@@ -595,6 +643,7 @@ class BoxConfig:
     network: NetworkSettings
     revocation: RevocationSettings
     ldap: LdapSettings
+    mail: MailSettings
     provisioned: ProvisionedSettings
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     inbound: InboundSettings = field(default_factory=InboundSettings)

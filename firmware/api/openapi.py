@@ -23,6 +23,7 @@ from .schema import (
     directory_submit_body,
     hash_body,
     level_schema,
+    mail_body,
     pdf_sign_query,
     pdf_verify_query,
     usage_query,
@@ -54,6 +55,26 @@ _SIGNATURE = {
     },
 }
 
+_MAIL_QUEUED = {
+    "type": "object",
+    "required": ["id", "encrypted"],
+    "properties": {"id": {"type": "string"},
+                   "encrypted": {"type": "boolean", "description": "false: the recipient got the plain notice"}},
+}
+_MAIL_STATUS = {
+    "type": "object",
+    "required": ["id", "status", "encrypted", "attempts", "created_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued", "sending", "sent", "failed"]},
+        "encrypted": {"type": "boolean"},
+        "attempts": {"type": "integer"},
+        "created_at": {"type": "string"},
+        "sent_at": {"type": "string", "nullable": True},
+        "last_error": {"type": "string", "nullable": True},
+    },
+}
+
 _MESSAGES = {
     400: "invalid request", 401: "missing or invalid API key", 402: "call quota exhausted",
     403: "scope not allowed", 404: "no such resource, or (directory) no published certificate / unknown or spent proof",
@@ -66,11 +87,14 @@ _MESSAGES = {
                                       " failed check", 429: "rate limit reached",
     500: "internal error", 503: "token, TSA or revocation service unavailable; nothing was signed",
 }
+_MAIL_MESSAGES = {404: "no such mail for this client", 503: "no mail relay configured (mail_unavailable), or the"
+                                                             " token unavailable; nothing was queued"}
 
 
-def _errors(*codes: int, schema: dict[str, Any] = _ERROR) -> dict[str, Any]:
+def _errors(*codes: int, schema: dict[str, Any] = _ERROR, messages: dict[int, str] | None = None) -> dict[str, Any]:
     return {
-        str(code): {"description": _MESSAGES[code], "content": {"application/json": {"schema": schema}}}
+        str(code): {"description": (messages or {}).get(code, _MESSAGES.get(code, "")),
+                    "content": {"application/json": {"schema": schema}}}
         for code in codes
     }
 
@@ -128,6 +152,17 @@ def _native_paths(default_level: Level) -> dict[str, Any]:
                     "day": {"type": "string"},
                     "signatures": {"type": "integer", "description": "metered calls: signatures, or timestamps"}}}}}}),
                 **_errors(400, 401)}}},
+        "/v1/mail": {"post": {
+            "summary": "Send a signed, encrypted S/MIME mail (scope mail); the plain notice to a recipient"
+                       " without a certificate",
+            "requestBody": _json_body(mail_body()),
+            "responses": {"202": _json(_MAIL_QUEUED, "queued"),
+                          **_errors(400, 401, 402, 403, 413, 429, 500, 503, messages=_MAIL_MESSAGES)}}},
+        "/v1/mail/{mail_id}": {"get": {
+            "summary": "A mail's delivery status (scope mail; the calling client's mails only)",
+            "parameters": [{"name": "mail_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _json(_MAIL_STATUS),
+                          **_errors(401, 403, 404, 500, messages=_MAIL_MESSAGES)}}},
         "/v1/pdf/sign": {"post": {
             "summary": "Sign a PDF (PAdES); the signed PDF comes back",
             "parameters": _query(pdf_sign_query(default_level)),

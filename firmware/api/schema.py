@@ -4,9 +4,9 @@ the OpenAPI document is built (openapi.py) and requests are read (signatures.py,
 One source for field names, types, levels and defaults, so the document cannot promise a field the
 parser does not read, and a level default shown to integrators is the running box's ([signing]
 default_level, changed from the console). The schemas are a small subset of JSON Schema — type,
-format byte, enum, default, minimum, maximum, minItems/maxItems, required, properties of nested
-objects — checked by hand here: the box carries no jsonschema dependency for a few keywords. The CSC
-API's bodies (csc/schema.py) are read by the same read_body.
+format byte, enum, default, minimum, maximum, maxLength, minItems/maxItems, required, properties of
+nested objects — checked by hand here: the box carries no jsonschema dependency for a few keywords.
+The CSC API's bodies (csc/schema.py) are read by the same read_body.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .bodies import b64decode
 
 __all__ = [
     "directory_code_body", "directory_exists_query", "directory_lookup_query", "directory_submit_body", "hash_body",
-    "level_schema", "pdf_sign_query", "pdf_verify_query", "read_body", "read_query",
+    "level_schema", "mail_body", "pdf_sign_query", "pdf_verify_query", "read_body", "read_query",
 ]
 
 _B64 = {"type": "string", "format": "byte"}
@@ -51,6 +51,33 @@ def hash_body(default_level: Level, batch: bool) -> dict[str, Any]:
             "level": level_schema(HASH_LEVELS, hash_level(default_level)),
             "profile": {"type": "string", "enum": [p.value for p in Profile], "default": Profile.PADES.value},
             **digests,
+        },
+    }
+
+
+MAX_ATTACHMENTS = 10
+
+
+def mail_body() -> dict[str, Any]:
+    """POST /v1/mail. The whole body is bounded by the JSON limit (1 MiB: about 750 KiB of attachments)."""
+    attachment = {
+        "type": "object",
+        "required": ["filename", "content_type", "data"],
+        "properties": {
+            "filename": {"type": "string", "maxLength": 200, "description": "e.g. bill-2026-11.pdf"},
+            "content_type": {"type": "string", "maxLength": 100, "description": "type/subtype, e.g. application/pdf"},
+            "data": {**_B64, "description": "the file, byte for byte"},
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["to", "subject"],
+        "properties": {
+            "to": {"type": "string", "maxLength": 254, "description": "one recipient address"},
+            "subject": {"type": "string", "maxLength": 200, "description": "one line; in the clear, not encrypted"},
+            "text": {"type": "string", "description": "plain-text body (text, html or both)"},
+            "html": {"type": "string", "description": "HTML body"},
+            "attachments": {"type": "array", "items": attachment, "minItems": 0, "maxItems": MAX_ATTACHMENTS},
         },
     }
 
@@ -198,6 +225,8 @@ def _checked(prop: dict[str, Any], value: object, name: str) -> Any:
         raise InvalidRequest(f"unknown {name} {value!r}; use one of {', '.join(map(str, prop['enum']))}")
     if isinstance(value, int) and value < prop.get("minimum", value):
         raise InvalidRequest(f"{name} must be at least {prop['minimum']}")
+    if isinstance(value, str) and len(value) > prop.get("maxLength", len(value)):
+        raise InvalidRequest(f"{name} holds at most {prop['maxLength']} characters")
     if isinstance(value, int) and value > prop.get("maximum", value):
         raise InvalidRequest(f"{name} must be at most {prop['maximum']}")
     if isinstance(value, list):

@@ -1,24 +1,26 @@
-"""The certificate directory's ties to its other faces: inbound mail and LDAP.
+"""The certificate directory's ties to the mailer and to its other faces: inbound mail and LDAP.
 
 The directory service (firmware/directory) knows one way in — ``submit`` — and one way out —
-``published``; the inbound SMTP listener (firmware/inbound) and the LDAP responder
-(firmware/ldap) each name a small seam of their own. These adapters connect them, so that
-neither face restates a directory rule: a certificate mailed in goes through the same checks and
-proof of mailbox control as one posted to the API, and LDAP serves exactly what a lookup would.
+``published``; the mailer (firmware/mail), the one-time codes (firmware/otp), the inbound SMTP
+listener (firmware/inbound) and the LDAP responder (firmware/ldap) each name a small seam of their
+own. These adapters connect them, so that no part restates another's rule: a certificate mailed
+in goes through the same checks and proof of mailbox control as one posted to the API, LDAP
+serves exactly what a lookup would, and mail is encrypted to exactly the published certificates.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from asn1crypto import x509
 
-from ..directory import AddressInvalid, CertificateRefused, DirectoryService, normalise
+from ..directory import AddressInvalid, CertificateRefused, DirectoryService, ProofSecret, normalise
 from ..errors import InvalidRequest
+from ..mail.service import MailService
 from ..store import Database, immediate
 
-__all__ = ["InboundSubmissions", "LdapDirectory"]
+__all__ = ["CodeByMail", "DirectoryRecipients", "InboundSubmissions", "LdapDirectory", "ProofByMail"]
 
 _LDAP_SCHEMA = """
 CREATE TABLE IF NOT EXISTS ldap_lookups (
@@ -28,6 +30,54 @@ CREATE TABLE IF NOT EXISTS ldap_lookups (
     PRIMARY KEY (peer, minute)
 );
 """
+
+
+class DirectoryRecipients:
+    """firmware.mail's ``RecipientDirectory``: the published certificates of the normalised address."""
+
+    def __init__(self, directory: DirectoryService, db: Database) -> None:
+        self._directory = directory
+        self._db = db
+
+    def lookup(self, address: str) -> Sequence[x509.Certificate]:
+        try:
+            normalised = normalise(address)
+        except AddressInvalid:
+            return ()
+        rows = self._directory.published(self._db.connect(), normalised)
+        return [x509.Certificate.load(row.certificate) for row in rows]
+
+
+class ProofByMail:
+    """firmware.directory's ``ProofSender``: the proof goes encrypted to the very certificate that
+    waits to be published (only its key holder can read it), signed by the box."""
+
+    def __init__(self, mail: MailService) -> None:
+        self._mail = mail
+
+    def send_proof(self, address: str, certificate: bytes, link_or_code: ProofSecret) -> None:
+        action = "publish" if link_or_code.purpose == "publish" else "remove"
+        steps = [f"To {action} your e-mail encryption certificate in our directory, confirm that this mailbox is yours."]
+        if link_or_code.link:
+            steps.append(f"Open this page and confirm: {link_or_code.link}")
+        steps.append(f"Or enter this code with your address: {link_or_code.code}")
+        steps.append(f"It works once, until {link_or_code.expires_at:%Y-%m-%d %H:%M} UTC. If you did not ask for"
+                     " this, ignore this message: nothing changes.")
+        self._mail.send_box_message(None, address, f"Confirm your certificate ({action})", "\n\n".join(steps) + "\n",
+                                    certificates=[x509.Certificate.load(certificate)])
+
+
+class CodeByMail:
+    """firmware.otp's ``CodeSender``: the code encrypted to the person's directory certificate, or
+    plain where the client allows it; charged to the client as one mail."""
+
+    def __init__(self, mail: MailService) -> None:
+        self._mail = mail
+
+    def send_code(self, client_id: str, address: str, code: str, allow_plain: bool) -> bool:
+        text = f"Your one-time code: {code}\n\nIt works once and expires soon. Never tell it to anyone who asks.\n"
+        return self._mail.send_box_message(client_id, address, "Your one-time code", text,
+                                           allow_plain=allow_plain).encrypted
 
 
 class InboundSubmissions:

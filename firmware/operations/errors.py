@@ -16,6 +16,8 @@ from hsm import KeyNotFound, TokenError, TokenUnavailable, UnsupportedDigest
 
 from ..directory import AddressInvalid, CertificateRefused, NoCertificate, ProofInvalid
 from ..errors import InvalidRequest
+from ..mail.outbox import MailUnavailable
+from ..mail.service import NoEncryptionCertificate
 from ..signing.clock import ClockSkewed
 from ..signing.pdf_fields import CertifiedDocument, CertifiedNoChanges
 from ..signing.pdf_integrity import EarlierSignatureBroken
@@ -65,6 +67,7 @@ FAULTS: dict[type[Exception], Fault] = {
     # the certificate directory: a certificate refused names its failed check in the message; "no
     # certificate" and "not proven yet" are one answer
     CertificateRefused: Fault(422, "certificate_refused", "invalid_request", 400),
+    NoEncryptionCertificate: Fault(409, "no_encryption_certificate", "invalid_request", 400),
     NoCertificate: Fault(404, "no_certificate", "invalid_request", 400),
     ProofInvalid: Fault(404, "proof_invalid", "invalid_request", 400),
     AddressInvalid: Fault(400, "invalid_address", "invalid_request"),
@@ -87,6 +90,7 @@ FAULTS: dict[type[Exception], Fault] = {
     TokenUnavailable: Fault(503, "token_unavailable", _UNAVAILABLE),
     KeyNotFound: Fault(503, "signing_key_missing", _UNAVAILABLE),
     StorageFull: Fault(503, "storage_full", _UNAVAILABLE),
+    MailUnavailable: Fault(503, "mail_unavailable", _UNAVAILABLE),
     TokenError: Fault(500, "token_error", "server_error"),
 }
 

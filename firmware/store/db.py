@@ -92,14 +92,34 @@ CREATE VIEW IF NOT EXISTS signatures AS
            json_extract(details, '$.level') AS level,
            json_extract(details, '$.profile') AS profile
     FROM audit_log WHERE action = 'signature';
+-- The mail outbox (firmware/mail/outbox.py): every message the API accepted, until the relay took it.
+-- The address and the message are dropped once sent or given up; the address hash stays.
+CREATE TABLE IF NOT EXISTS mail_outbox (
+    id           TEXT PRIMARY KEY,      -- the id POST /v1/mail returned
+    client_id    TEXT NOT NULL,
+    message_id   TEXT NOT NULL,         -- the Message-ID header, the same on every attempt
+    address_hash TEXT NOT NULL,         -- SHA-256 of the normalised recipient address
+    recipient    TEXT,                  -- NULL once sent or failed
+    sender       TEXT NOT NULL,         -- the envelope sender (MAIL FROM)
+    message      BLOB,                  -- the whole message as sent; NULL once sent or failed
+    encrypted    INTEGER NOT NULL,
+    status       TEXT NOT NULL,         -- queued, sending, sent, failed
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,         -- Unix time: not before
+    lease_until  REAL,                  -- while sending: when another sender may take it over
+    created_at   TEXT NOT NULL,
+    sent_at      TEXT,
+    last_error   TEXT
+);
+CREATE INDEX IF NOT EXISTS mail_outbox_due ON mail_outbox(status, next_attempt);
 """
 
-# What quotas, rates and usage reports count: each signature, each CSC timestamp and each
-# certificate-directory lookup is one call. Kept apart from SCHEMA because a view's definition
+# What quotas, rates and usage reports count: each signature, each CSC timestamp, each
+# certificate-directory lookup and each mail queued (POST /v1/mail) is one call. Kept apart from SCHEMA because a view's definition
 # changes with the box (directory lookups were added): `_ensure_view` replaces an older one.
 METERED_CALLS = """CREATE VIEW metered_calls AS
     SELECT seq AS id, at AS created_at, client_id, json_extract(details, '$.kind') AS kind
-    FROM audit_log WHERE action IN ('signature', 'timestamp', 'directory.lookup')"""
+    FROM audit_log WHERE action IN ('signature', 'timestamp', 'directory.lookup', 'mail')"""
 
 
 class Database:

@@ -1,5 +1,5 @@
 """Quotas and rates per API client, counted in metered calls: signatures produced, timestamps
-served by the CSC API, and certificate-directory lookups (view metered_calls).
+served by the CSC API, certificate-directory lookups and mails queued (view metered_calls).
 
 `check` runs twice for every signing request: once before the token is touched (so an
 over-quota client costs the box nothing) and again inside the transaction that records the
@@ -14,9 +14,10 @@ from typing import Any
 
 # hash: hash signing (native and CSC); pdf: PDF signing; timestamp: the CSC timestamp endpoint (a
 # TSA proxy, so only for clients granted it); directory: looking up and submitting e-mail
-# encryption certificates (firmware/directory/; only for clients granted it). SCOPES lists every
-# scope, DEFAULT_SCOPES what a new client gets unless its scopes are given.
-SCOPES = ("hash", "pdf", "timestamp", "directory")
+# encryption certificates (firmware/directory/); mail: signed, encrypted mail and one-time codes
+# (POST /v1/mail, /v1/otp) — both only for clients granted them. SCOPES lists every scope,
+# DEFAULT_SCOPES what a new client gets unless its scopes are given.
+SCOPES = ("hash", "pdf", "timestamp", "directory", "mail")
 DEFAULT_SCOPES = ("hash", "pdf")
 
 
@@ -40,7 +41,7 @@ class RateLimited(Refusal):
 
 
 _SCOPE_USES = {"hash": "hash signing", "pdf": "PDF signing", "timestamp": "the timestamp service",
-               "directory": "the certificate directory"}
+               "directory": "the certificate directory", "mail": "the mail service"}
 
 
 def require_scope(scopes: tuple[str, ...], scope: str) -> None:
