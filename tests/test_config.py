@@ -108,3 +108,10 @@ def test_the_readme_configuration_example_is_a_valid_box_toml_covering_every_sec
     BoxConfig.from_text(tmp_path, example[1])
     shown = set(re.findall(r"^\[([a-z_]+)\]", example[1], re.M))
     assert set(SECTIONS) - shown == {"provisioned"}  # written by provisioning only; described in prose
+
+
+@pytest.mark.parametrize("face", ["ldap", "inbound"])
+def test_a_directory_face_needs_the_directory(tmp_path, face):
+    extra = 'address = "certificates@box.example.org"\n' if face == "inbound" else ""
+    with pytest.raises(ConfigError, match=rf"\[{face}\] enabled needs \[directory\] enabled"):
+        BoxConfig.from_text(tmp_path, f'[token]\nmodule = "m.so"\nlabel = "t"\n[{face}]\nenabled = true\n{extra}')

@@ -107,6 +107,9 @@ def ldap(tmp_path_factory: pytest.TempPathFactory):
 module = "/nonexistent.so"
 label = "test"
 
+[directory]
+enabled = true
+
 [ldap]
 enabled = true
 port = {ports[0]}
@@ -266,7 +269,7 @@ def _gone(pid: int) -> bool:
 
 def test_slapd_ends_with_the_box_even_on_kill_9(tmp_path: Path):
     port = free_port()
-    toml = f'[token]\nmodule = "m.so"\nlabel = "t"\n\n[ldap]\nenabled = true\nport = {port}\nldaps_port = 0\n' \
+    toml = f'[token]\nmodule = "m.so"\nlabel = "t"\n\n[directory]\nenabled = true\n\n[ldap]\nenabled = true\nport = {port}\nldaps_port = 0\n' \
            f'listen = ["127.0.0.1"]\n'
     box = subprocess.Popen([sys.executable, "-c", _BOX, str(tmp_path), toml], stdout=subprocess.PIPE, text=True,
                            cwd=Path(__file__).resolve().parent.parent)
@@ -299,7 +302,8 @@ def test_only_the_exact_address_reaches_the_directory():
 
 
 def _config(tmp_path: Path, ldap_section: str) -> BoxConfig:
-    return BoxConfig.from_text(tmp_path, f'[token]\nmodule = "m.so"\nlabel = "t"\n\n[ldap]\n{ldap_section}\n')
+    return BoxConfig.from_text(tmp_path, f'[token]\nmodule = "m.so"\nlabel = "t"\n\n[directory]\nenabled = true\n\n'
+                                         f'[ldap]\n{ldap_section}\n')
 
 
 @pytest.mark.parametrize("section, reason", [
