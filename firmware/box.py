@@ -20,6 +20,7 @@ from .api.info import CertificateResource, HealthResource
 from .api.json_media import BoundedJsonHandler
 from .api.mail import MailResource, MailStatusResource
 from .api.openapi import OpenApiResource
+from .api.otp import OtpResource, OtpVerifyResource
 from .api.pdf import PdfSignResource, PdfVerifyResource
 from .api.signatures import SignatureBatchResource, SignatureResource
 from .api.usage import UsageResource
@@ -31,7 +32,8 @@ from .errors import InvalidRequest
 from .mail.outbox import Outbox, OutboxSender, RelaySettings
 from .mail.service import MailPolicy, MailService, NoDirectory, RecipientDirectory
 from .mail.smime import SmimeSigner
-from .operations.directory_links import DirectoryRecipients, ProofByMail
+from .operations.directory_links import CodeByMail, DirectoryRecipients, ProofByMail
+from .otp import OtpCodes
 from .outbound import apply_outbound
 from .signing.clock import ClockWatch
 from .signing.hash_signing import HashSigningService
@@ -70,6 +72,7 @@ class Box:
     # (the S/MIME mailer once there is one; handed on to every reassembled Box, like health_parts).
     directory: DirectoryService | None = None
     proof_sender: ProofSender = field(default_factory=UndeliveredProofs)
+    otp: OtpCodes | None = None  # one-time codes by mail; None without a mail relay
 
     @classmethod
     def open(cls, config: BoxConfig, proof_sender: ProofSender | None = None) -> Box:
@@ -123,6 +126,7 @@ class Box:
             config, token, clock, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing,
             csc_sessions or CscSessions.open(db), outbox, mail, health_parts if health_parts is not None else {},
             directory, directory.sender if directory is not None else UndeliveredProofs(),
+            OtpCodes(db, config.state_dir, CodeByMail(mail)) if mail is not None else None,
         )
 
     def mail_sender(self) -> OutboxSender | None:
@@ -145,6 +149,8 @@ class Box:
         app.add_route("/v1/usage", UsageResource(self.db, self.clients))
         app.add_route("/v1/mail", MailResource(self.mail))
         app.add_route("/v1/mail/{mail_id}", MailStatusResource(self.outbox))
+        app.add_route("/v1/otp", OtpResource(self.otp))
+        app.add_route("/v1/otp/verify", OtpVerifyResource(self.otp))
         app.add_route("/openapi.json", OpenApiResource(level, directory=self.directory is not None))
         if self.directory is not None:
             add_directory_routes(app, self.directory)

@@ -130,6 +130,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 running.callback(stop_console)
             except Exception as exc:  # the signing API serves even if the console cannot start
                 log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleFailure))
+        mail_sender = box.mail_sender()
+        if mail_sender is not None:  # the outbox delivers while the box serves, and after a restart
+            mail_sender.start()
+            running.callback(mail_sender.stop)
         if box.directory is not None:
             _start_directory_faces(box, box.directory, config, running)
         if box.timestamper is not None:

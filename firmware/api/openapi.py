@@ -24,6 +24,8 @@ from .schema import (
     hash_body,
     level_schema,
     mail_body,
+    otp_body,
+    otp_verify_body,
     pdf_sign_query,
     pdf_verify_query,
     usage_query,
@@ -87,6 +89,19 @@ _MESSAGES = {
                                       " failed check", 429: "rate limit reached",
     500: "internal error", 503: "token, TSA or revocation service unavailable; nothing was signed",
 }
+_OTP_ISSUED = {
+    "type": "object", "required": ["id", "expires_in", "encrypted"],
+    "properties": {"id": {"type": "string"}, "expires_in": {"type": "integer", "description": "seconds"},
+                   "encrypted": {"type": "boolean", "description": "false: sent plain (allow_plain)"}},
+}
+_OTP_VERDICT = {
+    "type": "object", "required": ["valid", "reason"],
+    "properties": {"valid": {"type": "boolean"},
+                   "reason": {"type": "string",
+                              "enum": ["ok", "unknown", "expired", "used", "too_many_attempts", "wrong_code"]}},
+}
+_OTP_MESSAGES = {409: "no encryption certificate for the address and allow_plain is false (no_encryption_certificate)",
+                 503: "no mail relay configured (mail_unavailable); nothing was sent"}
 _MAIL_MESSAGES = {404: "no such mail for this client", 503: "no mail relay configured (mail_unavailable), or the"
                                                              " token unavailable; nothing was queued"}
 
@@ -163,6 +178,15 @@ def _native_paths(default_level: Level) -> dict[str, Any]:
             "parameters": [{"name": "mail_id", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": _json(_MAIL_STATUS),
                           **_errors(401, 403, 404, 500, messages=_MAIL_MESSAGES)}}},
+        "/v1/otp": {"post": {
+            "summary": "Mail a one-time code, encrypted to the person's directory certificate (scope mail)",
+            "requestBody": _json_body(otp_body()),
+            "responses": {"201": _json(_OTP_ISSUED, "queued"),
+                          **_errors(400, 401, 402, 403, 409, 429, 500, 503, messages=_OTP_MESSAGES)}}},
+        "/v1/otp/verify": {"post": {
+            "summary": "Check a one-time code: valid once, within its lifetime and attempts (scope mail)",
+            "requestBody": _json_body(otp_verify_body()),
+            "responses": {"200": _json(_OTP_VERDICT), **_errors(400, 401, 403, 500, 503, messages=_OTP_MESSAGES)}}},
         "/v1/pdf/sign": {"post": {
             "summary": "Sign a PDF (PAdES); the signed PDF comes back",
             "parameters": _query(pdf_sign_query(default_level)),

@@ -25,7 +25,7 @@ from .bodies import b64decode
 
 __all__ = [
     "directory_code_body", "directory_exists_query", "directory_lookup_query", "directory_submit_body", "hash_body",
-    "level_schema", "mail_body", "pdf_sign_query", "pdf_verify_query", "read_body", "read_query",
+    "level_schema", "mail_body", "otp_body", "otp_verify_body", "pdf_sign_query", "pdf_verify_query", "read_body", "read_query",
 ]
 
 _B64 = {"type": "string", "format": "byte"}
@@ -78,6 +78,32 @@ def mail_body() -> dict[str, Any]:
             "text": {"type": "string", "description": "plain-text body (text, html or both)"},
             "html": {"type": "string", "description": "HTML body"},
             "attachments": {"type": "array", "items": attachment, "minItems": 0, "maxItems": MAX_ATTACHMENTS},
+        },
+    }
+
+
+def otp_body() -> dict[str, Any]:
+    """POST /v1/otp."""
+    return {
+        "type": "object",
+        "required": ["to"],
+        "properties": {
+            "to": {"type": "string", "maxLength": 254, "description": "the person's address"},
+            "allow_plain": {"type": "boolean", "default": False,
+                            "description": "without a directory certificate, send the code unencrypted"
+                                           " (else 409 no_encryption_certificate)"},
+        },
+    }
+
+
+def otp_verify_body() -> dict[str, Any]:
+    """POST /v1/otp/verify."""
+    return {
+        "type": "object",
+        "required": ["id", "code"],
+        "properties": {
+            "id": {"type": "string", "maxLength": 64, "description": "the id POST /v1/otp returned"},
+            "code": {"type": "string", "maxLength": 16, "description": "what the person typed"},
         },
     }
 
