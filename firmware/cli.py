@@ -61,7 +61,7 @@ def cmd_init_dev(args: argparse.Namespace) -> None:
     from .devbox import init_dev  # optional heavy dependency: certomancer, for development boxes only
 
     config = init_dev(Path(args.state_dir), pki_port=args.pki_port, api_port=args.port,
-                      key_algorithm=KeyAlgorithm(args.key_algorithm), console=True)
+                      key_algorithm=KeyAlgorithm(args.key_algorithm), console=True, directory=True)
     print(f"development box ready in {config.state_dir}")
 
 
@@ -104,13 +104,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if args.dev:
             # optional heavy dependency: certomancer, for development boxes only
             from .devbox import init_dev
+            from .devmail import DevMailbox
             from .devpki import DevPki, PkiServer
 
-            config = init_dev(Path(args.state_dir), pki_port=args.pki_port, api_port=args.port, console=True)
+            config = init_dev(Path(args.state_dir), pki_port=args.pki_port, api_port=args.port, console=True,
+                              directory=True)
             port = _dev_pki_port(config)
             pki_server = PkiServer(DevPki(config.state_dir / "pki", f"http://127.0.0.1:{port}"), port)
             pki_server.start()
             running.callback(pki_server.stop)
+            if config.dev.mailbox_port is not None:  # the dev box's mail relay: messages kept in var/dev-mail/
+                running.enter_context(DevMailbox(config.state_dir, config.dev.mailbox_port))
         config = _config(args)
         box = Box.open(config)
         host, port = args.host or config.api_host, args.port or config.api_port

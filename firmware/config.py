@@ -223,12 +223,14 @@ class AuditSettings(_Section):
 
 @dataclass(frozen=True)
 class DevSettings(_Section):
-    """``[dev]``: the development box's PKI servers (`esignbox init-dev`)."""
+    """``[dev]``: the development box's PKI servers and mailbox (`esignbox init-dev`, `serve --dev`)."""
 
     pki_port: int | None = None
+    mailbox_port: int | None = None  # the dev mailbox (firmware/devmail.py): an SMTP relay keeping files
 
     def check(self) -> None:
         _port("pki_port", self.pki_port)
+        _port("mailbox_port", self.mailbox_port)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from asn1crypto import pem
 from hsm import KeyAlgorithm, KeyNotFound, Token, TokenConfig
 
 from .config import CONFIG_NAME, BoxConfig, parse
-from .devpki import DevPki
+from .devpki import MAIL_USERS, DevPki
 from .durable import write_durable, write_new
 from .operations import configstore
 
@@ -27,6 +27,9 @@ DEV_TOKEN_LABEL = "esignbox-dev"
 DEV_KEY_LABEL = "box-signing"
 DEFAULT_PKI_PORT = 9180
 DEFAULT_API_PORT = 8080
+# The directory and mail of `make run`: the dev mailbox (relay), the inbound listener, LDAP.
+DEV_MAILBOX_PORT, DEV_INBOUND_PORT, DEV_LDAP_PORT = 1025, 2525, 1389
+DEV_DIRECTORY_ADDRESS = "certificates@esignbox.dev"
 SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
                    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so")
 
@@ -45,7 +48,8 @@ def _secret_file(path: Path, length: int) -> str:
     return path.read_text().strip()
 
 
-def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, console: bool = False) -> None:
+def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, console: bool = False,
+                  directory: bool = False) -> None:
     """A development box's box.toml, written once through the one box.toml writer: only what
     differs from the schema's defaults (firmware/config.py); later runs keep an admin's changes."""
     path = state_dir / CONFIG_NAME
@@ -60,8 +64,16 @@ def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, c
                   "environment_files": {"SOFTHSM2_CONF": "softhsm2.conf"}},
         "signing": {"key_label": DEV_KEY_LABEL, "tsa_urls": [tsa_url]},
         "console": {"enabled": console},
-        "dev": {"pki_port": pki_port},
+        "dev": {"pki_port": pki_port, **({"mailbox_port": DEV_MAILBOX_PORT} if directory else {})},
     }
+    if directory:
+        settings["directory"] = {"enabled": True, "trust_roots_file": "trust-roots.pem",
+                                 "public_base_url": f"http://127.0.0.1:{api_port}"}
+        settings["mail"] = {"relay_host": "127.0.0.1", "relay_port": DEV_MAILBOX_PORT, "starttls": False,
+                            "from_address": "esignbox@esignbox.dev"}
+        settings["ldap"] = {"enabled": True, "port": DEV_LDAP_PORT, "ldaps_port": 0, "listen": ["127.0.0.1"]}
+        settings["inbound"] = {"enabled": True, "host": "127.0.0.1", "port": DEV_INBOUND_PORT,
+                               "address": DEV_DIRECTORY_ADDRESS}
     write_durable(path, configstore.render(settings, "esignbox init-dev").encode())
 
 
@@ -92,6 +104,7 @@ def init_dev(
     api_port: int | None = None,
     key_algorithm: KeyAlgorithm = KeyAlgorithm.RSA_2048,
     console: bool = False,
+    directory: bool = False,
 ) -> BoxConfig:
     """Create (or reuse) everything a development box needs in ``state_dir``.
 
@@ -99,7 +112,10 @@ def init_dev(
     URLs inside the issued certificates; ``api_port`` is written only into a new box.toml.
     ``console=True`` (the CLI's choice) enables the admin
     console in box.toml; library callers such as the tests get it disabled, so that a test box
-    does not listen on the LAN.
+    does not listen on the LAN. ``directory=True`` (the CLI's choice too) enables the certificate
+    directory with the dev PKI as its trust root, mail through the dev mailbox, LDAP and the
+    inbound listener on loopback, on fixed ports (README); the dev PKI's people's certificates
+    are written next to their keys as ``pki/mail-<name>.pem``.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     if pki_port is None:
@@ -116,7 +132,12 @@ def init_dev(
         token.close()
     pki = DevPki(state_dir / "pki", f"http://127.0.0.1:{pki_port}")
     pki.ensure(key.public_key_info)
-    _write_config(state_dir, pki_port, api_port or DEFAULT_API_PORT, pki.tsa_url(), console=console)
+    _write_config(state_dir, pki_port, api_port or DEFAULT_API_PORT, pki.tsa_url(), console=console,
+                  directory=directory)
+    for name in MAIL_USERS:
+        person = state_dir / "pki" / f"mail-{name}.pem"
+        if not person.exists():
+            write_durable(person, pem.armor("CERTIFICATE", pki.mail_user(name).cert))
     config = BoxConfig.load(state_dir)
     # Only what is missing: after a key rollover the chain file holds the new key's chain, and
     # the next `make run` must not put the dev key's chain back over it.

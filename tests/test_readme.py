@@ -28,7 +28,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 VENV = Path(sys.executable).parent.parent  # not resolved: the venv's bin/python may be a symlink
-README_PORTS = {8080: "API", 9180: "dev PKI", 8443: "admin console"}
+README_PORTS = {8080: "API", 9180: "dev PKI", 8443: "admin console", 1025: "dev mailbox", 2525: "inbound mail",
+                1389: "LDAP"}
 RUN_LANGUAGES = {"sh", "bash"}
 # What else a fence may be: config and response examples, and printed output.
 SHOWN_LANGUAGES = {"toml", "json", "text"}

@@ -1,6 +1,7 @@
-"""Development/test PKI: certomancer-issued box certificate plus live TSA, OCSP and CRLs."""
+"""Development/test PKI: certomancer-issued box certificate plus live TSA, OCSP and CRLs, and the
+e-mail certificates of a few people (MAIL_USERS) for the certificate directory."""
 
-from .pki import DevPki, SoftSigner
+from .pki import MAIL_USERS, DevPki, SoftSigner
 from .server import PkiServer, PkiServerError
 
-__all__ = ["DevPki", "PkiServer", "PkiServerError", "SoftSigner"]
+__all__ = ["MAIL_USERS", "DevPki", "PkiServer", "PkiServerError", "SoftSigner"]
