@@ -25,9 +25,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from firmware.certificates import CertificateError, as_pyca, read_certificates
 from firmware.config import BoxConfig
 from firmware.durable import write_durable
+from firmware.lan_tls import BOX_TLS_DIR, BOX_TLS_FILES
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
-SERVER_CERT, SERVER_KEY = "console.pem", "console.key"
+SERVER_CERT, SERVER_KEY = BOX_TLS_FILES
 ORG_CERT, ORG_KEY = "org.pem", "org.key"
 SERVER_DAYS = 397
 RENEW_DAYS = 30
@@ -220,4 +221,4 @@ def for_console(config: BoxConfig, addresses: list[str]) -> ConsoleTls:
     if settings.tls_cert_file and settings.tls_key_file and settings.tls_cert_file.exists() \
             and settings.tls_key_file.exists():
         return load_organisation(settings.tls_cert_file, settings.tls_key_file)
-    return ensure_server_cert(config.state_dir / "console" / "tls", box_names(config), addresses)
+    return ensure_server_cert(config.state_dir / BOX_TLS_DIR, box_names(config), addresses)
