@@ -190,7 +190,7 @@ def test_submit_prove_publish_look_up(client, local_box, mail_pki, sender):
     assert "token" not in submitted.text and "code" not in submitted.json  # the secret goes to the mailbox only
     address, mailed_to_cert, secret = sender.sent[-1]
     assert (address, mailed_to_cert) == ("alice@example.com", alice)
-    assert secret.link and secret.link.startswith("https://certs.example.org/v1/directory/proofs/")
+    assert secret.link and secret.link.startswith("https://certs.example.org/directory/confirm/")
 
     # not proven yet: exactly what an unknown address gets
     pending = client.simulate_get("/v1/directory/certificates", params={"email": "alice@example.com"},
@@ -401,3 +401,27 @@ def test_the_audit_log_names_addresses_only_by_their_hash(local_box):
 def test_openapi_documents_the_directory_where_it_is_served(client):
     paths = client.simulate_get("/openapi.json").json["paths"]
     assert {"/v1/directory/certificates", "/v1/directory/exists", "/v1/directory/proofs/{token}"} <= set(paths)
+
+
+def test_the_mailed_link_opens_a_page_that_asks_and_only_its_button_publishes(client, local_box, mail_pki, sender):
+    """A mail scanner or link preview GETs the link: that must publish nothing."""
+    pki, _ = mail_pki
+    dave = pki.mail_user("dave").cert
+    submitted = client.simulate_post("/v1/directory/certificates", headers=_key(local_box), json={
+        "email": "dave@example.com", "certificate": base64.b64encode(dave).decode()})
+    assert submitted.status_code == 202, submitted.text
+    page = f"/directory/confirm/{_token(sender.last('dave@example.com'))}"
+    for _ in range(2):
+        asked = client.simulate_get(page)
+        assert asked.status_code == 200 and "dave@example.com" in asked.text and "<form method=post>" in asked.text
+        assert asked.headers["referrer-policy"] == "no-referrer" and asked.headers["cache-control"] == "no-store"
+        assert "default-src 'none'" in asked.headers["content-security-policy"]
+    assert not client.simulate_get("/v1/directory/exists", params={"email": "dave@example.com"},
+                                   headers=_key(local_box)).json["exists"]
+    done = client.simulate_post(page)
+    assert done.status_code == 200 and "is published" in done.text, done.text
+    assert client.simulate_get("/v1/directory/exists", params={"email": "dave@example.com"},
+                               headers=_key(local_box)).json["exists"]
+    spent = client.simulate_get(page)
+    assert spent.status_code == 404 and "Link not valid" in spent.text
+    assert "<script" not in asked.text

@@ -14,9 +14,10 @@ from asn1crypto import pem
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
-from ..directory import CertificateRow, DirectoryService, NoCertificate
+from ..directory import PROOF_PATH, CertificateRow, DirectoryService, NoCertificate
 from ..errors import InvalidRequest
 from .bodies import b64, b64decode, read_json
+from .directory_page import ConfirmationPage
 from .schema import (
     directory_code_body,
     directory_exists_query,
@@ -128,9 +129,8 @@ def _proof_answer(row: CertificateRow) -> dict[str, object]:
 
 
 class ProofResource:
-    """POST /v1/directory/proofs/{token}: the owner follows the mailed link. A GET page with a
-    button (the verification page behind the reverse proxy) is still to come: a GET must not
-    publish, or a mail scanner that prefetches links would prove control for the owner."""
+    """POST /v1/directory/proofs/{token}: a proof link's token, for programs; people follow the
+    mailed link to the confirmation page (directory_page.py), whose GET asks and POST acts."""
 
     public = True
 
@@ -159,3 +159,4 @@ def add_directory_routes(app: falcon.App[falcon.Request, falcon.Response], servi
     app.add_route("/v1/directory/exists", DirectoryExistsResource(service))
     app.add_route("/v1/directory/proofs", ProofCodeResource(service))
     app.add_route("/v1/directory/proofs/{token}", ProofResource(service))
+    app.add_route(PROOF_PATH, ConfirmationPage(service))

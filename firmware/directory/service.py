@@ -47,7 +47,9 @@ __all__ = ["PROOF_PATH", "DirectoryService", "NoCertificate", "ProofInvalid", "P
 
 log = logging.getLogger(__name__)
 
-PROOF_PATH = "/v1/directory/proofs/{token}"  # where a proof link points, under [directory] public_base_url
+# Where a proof link points, under [directory] public_base_url: the confirmation page (a GET shows
+# a question and a button; only its POST acts, so a mail scanner fetching links proves nothing).
+PROOF_PATH = "/directory/confirm/{token}"
 LOOKUP_WINDOW = timedelta(minutes=1)
 
 
@@ -152,6 +154,14 @@ class DirectoryService:
         if proof is None:
             raise ProofInvalid("this link is unknown, expired or already used")
         return self._apply(proof)
+
+    def proof_target(self, token: str) -> tuple[Purpose, CertificateRow]:
+        """What a proof link would do, without doing it (the confirmation page's question);
+        raises ProofInvalid as ``confirm`` would for an unknown, used or expired link."""
+        proof = self._store.proof_by_token(self._db.connect(), token)
+        if proof is None or proof.used or proof.expires_at <= self._clock():
+            raise ProofInvalid("this link is unknown, expired or already used")
+        return proof.purpose, self._store.get(self._db.connect(), proof.certificate_id)
 
     def confirm_code(self, address: str, code: str) -> CertificateRow:
         """Type the mailed code instead of following the link; wrong codes count against the
