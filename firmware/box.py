@@ -33,6 +33,7 @@ from .mail.outbox import Outbox, OutboxSender, RelaySettings
 from .mail.service import MailPolicy, MailService, NoDirectory, RecipientDirectory
 from .mail.smime import SmimeSigner
 from .operations.directory_links import CodeByMail, DirectoryRecipients, ProofByMail
+from .operations.keys import chain_path
 from .otp import OtpCodes
 from .outbound import apply_outbound
 from .signing.clock import ClockWatch
@@ -118,8 +119,7 @@ class Box:
             roots = revocation.with_trust_roots(load_certificates(config.directory.trust_roots_file))
             directory = DirectoryService(db, roots, config.directory, proof_sender or UndeliveredProofs())
         recipients = DirectoryRecipients(directory, db) if directory is not None else NoDirectory()
-        # Mail is signed with the box's signing key until it has a mail key of its own.
-        mail = _mail_service(config, db, outbox, SmimeSigner(signer), recipients)
+        mail = _mail_service(config, db, outbox, SmimeSigner(_mail_signer(config, token, signer, clock)), recipients)
         if directory is not None and proof_sender is None and mail is not None:
             directory.sender = ProofByMail(mail)
         return cls(
@@ -172,6 +172,20 @@ def relay_settings(config: BoxConfig) -> RelaySettings | None:
         max_attempts=mail.max_attempts, backoff_s=mail.retry_seconds, max_backoff_s=mail.max_retry_seconds,
         lease_s=10 * mail.timeout_seconds,  # a transaction is a handful of commands, each within the timeout
     )
+
+
+def _mail_signer(config: BoxConfig, token: Token, signer: TokenSigner, clock: ClockWatch) -> TokenSigner:
+    """The box's mail key ([mail] key_label) with its chain from the key life cycle, or the signing key."""
+    label = config.mail.key_label
+    if label is None:
+        return signer
+    chain_file = chain_path(config.state_dir, label)
+    chain = load_certificates(chain_file)
+    try:
+        check_chain(token, label, chain)
+    except InvalidRequest as exc:
+        raise ConfigError(f"[mail] key_label {label!r}: {chain_file}: {exc}") from exc
+    return TokenSigner(token, label, chain, prefer_pss=config.prefer_pss, clock=clock)
 
 
 def _mail_service(config: BoxConfig, db: Database, outbox: Outbox, signer: SmimeSigner,

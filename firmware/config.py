@@ -407,6 +407,9 @@ class MailSettings(_Section):
     max_attempts: int = 8
     retry_seconds: float = 30.0
     max_retry_seconds: float = 3600.0
+    # The token key mail is signed with, its chain in chains/<label>.pem (esignbox keygen, csr and
+    # import-chain --label, as for the signing key); None: the signing key and its chain.
+    key_label: str | None = None
 
     def check(self) -> None:
         _port("relay_port", self.relay_port)

@@ -16,15 +16,16 @@ from pathlib import Path
 
 from asn1crypto import pem
 
-from hsm import KeyAlgorithm, KeyNotFound, Token, TokenConfig
+from hsm import KeyAlgorithm, KeyInfo, KeyNotFound, Token, TokenConfig
 
 from .config import CONFIG_NAME, BoxConfig, parse
-from .devpki import MAIL_USERS, DevPki
+from .devpki import BOX_MAIL_ADDRESS, MAIL_USERS, DevPki
 from .durable import write_durable, write_new
-from .operations import configstore
+from .operations import chain_path, configstore
 
 DEV_TOKEN_LABEL = "esignbox-dev"
 DEV_KEY_LABEL = "box-signing"
+DEV_MAIL_KEY_LABEL = "box-mail"  # the dev box's S/MIME key: its own, as a field box's should be
 DEFAULT_PKI_PORT = 9180
 DEFAULT_API_PORT = 8080
 # The directory and mail of `make run`: the dev mailbox (relay), the inbound listener, LDAP.
@@ -70,7 +71,7 @@ def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, c
         settings["directory"] = {"enabled": True, "trust_roots_file": "trust-roots.pem",
                                  "public_base_url": f"http://127.0.0.1:{api_port}"}
         settings["mail"] = {"relay_host": "127.0.0.1", "relay_port": DEV_MAILBOX_PORT, "starttls": False,
-                            "from_address": "esignbox@esignbox.dev"}
+                            "from_address": BOX_MAIL_ADDRESS, "key_label": DEV_MAIL_KEY_LABEL}
         settings["ldap"] = {"enabled": True, "port": DEV_LDAP_PORT, "ldaps_port": 0, "listen": ["127.0.0.1"]}
         settings["inbound"] = {"enabled": True, "host": "127.0.0.1", "port": DEV_INBOUND_PORT,
                                "address": DEV_DIRECTORY_ADDRESS}
@@ -124,14 +125,11 @@ def init_dev(
         pki_port = pki_port or DEFAULT_PKI_PORT
     token = Token(_init_softhsm(state_dir))
     try:
-        try:
-            key = token.key(DEV_KEY_LABEL)
-        except KeyNotFound:
-            key = token.generate_key(DEV_KEY_LABEL, key_algorithm)
+        key, mail_key = (_key_on(token, label, key_algorithm) for label in (DEV_KEY_LABEL, DEV_MAIL_KEY_LABEL))
     finally:
         token.close()
     pki = DevPki(state_dir / "pki", f"http://127.0.0.1:{pki_port}")
-    pki.ensure(key.public_key_info)
+    pki.ensure(key.public_key_info, mail_key.public_key_info)
     _write_config(state_dir, pki_port, api_port or DEFAULT_API_PORT, pki.tsa_url(), console=console,
                   directory=directory)
     for name in MAIL_USERS:
@@ -145,4 +143,15 @@ def init_dev(
         write_durable(config.chain_file, b"".join(pem.armor("CERTIFICATE", der) for der in pki.box_chain()))
     if not config.trust_roots_file.exists():
         write_durable(config.trust_roots_file, pem.armor("CERTIFICATE", pki.root_cert()))
+    mail_chain = chain_path(state_dir, DEV_MAIL_KEY_LABEL)  # where the key life cycle keeps a key's chain
+    if not mail_chain.exists():
+        mail_chain.parent.mkdir(parents=True, exist_ok=True)
+        write_durable(mail_chain, b"".join(pem.armor("CERTIFICATE", der) for der in pki.mail_chain()))
     return config
+
+
+def _key_on(token: Token, label: str, algorithm: KeyAlgorithm) -> KeyInfo:
+    try:
+        return token.key(label)
+    except KeyNotFound:
+        return token.generate_key(label, algorithm)

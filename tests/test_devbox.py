@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from asn1crypto import pem
+from asn1crypto import pem, x509
 
 from firmware.config import BoxConfig
 from firmware.devpki import DevPki
@@ -93,3 +93,24 @@ def test_serve_dev_on_a_new_state_dir_keeps_the_port_it_was_given(tmp_path: Path
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
     assert tomllib.loads((state_dir / "box.toml").read_text())["api"]["port"] == port
+
+
+def test_the_dev_box_signs_mail_with_a_mail_key_of_its_own(dev_dir: Path):
+    """`esignbox init-dev` (as `make run`) makes a second token key and a dev-PKI e-mail certificate
+    for it, installed where the key life cycle keeps a key's chain; mail is signed with it."""
+    from firmware.box import Box  # pyHanko: only this test needs the whole box
+    from firmware.operations import chain_path
+
+    config = init_dev(dev_dir)
+    assert config.mail.key_label == "box-mail" and config.directory.enabled
+    _, _, der = next(pem.unarmor(chain_path(dev_dir, "box-mail").read_bytes(), multiple=True))
+    leaf = x509.Certificate.load(der)
+    assert leaf.extended_key_usage_value.native == ["email_protection"]
+    assert [n.native for n in leaf.subject_alt_name_value] == ["esignbox@esignbox.dev"]
+    box = Box.open(config)
+    try:
+        assert box.mail is not None
+        assert box.mail.signing_certificate.dump() == leaf.dump()
+        assert box.mail.signing_certificate.dump() != box.signer.signing_cert.dump()
+    finally:
+        box.token.close()

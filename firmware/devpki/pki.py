@@ -46,6 +46,8 @@ TSA_SERVICE = "tsa"
 CONFIG_FILE = "certomancer.yml"
 STATE_FILE = "state.json"
 BOX_KEY_FILE = "box.pub.pem"
+BOX_MAIL_KEY_FILE = "box-mail.pub.pem"
+BOX_MAIL_ADDRESS = "esignbox@esignbox.dev"  # the rfc822Name of the box's mail certificate
 
 # Back-dated so that a box whose clock lags a little still sees valid certs.
 BACKDATE = timedelta(days=1)
@@ -74,8 +76,8 @@ MAIL_USERS: dict[str, str] = {
 REVOCABLE = ("alice", "alice-renewed", "dave", "judy")
 MAIL_CERTS = tuple(f"mail-{name}" for name in MAIL_USERS)
 
-ALL_CERTS = ("root", "interm", "tsa", "interm-ocsp", "box-signer", "revoked-signer", *MAIL_CERTS)
-BOX_CERT = "box-signer"
+BOX_CERT, BOX_MAIL_CERT = "box-signer", "box-mail-signer"
+ALL_CERTS = ("root", "interm", "tsa", "interm-ocsp", BOX_CERT, BOX_MAIL_CERT, "revoked-signer", *MAIL_CERTS)
 # alice's renewed certificate is issued this long after the first.
 RENEWED_AFTER = timedelta(hours=2)
 # heidi's certificate expired this long after the CA's valid-from, i.e. before the PKI was made.
@@ -167,6 +169,11 @@ class _State:
         serials = {**self.serials, BOX_CERT: x509.random_serial_number()}
         return replace(self, box_from=now - BACKDATE, serials=serials)
 
+    def with_new_mail_cert(self) -> _State:
+        """A new serial for the box's mail certificate only: the signing certificate, which a
+        box's chain file holds, stays byte-identical."""
+        return replace(self, serials={**self.serials, BOX_MAIL_CERT: x509.random_serial_number()})
+
     def render(self) -> str:
         template = resources.files(__package__).joinpath("template.yml").read_text()
         return string.Template(template).substitute(
@@ -176,6 +183,7 @@ class _State:
             ca_to=(self.ca_from + CA_LIFETIME).isoformat(),
             service_to=(self.ca_from + SERVICE_LIFETIME).isoformat(),
             box_from=self.box_from.isoformat(),
+            box_mail_address=BOX_MAIL_ADDRESS,
             box_to=(self.box_from + SIGNER_LIFETIME).isoformat(),
             revoked_since=(self.ca_from + REVOKED_AFTER).isoformat(),
             revoked_to=(self.ca_from + SIGNER_LIFETIME).isoformat(),
@@ -211,11 +219,12 @@ class DevPki:
     def config_path(self) -> Path:
         return self.directory / CONFIG_FILE
 
-    def ensure(self, box_public_key_der: bytes) -> None:
+    def ensure(self, box_public_key_der: bytes, mail_public_key_der: bytes | None = None) -> None:
         """Create the PKI, or bring it up to date; writes nothing if nothing changed.
 
-        A new box key gets a new box certificate (new serial); everything else
-        keeps its dates and serials so certificates stay byte-identical.
+        A new box key (or mail key) gets new box certificates (new serials); everything else
+        keeps its dates and serials so certificates stay byte-identical. The box's mail
+        certificate is for ``mail_public_key_der``, or for the box key when there is none.
         """
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         for name, generate in _SOFTWARE_KEYS.items():
@@ -230,11 +239,11 @@ class DevPki:
         if state.url_prefix != self.url_prefix:
             state = state.with_url_prefix(self.url_prefix)
 
-        box_key_path = self.directory / BOX_KEY_FILE
-        box_pem = _public_pem(box_public_key_der)
-        if not box_key_path.exists() or box_key_path.read_bytes() != box_pem:
-            state = state.with_new_box_cert(now)
-            _write_file(box_key_path, box_pem)
+        for name, der in ((BOX_KEY_FILE, box_public_key_der), (BOX_MAIL_KEY_FILE, mail_public_key_der or box_public_key_der)):
+            key_path, key_pem = self.directory / name, _public_pem(der)
+            if not key_path.exists() or key_path.read_bytes() != key_pem:
+                state = state.with_new_box_cert(now) if name == BOX_KEY_FILE else state.with_new_mail_cert()
+                _write_file(key_path, key_pem)
 
         _write_if_changed(state_path, state.to_json().encode())
         _write_if_changed(self.config_path, state.render().encode())
@@ -252,6 +261,10 @@ class DevPki:
     def box_chain(self) -> list[bytes]:
         """Box certificate, intermediate, root: the order a signer embeds them."""
         return [self.box_cert(), self.intermediate_cert(), self.root_cert()]
+
+    def mail_chain(self) -> list[bytes]:
+        """The box's mail certificate, intermediate, root."""
+        return [self._cert_der(BOX_MAIL_CERT), self.intermediate_cert(), self.root_cert()]
 
     def revoked_signer(self) -> SoftSigner:
         return SoftSigner(self._cert_der("revoked-signer"), self._key_path("revoked-signer"))

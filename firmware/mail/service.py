@@ -77,6 +77,11 @@ class MailService:
         self._directory = directory
         self._policy = policy
 
+    @property
+    def signing_certificate(self) -> x509.Certificate:
+        """The certificate the box's mail is signed with ([mail] key_label's, or the signing key's)."""
+        return self._signer.certificate
+
     def send(self, client_id: str, recipient: str, subject: str, text: str | None, html: str | None,
              attachments: Sequence[Attachment] = ()) -> MailQueued:
         """Queue the mail for ``recipient``; raises InvalidRequest or metering.Refusal (nothing queued)."""
