@@ -3,7 +3,8 @@ Chromium (Debian's, through Playwright), plus raw HTTPS requests for the refusal
 
 The console box is a copy of the session's dev box (same token objects and PKI, its own state
 directory, database and ports), so that key rollover and settings changes here leave the
-session box alone. It listens on 127.0.0.1 and 127.0.0.2 and allows only 127.0.0.1/32.
+session box alone. It listens on 127.0.0.1 and 127.0.0.2 and allows only 127.0.0.1/32, and has
+the certificate directory on (the dev PKI as its trust root).
 
 Tests run in file order and share one administrator; the lockout test is last because it locks
 sign-in from 127.0.0.1.
@@ -30,6 +31,7 @@ from pathlib import Path
 import pytest
 import requests
 import tomli_w
+from asn1crypto import pem
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -86,6 +88,9 @@ def console_box(box_config: BoxConfig, pki_server, tmp_path_factory) -> Iterator
     raw["console"] = {"enabled": True, "port": port, "listen": ["127.0.0.1", "127.0.0.2"],
                       "allow": ["127.0.0.1/32"], "session_idle_minutes": 15, "max_failures": 5,
                       "lockout_minutes": 10}
+    # The certificate directory on, trusting the dev PKI (its people's certificates); no mail relay,
+    # so a proof of mailbox control is logged as undelivered.
+    raw["directory"] = {"enabled": True, "trust_roots_file": "trust-roots.pem"}
     (state_dir / "box.toml").write_text(tomli_w.dumps(raw))
     log_path = state_dir / "serve.log"
     with open(log_path, "wb") as log:
@@ -312,6 +317,32 @@ def _issue(csr_pem: bytes, ca_key, ca_cert: x509.Certificate, subject: x509.Name
 
 def _pem(*certs: x509.Certificate) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def test_certificate_imported_on_the_directory_page_waits_for_its_owner(admin: Admin, console_box: ConsoleBox,
+                                                                       dev_pki, tmp_path):
+    page = admin.page
+    page.goto(console_box.url + "/")
+    assert "0 pending" in page.inner_text("#directory")  # the dashboard's card: the directory is on
+    bundle = tmp_path / "alice.pem"
+    bundle.write_bytes(pem.armor("CERTIFICATE", dev_pki.mail_user("alice").cert)
+                       + pem.armor("CERTIFICATE", dev_pki.intermediate_cert()))
+    page.click("nav >> text=Directory")
+    form = page.locator("form[action='/directory/import']")
+    form.locator("input[name=address]").fill("Alice@Example.com")
+    form.locator("input[name=certificate]").set_input_files(str(bundle))
+    form.locator("button").click()
+    assert "is pending" in flash(page) and "once the owner confirms" in flash(page), flash(page)
+    assert page.inner_text("#count-pending") == "1" and page.inner_text("#count-published") == "0"
+    search = page.locator("form[action='/directory/search']")
+    search.locator("input[name=address]").fill("alice@example.com")
+    search.locator("button").click()
+    row = page.locator("#directory-found tbody tr").inner_text()
+    assert "pending" in row and "console" in row, row
+    assert "alice@example.com" not in page.url  # an address never goes into a URL (nginx's access log)
+    shot(page, "directory")
+    submit = [e for e in audit_entries(console_box, admin) if e["action"] == "directory.submit"][-1]
+    assert submit["actor"] == "admin:admin" and submit["details"]["source"] == "console"
 
 
 def test_key_generate_csr_chain_and_rollover(admin: Admin, console_box: ConsoleBox):

@@ -40,7 +40,7 @@ from ..store.db import Database, immediate
 from ..store.metering import RateLimited
 from .addresses import normalise
 from .checks import CertificateRefused, CheckedCertificate, check_certificate, check_revocation, fingerprint
-from .store import CertificateRow, DirectoryStore, ProofRow, Purpose
+from .store import CertificateRow, DirectoryStore, ProofRow, Purpose, Status
 
 __all__ = ["PROOF_PATH", "DirectoryService", "NoCertificate", "ProofInvalid", "ProofSecret", "ProofSender",
            "RecheckChange", "UndeliveredProofs"]
@@ -233,6 +233,15 @@ class DirectoryService:
                 raise NoCertificate(f"no published or pending certificate {certificate_fingerprint} for this address")
             self._store.end(conn, row.id, "unpublished", reason, self._clock())
             audit.append(conn, [self._entry(actor, "directory.unpublish", None, address, row.fingerprint, reason=reason)])
+
+    def certificates(self, address: str) -> list[CertificateRow]:
+        """Every certificate of one exact address (normalised; raises AddressInvalid), whatever its
+        status, newest first: what an administrator sees. Not a lookup: not metered, not rate-limited."""
+        return self._store.by_address(self._db.connect(), normalise(address))
+
+    def counts(self) -> dict[Status, int]:
+        """How many certificates the directory holds in each status."""
+        return self._store.counts(self._db.connect())
 
     def recheck(self, now: datetime | None = None) -> list[RecheckChange]:
         """The nightly re-check: unpublish expired certificates (at ``now``), and revoked ones or

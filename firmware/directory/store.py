@@ -25,10 +25,11 @@ from typing import Literal
 
 from ..store.db import Database, immediate
 
-__all__ = ["SCHEMA", "CertificateRow", "DirectoryStore", "ProofRow", "Purpose", "Status"]
+__all__ = ["SCHEMA", "STATUSES", "CertificateRow", "DirectoryStore", "ProofRow", "Purpose", "Status"]
 
 Status = Literal["pending", "published", "superseded", "unpublished"]
 Purpose = Literal["publish", "unpublish"]
+STATUSES: tuple[Status, ...] = ("pending", "published", "superseded", "unpublished")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS directory_certificates (
@@ -148,6 +149,19 @@ class DirectoryStore:
         rows = conn.execute("SELECT * FROM directory_certificates WHERE address = ? AND status = ?"
                             " ORDER BY not_before DESC, id DESC", (address, status))
         return [CertificateRow.from_row(row) for row in rows]
+
+    @staticmethod
+    def by_address(conn: sqlite3.Connection, address: str) -> list[CertificateRow]:
+        """Every certificate of one address, whatever its status; newest first (by notBefore)."""
+        rows = conn.execute("SELECT * FROM directory_certificates WHERE address = ?"
+                            " ORDER BY not_before DESC, id DESC", (address,))
+        return [CertificateRow.from_row(row) for row in rows]
+
+    @staticmethod
+    def counts(conn: sqlite3.Connection) -> dict[Status, int]:
+        """Certificates per status, every status named (0 when none)."""
+        found = dict(conn.execute("SELECT status, COUNT(*) FROM directory_certificates GROUP BY status").fetchall())
+        return {status: int(found.get(status, 0)) for status in STATUSES}
 
     @staticmethod
     def all_published(conn: sqlite3.Connection) -> list[CertificateRow]:

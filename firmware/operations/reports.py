@@ -11,18 +11,23 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..anchoring import check_anchors
 from ..store import audit, metering, refusals
 from ..store.db import Database
 
+if TYPE_CHECKING:
+    from ..directory import DirectoryService
+
 __all__ = [
-    "AUDIT_PAGE_SIZE", "AuditCheck", "AuditLine", "AuditPage", "AuditQuery", "Today", "UsageRow",
-    "audit_actions", "check_audit", "export_audit", "search_audit", "today", "totals_by_client", "usage",
+    "AUDIT_PAGE_SIZE", "DIRECTORY_REFUSALS_SHOWN", "AuditCheck", "AuditLine", "AuditPage", "AuditQuery",
+    "DirectoryCounts", "DirectoryRefusal", "Today", "UsageRow", "audit_actions", "check_audit", "directory_counts",
+    "directory_refusals", "export_audit", "search_audit", "today", "totals_by_client", "usage",
 ]
 
 AUDIT_PAGE_SIZE = 50
+DIRECTORY_REFUSALS_SHOWN = 20
 
 
 def _today() -> str:
@@ -180,3 +185,53 @@ def check_audit(db: Database) -> AuditCheck:
 def export_audit(db: Database, after_seq: int = 0) -> Iterator[dict[str, Any]]:
     """The entries after ``after_seq``, oldest first, as they are stored (hashes included), for JSON lines."""
     return audit.export(db.connect(), after_seq)
+
+
+# -- the certificate directory ----------------------------------------------------------------------
+# Only counts and refusals: the directory is found by exact address (DirectoryService.certificates),
+# never listed, and its refusals name the address only by its keyed hash (firmware/directory/service.py).
+
+@dataclass(frozen=True)
+class DirectoryCounts:
+    """Certificates per status, and the certificates refused by a check (all time, from the audit log)."""
+
+    pending: int
+    published: int
+    superseded: int
+    unpublished: int
+    refused: int
+
+
+@dataclass(frozen=True)
+class DirectoryRefusal:
+    """A certificate a check refused: which check, when, which certificate, from where and whom."""
+
+    seq: int
+    at: str
+    check: str
+    fingerprint: str
+    source: str  # api, mail, console
+    actor: str
+
+
+_REFUSE = "directory.refuse"
+
+
+def directory_counts(directory: DirectoryService, db: Database) -> DirectoryCounts:
+    counts = directory.counts()
+    refused: int = db.connect().execute("SELECT COUNT(*) FROM audit_log WHERE action = ?", (_REFUSE,)).fetchone()[0]
+    return DirectoryCounts(counts["pending"], counts["published"], counts["superseded"], counts["unpublished"],
+                           refused)
+
+
+def directory_refusals(db: Database, limit: int = DIRECTORY_REFUSALS_SHOWN) -> list[DirectoryRefusal]:
+    """The latest refusals, newest first."""
+    rows = db.connect().execute("SELECT seq, at, actor, details FROM audit_log WHERE action = ?"
+                                " ORDER BY seq DESC LIMIT ?", (_REFUSE, limit)).fetchall()
+    found = []
+    for row in rows:
+        details = json.loads(row["details"])
+        found.append(DirectoryRefusal(row["seq"], row["at"], str(details.get("check", "")),
+                                      str(details.get("fingerprint", "")), str(details.get("source", "")),
+                                      row["actor"]))
+    return found

@@ -1,4 +1,5 @@
-"""The dashboard: token, key, certificate, outside services, today's signatures, quotas, storage, chart."""
+"""The dashboard: token, key, certificate, outside services, today's signatures, quotas, storage, chart,
+and the certificate directory's counts when it is on."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ class Dashboard(Page):
         storage = box.config.audit.budget.state(box.config.database)
         clients = box.clients.list()
         rows = reports.usage(c.db, None, 30)
+        directory = reports.directory_counts(box.directory, c.db) if box.directory is not None else None
         c.render(
             req, resp, "dashboard.html", nav="dashboard", token=token, key_label=box.signer.key_label,
             cert=certinfo.facts(box.signer.signing_cert), probes=probes,
@@ -74,6 +76,7 @@ class Dashboard(Page):
             signed_30=sum(r.signatures for r in rows), warnings=quota_warnings(clients, today.per_client),
             chart=usage_chart(rows, {cl.id: cl.name for cl in clients}), clients=len(clients),
             storage=storage, storage_warnings=storage_warnings(storage), clock=box.clock.status(),
+            directory=directory,
         )
 
 
