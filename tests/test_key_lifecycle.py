@@ -150,7 +150,7 @@ def test_keygen_csr_import_activate_serve_restart_rollback(dev_dir: Path):
 def test_activate_refuses_a_chain_that_is_not_for_the_key(dev_dir: Path):
     """A chain file edited by hand after import is caught at activation, not at the next start."""
     esignbox(dev_dir, "keygen", "--label", "box-2027", "--algorithm", "ec-p256")
-    (dev_dir / "chains").mkdir()
+    (dev_dir / "chains").mkdir(exist_ok=True)  # init-dev keeps the mail key's chain there too
     (dev_dir / "chains" / "box-2027.pem").write_bytes(BoxConfig.load(dev_dir).chain_file.read_bytes())
     refused = esignbox(dev_dir, "activate", "box-2027", check=False)
     assert refused.returncode == 1 and "not for token key 'box-2027'" in refused.stderr
