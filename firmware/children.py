@@ -11,9 +11,10 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 
-__all__ = ["dies_with_this_process"]
+__all__ = ["dies_with_this_process", "end"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -32,3 +33,13 @@ def dies_with_this_process() -> Callable[[], None]:
             os.kill(os.getpid(), signal.SIGTERM)
 
     return arrange
+
+
+def end(process: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
+    """Stop a child server: SIGTERM, and SIGKILL if it has not exited within ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

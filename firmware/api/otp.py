@@ -20,6 +20,12 @@ __all__ = ["OtpResource", "OtpVerifyResource"]
 _ISSUE, _VERIFY = otp_body(), otp_verify_body()
 
 
+def _available(codes: OtpCodes | None) -> OtpCodes:
+    if codes is None:
+        raise MailUnavailable("this box sends no mail: [mail] relay_host is not configured")
+    return codes
+
+
 class OtpResource:
     scope = "mail"
 
@@ -28,10 +34,9 @@ class OtpResource:
         self._codes = codes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if self._codes is None:
-            raise MailUnavailable("this box sends no mail: [mail] relay_host is not configured")
+        codes = _available(self._codes)
         body = read_body(_ISSUE, read_json(req))
-        issued = self._codes.issue(req.context.client.id, normalise(body["to"]), body["allow_plain"])
+        issued = codes.issue(req.context.client.id, normalise(body["to"]), body["allow_plain"])
         resp.status = falcon.HTTP_201
         resp.media = {"id": issued.id, "expires_in": issued.expires_in_s, "encrypted": issued.encrypted}
 
@@ -43,8 +48,7 @@ class OtpVerifyResource:
         self._codes = codes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if self._codes is None:
-            raise MailUnavailable("this box sends no mail: [mail] relay_host is not configured")
+        codes = _available(self._codes)
         body = read_body(_VERIFY, read_json(req))
-        verdict = self._codes.verify(req.context.client.id, body["id"], body["code"])
+        verdict = codes.verify(req.context.client.id, body["id"], body["code"])
         resp.media = {"valid": verdict.valid, "reason": verdict.reason}

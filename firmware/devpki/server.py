@@ -19,7 +19,7 @@ from typing import IO, NoReturn
 
 import requests
 
-from ..children import dies_with_this_process
+from ..children import dies_with_this_process, end
 from .pki import ARCH, ROOT_CRL_REPO, DevPki
 
 __all__ = ["PkiServer", "PkiServerError"]
@@ -75,12 +75,7 @@ class PkiServer:
     def stop(self) -> None:
         """Terminate the Animator and wait for it; safe to call twice."""
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            end(self._process)
             self._process = None
         if self._log is not None:
             self._log.close()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from ..children import dies_with_this_process
+from ..children import dies_with_this_process, end
 from ..config import BoxConfig, LdapSettings
 from ..lan_tls import tls_files
 from .responder import SUFFIX, LdapError, PublishedCertificates, Responder
@@ -163,12 +163,7 @@ class LdapServer:
     def stop(self) -> None:
         """Stop slapd and the responder; safe to call twice."""
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            end(self._process)
             self._process = None
         if self._log is not None:
             self._log.close()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..durable import write_new
+from ..mail.outbox import address_hash
 from ..store import Database, audit, immediate
 
 __all__ = ["CodeSender", "Issued", "OtpCodes", "OtpSettings", "Verdict"]
@@ -69,10 +70,6 @@ class Issued:
 class Verdict:
     valid: bool
     reason: str  # "ok", "unknown", "expired", "used", "too_many_attempts", "wrong_code"
-
-
-def address_hash(address: str) -> str:
-    return hashlib.sha256(address.encode()).hexdigest()
 
 
 class OtpCodes:
