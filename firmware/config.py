@@ -448,11 +448,12 @@ class DirectorySettings(_Section):
     lookups_per_minute_per_address: int = 20
     proof_lifetime_minutes: float = 1440.0  # how long a mailed link or code stays usable
     proof_max_attempts: int = 5  # wrong codes before a proof is used up
+    proofs_per_hour_per_address: int = 3  # confirmation mails (submit, unpublish) one address may get
     public_base_url: str | None = None  # e.g. https://certificates.example.org; None: the code only
 
     def check(self) -> None:
         for key in ("lookups_per_minute_per_client", "lookups_per_minute_per_address", "proof_lifetime_minutes",
-                    "proof_max_attempts"):
+                    "proof_max_attempts", "proofs_per_hour_per_address"):
             _positive(key, getattr(self, key))
         if self.public_base_url is not None:
             check_http_url(self.public_base_url, "public_base_url")

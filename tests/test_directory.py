@@ -35,6 +35,7 @@ from firmware.directory import (
     normalise,
 )
 from firmware.directory.addresses import AddressInvalid
+from firmware.directory.store import DirectoryStore
 from firmware.signing.revocation import RevocationService
 from firmware.store.metering import RateLimited
 
@@ -81,7 +82,8 @@ def settings(mail_pki: tuple[DevPki, PkiServer], tmp_path_factory: pytest.TempPa
     roots = tmp_path_factory.mktemp("directory") / "directory-roots.pem"
     roots.write_bytes(pem.armor("CERTIFICATE", pki.root_cert()))
     return DirectorySettings(enabled=True, trust_roots_file=roots, lookups_per_minute_per_client=PER_CLIENT,
-                             lookups_per_minute_per_address=PER_ADDRESS, public_base_url="https://certs.example.org/")
+                             lookups_per_minute_per_address=PER_ADDRESS, public_base_url="https://certs.example.org/",
+                             proofs_per_hour_per_address=100)  # the tests reuse addresses; the limit has its own test
 
 
 @pytest.fixture(scope="module")
@@ -347,6 +349,59 @@ def test_recheck_unpublishes_a_certificate_revoked_later_and_an_expired_one(
     entry = local_box.db.connect().execute(
         "SELECT actor, details FROM audit_log WHERE action = 'directory.unpublish' ORDER BY seq DESC LIMIT 1").fetchone()
     assert entry[0] == "box" and json.loads(entry[1])["reason"] == "expired"
+
+
+def _withdrawn(directory: DirectoryService, address: str) -> str:
+    """``address`` with none of its certificates published or pending (earlier tests may have left one)."""
+    for row in directory.certificates(address, actor="admin:tests"):
+        if row.status in ("published", "pending"):
+            directory.unpublish(address, row.fingerprint, actor="admin:tests")
+    return address
+
+
+def test_recheck_drops_a_pending_certificate_whose_proof_expired_unanswered(directory, local_box, mail_pki, settings):
+    pki, _ = mail_pki
+    submitted = datetime.now(UTC) + timedelta(days=60)  # a clock of its own: its window holds only this test's mails
+    sender = RecordingSender()
+    box = DirectoryService(local_box.db, RevocationService(load_certificates(settings.trust_roots_file)), settings,
+                           sender, clock=lambda: submitted)
+    row = box.submit(_withdrawn(directory, "dave@example.com"), pki.mail_user("dave").cert, [pki.intermediate_cert()], source="api",
+                     actor="admin:tests")
+    assert row.status == "pending"
+    assert "dave@example.com" not in {c.address for c in box.recheck(submitted + timedelta(minutes=5))}  # still open
+    changes = box.recheck(submitted + timedelta(seconds=settings.proof_lifetime_s + 1))
+    assert ("dave@example.com", "unproven") in {(c.address, c.reason) for c in changes}
+    [ended] = [r for r in directory.certificates("dave@example.com", actor="admin:tests") if r.id == row.id]
+    assert ended.status == "unpublished"
+    with pytest.raises(ProofInvalid):  # the old link is dead
+        box.confirm(_token(sender.last("dave@example.com")))
+
+
+def test_confirmation_mails_to_one_address_are_limited_per_hour(directory, local_box, mail_pki, settings):
+    """A valid certificate must not become a way to flood its owner's mailbox with proof mails."""
+    pki, _ = mail_pki
+    address = _withdrawn(directory, "dave@example.com")
+    hour_ago, address_hash = datetime.now(UTC) - timedelta(hours=1), DirectoryStore(local_box.db).address_hash(address)
+    earlier = sum(DirectoryStore.events_since(local_box.db.connect(), action, hour_ago, address_hash=address_hash)
+                  for action in ("directory.submit", "directory.unpublish_requested"))  # other tests' mails to dave
+    clock = [datetime.now(UTC)]
+    sender = RecordingSender()
+    limited = DirectoryService(local_box.db, RevocationService(load_certificates(settings.trust_roots_file)),
+                               dataclasses.replace(settings, proofs_per_hour_per_address=earlier + 2), sender,
+                               clock=lambda: clock[0])
+    client_id = _client_id(local_box)
+    dave = pki.mail_user("dave").cert, [pki.intermediate_cert()]
+    for _ in range(2):
+        limited.submit(address, *dave, source="api", actor="tests", client_id=client_id)
+    with pytest.raises(RateLimited, match="confirmation mails"):
+        limited.submit(address, *dave, source="api", actor="tests", client_id=client_id)
+    assert len(sender.sent) == 2
+    calls = local_box.db.connect().execute(
+        "SELECT COUNT(*) FROM metered_calls WHERE client_id = ? AND kind = 'directory.submit'", (client_id,)).fetchone()[0]
+    assert calls == 2  # the refused one is not charged
+    clock[0] += timedelta(minutes=61)  # an hour later the address may get mail again
+    limited.submit(address, *dave, source="api", actor="tests", client_id=client_id)
+    assert len(sender.sent) == 3
 
 
 # -- lookups: scope, metering, rate limits ---------------------------------------------------------------------

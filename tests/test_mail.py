@@ -509,15 +509,21 @@ def test_starttls_and_auth_with_the_password_file(client, mail_box, mail_key, re
 
 # -- (d) no certificate: the plain notice -------------------------------------------------------------------
 
-def test_without_a_certificate_the_plain_notice_goes_out_and_the_answer_says_so(
-        client, mail_box, mail_key, relay, sender):
+def test_without_a_certificate_the_plain_notice_goes_out_signed_and_the_answer_says_so(
+        client, mail_box, mail_key, relay, sender, dev_root, tmp_path):
     result = _post(client, mail_key, **_bill("nocert@example.org"))
     assert result.status_code == 202 and result.json["encrypted"] is False, result.text
     sender.deliver_due()
     [raw] = _received(relay, _message_id(mail_box, result.json["id"]))
     message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert message.get_content_type() == "text/plain" and message["Subject"] == "How to receive encrypted bills"
-    assert message.get_content().strip() == NOTICE
+    assert message.get_content_type() == "multipart/signed" and message["Subject"] == "How to receive encrypted bills"
+    assert message.get_body(("plain",)).get_content().strip() == NOTICE  # readable by any client
+    received, content = tmp_path / "notice.eml", tmp_path / "notice.txt"
+    received.write_bytes(raw)
+    verified = subprocess.run(["openssl", "cms", "-verify", "-in", str(received), "-CAfile", str(dev_root),
+                               "-out", str(content)], capture_output=True, text=True)
+    assert verified.returncode == 0 and "Verification successful" in verified.stderr, verified.stderr
+    assert NOTICE in content.read_text()
     assert b"%PDF" not in raw and b"your bill is attached" not in raw  # the content itself is never sent plain
 
 

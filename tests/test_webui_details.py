@@ -182,6 +182,10 @@ def test_directory_import_search_and_unpublish(tmp_path, dev_pki, pki_server):
     assert ">pending<" in table and sha256_of(alice) in table and ">console<" in table and ">Withdraw<" in table
     assert "No certificate for this address" in page.post("/directory/search", address="bob@example.com").text
     assert "Not an address the directory keeps" in page.post("/directory/search", address="alice").text
+    searches = page.console.db.connect().execute(
+        "SELECT actor, details FROM audit_log WHERE action = 'directory.search' ORDER BY seq").fetchall()
+    assert [(actor, json.loads(details)["found"]) for actor, details in searches] == [("admin:root", 1), ("admin:root", 0)]
+    assert all("@" not in details for _, details in searches)  # who was looked up: only the address's keyed hash
 
     page.directory.confirm_code("alice@example.com", secret.code)  # the owner proves the mailbox is theirs
     table = page.post("/directory/search", address="alice@example.com").text

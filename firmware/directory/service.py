@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 # a question and a button; only its POST acts, so a mail scanner fetching links proves nothing).
 PROOF_PATH = "/directory/confirm/{token}"
 LOOKUP_WINDOW = timedelta(minutes=1)
+PROOF_MAIL_WINDOW = timedelta(hours=1)
 
 
 class NoCertificate(Exception):
@@ -94,7 +95,7 @@ class UndeliveredProofs:
 class RecheckChange:
     address: str
     fingerprint: str
-    reason: str  # expired, revoked, chain
+    reason: str  # unproven, expired, revoked, chain
 
 
 class DirectoryService:
@@ -125,11 +126,14 @@ class DirectoryService:
             existing = self._store.find(conn, address, checked.fingerprint)
             if existing is not None and existing.status == "published":
                 return existing
+            self._admit_proof_mail(conn, address, now)
+            if client_id is not None:
+                metering.charge(conn, client_id, 1)
             certificate_id = self._store.put_pending(conn, address, checked.fingerprint, certificate, checked.chain,
                                                      source, checked.not_before, checked.not_after, now)
             secret = self._new_proof(conn, certificate_id, "publish", now)
             audit.append(conn, [self._entry(actor, "directory.submit", client_id, address, checked.fingerprint,
-                                            source=source)])
+                                            source=source, kind="directory.submit")])
             row = self._store.get(conn, certificate_id)
         self.sender.send_proof(address, certificate, secret)
         return row
@@ -143,6 +147,7 @@ class DirectoryService:
             row = self._store.find(conn, address, certificate_fingerprint)
             if row is None or row.status != "published":
                 raise NoCertificate(f"no published certificate {certificate_fingerprint} for this address")
+            self._admit_proof_mail(conn, address, self._clock())
             secret = self._new_proof(conn, row.id, "unpublish", self._clock())
             audit.append(conn, [self._entry(actor, "directory.unpublish_requested", client_id, address, row.fingerprint)])
         self.sender.send_proof(address, row.certificate, secret)
@@ -234,21 +239,29 @@ class DirectoryService:
             self._store.end(conn, row.id, "unpublished", reason, self._clock())
             audit.append(conn, [self._entry(actor, "directory.unpublish", None, address, row.fingerprint, reason=reason)])
 
-    def certificates(self, address: str) -> list[CertificateRow]:
+    def certificates(self, address: str, *, actor: str) -> list[CertificateRow]:
         """Every certificate of one exact address (normalised; raises AddressInvalid), whatever its
-        status, newest first: what an administrator sees. Not a lookup: not metered, not rate-limited."""
-        return self._store.by_address(self._db.connect(), normalise(address))
+        status, newest first: what an administrator sees. Not a lookup (not metered, not
+        rate-limited), but audited as ``actor``'s search: who looked at whose certificates is on record."""
+        address = normalise(address)
+        conn = self._db.connect()
+        with immediate(conn):
+            found = self._store.by_address(conn, address)
+            audit.append(conn, [audit.AuditEntry(actor, "directory.search", None, {
+                "address": self._store.address_hash(address), "found": len(found)})])
+        return found
 
     def counts(self) -> dict[Status, int]:
         """How many certificates the directory holds in each status."""
         return self._store.counts(self._db.connect())
 
     def recheck(self, now: datetime | None = None) -> list[RecheckChange]:
-        """The nightly re-check: unpublish expired certificates (at ``now``), and revoked ones or
-        ones no longer under the trust roots (checked live). A certificate whose revocation status
+        """The nightly re-check: drop pending certificates whose owner never proved the mailbox,
+        unpublish expired certificates (at ``now``), and revoked ones or ones no longer under the
+        trust roots (checked live). A certificate whose revocation status
         cannot be had now stays published and is logged; the next run asks again."""
         now = now or self._clock()
-        changes = []
+        changes = self._drop_unproven(now)
         for row in self._store.all_published(self._db.connect()):
             reason = None
             if row.not_after <= now:
@@ -271,6 +284,19 @@ class DirectoryService:
                 audit.append(conn, [self._entry("box", "directory.unpublish", None, row.address, row.fingerprint,
                                                 reason=reason)])
             changes.append(RecheckChange(row.address, row.fingerprint, reason))
+        return changes
+
+    def _drop_unproven(self, now: datetime) -> list[RecheckChange]:
+        """End the pending certificates whose last proof expired unanswered (reason "unproven"):
+        the directory keeps nobody's certificate on an unconfirmed claim. Submitting it again starts over."""
+        changes = []
+        conn = self._db.connect()
+        with immediate(conn):
+            for row in self._store.unproven(conn, now):
+                self._store.end(conn, row.id, "unpublished", "unproven", now)
+                audit.append(conn, [self._entry("box", "directory.unpublish", None, row.address, row.fingerprint,
+                                                reason="unproven")])
+                changes.append(RecheckChange(row.address, row.fingerprint, "unproven"))
         return changes
 
     # -- lookups ----------------------------------------------------------------------------------
@@ -297,10 +323,10 @@ class DirectoryService:
         since = self._clock() - LOOKUP_WINDOW
         per_client, per_address = (self._settings.lookups_per_minute_per_client,
                                    self._settings.lookups_per_minute_per_address)
-        if self._store.lookups_since(conn, since, client_id=client_id) >= per_client:
+        if self._store.events_since(conn, "directory.lookup", since, client_id=client_id) >= per_client:
             raise RateLimited(f"rate limit of {per_client} directory lookups per minute reached")
         address_hash = self._store.address_hash(address)
-        if self._store.lookups_since(conn, since, address_hash=address_hash) >= per_address:
+        if self._store.events_since(conn, "directory.lookup", since, address_hash=address_hash) >= per_address:
             raise RateLimited(f"rate limit of {per_address} lookups per minute of one address reached")
         metering.charge(conn, client_id, 1)
         audit.append(conn, [audit.AuditEntry(f"client:{client_id}", "directory.lookup", client_id,
@@ -318,6 +344,15 @@ class DirectoryService:
                 audit.append(conn, [self._entry(actor, "directory.refuse", client_id, address, fingerprint(certificate),
                                                 check=refused.check, source=source)])
             raise
+
+    def _admit_proof_mail(self, conn: sqlite3.Connection, address: str, now: datetime) -> None:
+        """Raise RateLimited once the address has had [directory] proofs_per_hour_per_address proof
+        mails in the last hour: a valid certificate must not become a way to flood its owner's mailbox."""
+        since, address_hash = now - PROOF_MAIL_WINDOW, self._store.address_hash(address)
+        sent = sum(self._store.events_since(conn, action, since, address_hash=address_hash)
+                   for action in ("directory.submit", "directory.unpublish_requested"))
+        if sent >= self._settings.proofs_per_hour_per_address:
+            raise RateLimited(f"this address has had {sent} confirmation mails in the last hour; try again later")
 
     def _new_proof(self, conn: sqlite3.Connection, certificate_id: int, purpose: Purpose, now: datetime) -> ProofSecret:
         token = secrets.token_urlsafe(32)

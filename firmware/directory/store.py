@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS directory_certificates (
     submitted_at TEXT NOT NULL,
     published_at TEXT,
     ended_at     TEXT,                  -- superseded or unpublished
-    end_reason   TEXT,                  -- superseded, owner, admin, revoked, expired
+    end_reason   TEXT,                  -- superseded, owner, admin, revoked, expired, unproven
     UNIQUE (address, fingerprint)
 );
 CREATE INDEX IF NOT EXISTS directory_by_address ON directory_certificates(address, status);
@@ -241,17 +241,27 @@ class DirectoryStore:
     # -- lookups: counted in the audit log ----------------------------------------------------------
 
     @staticmethod
-    def lookups_since(conn: sqlite3.Connection, since: datetime, *, client_id: str | None = None,
-                      address_hash: str | None = None) -> int:
-        """Lookups recorded since ``since`` by one client, or of one address by anyone."""
+    def events_since(conn: sqlite3.Connection, action: str, since: datetime, *, client_id: str | None = None,
+                     address_hash: str | None = None) -> int:
+        """``action`` entries (lookups, submissions) since ``since``: by one client, or for one address
+        by anyone."""
         if client_id is not None:  # index audit_by_client
-            row = conn.execute("SELECT COUNT(*) FROM audit_log WHERE client_id = ? AND action = 'directory.lookup'"
-                               " AND at >= ?", (client_id, _iso(since))).fetchone()
-        else:  # index audit_by_action: the last minute's lookups, then their addresses
-            row = conn.execute("SELECT COUNT(*) FROM audit_log WHERE action = 'directory.lookup' AND at >= ?"
-                               " AND json_extract(details, '$.address') = ?", (_iso(since), address_hash)).fetchone()
+            row = conn.execute("SELECT COUNT(*) FROM audit_log WHERE client_id = ? AND action = ? AND at >= ?",
+                               (client_id, action, _iso(since))).fetchone()
+        else:  # index audit_by_action: the window's entries, then their addresses
+            row = conn.execute("SELECT COUNT(*) FROM audit_log WHERE action = ? AND at >= ?"
+                               " AND json_extract(details, '$.address') = ?", (action, _iso(since), address_hash)).fetchone()
         count: int = row[0]
         return count
+
+    @staticmethod
+    def unproven(conn: sqlite3.Connection, now: datetime) -> list[CertificateRow]:
+        """Pending certificates none of whose proofs can still be used: their owner never answered."""
+        rows = conn.execute(
+            "SELECT * FROM directory_certificates c WHERE status = 'pending' AND NOT EXISTS ("
+            " SELECT 1 FROM directory_proofs p WHERE p.certificate_id = c.id AND p.used_at IS NULL"
+            " AND p.expires_at > ?) ORDER BY id", (_iso(now),))
+        return [CertificateRow.from_row(row) for row in rows]
 
 
 def _proof(row: sqlite3.Row) -> ProofRow:

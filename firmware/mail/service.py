@@ -1,5 +1,5 @@
 """Sending one mail: the recipient's certificates from the directory, then a signed and encrypted
-S/MIME message — or, for a recipient without one, the plain notice — into the durable outbox.
+S/MIME message — or, for a recipient without one, the plain notice, signed only — into the durable outbox.
 
 The directory is a seam (``RecipientDirectory``): the certificate directory implements it; until it
 is wired, the box passes ``NoDirectory``, which knows nobody, so every recipient gets the notice
@@ -21,7 +21,7 @@ from ..errors import InvalidRequest
 from ..store import metering
 from ..store.db import Database
 from .outbox import Outbox
-from .smime import Attachment, Envelope, SmimeSigner, encrypted_message, mime_entity, plain_message
+from .smime import Attachment, Envelope, SmimeSigner, encrypted_message, mime_entity, signed_message
 
 # One address, no display name, nothing a header or an SMTP command could be split at.
 _ADDRESS = re.compile(r"^[^@\s<>,;:\"()\[\]\\]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")
@@ -114,13 +114,13 @@ class MailService:
 
     def _queue(self, client_id: str | None, recipient: str, subject: str, entity: bytes | None,
                certificates: Sequence[x509.Certificate], plain_text: str = "") -> MailQueued:
-        """``entity`` signed and encrypted to ``certificates``, or ``plain_text`` unencrypted, into the outbox."""
+        """``entity`` signed and encrypted to ``certificates``, or ``plain_text`` signed only, into the outbox."""
         sender = self._policy.from_address
         message_id = make_msgid(domain=sender.rpartition("@")[2])
         head = Envelope(sender, recipient, subject, message_id)
         if entity is not None:
             message = encrypted_message(head, self._signer.sign(entity), certificates)
         else:
-            message = plain_message(head, plain_text)
+            message = signed_message(head, self._signer.sign(mime_entity(plain_text, None, ())))
         encrypted = entity is not None
         return MailQueued(self._outbox.enqueue(client_id, sender, recipient, message_id, message, encrypted), encrypted)

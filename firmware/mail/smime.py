@@ -177,8 +177,11 @@ def encrypted_message(head: Envelope, signed_entity: bytes, recipients: Sequence
     return message.as_bytes(policy=_POLICY)
 
 
-def plain_message(head: Envelope, text: str) -> bytes:
-    """An unencrypted, unsigned text message (the notice for recipients without a certificate)."""
-    message = _headers(head)
-    message.set_content(text, cte="quoted-printable")
-    return message.as_bytes(policy=_POLICY)
+def signed_message(head: Envelope, signed_entity: bytes) -> bytes:
+    """The whole message, signed but not encrypted (§3.5.3 clear-signed): the notice for a recipient
+    without a certificate. Any client shows the text; an S/MIME client also checks it came from
+    the box — and keeps the box's certificate, the first step towards the recipient's own."""
+    headers = _headers(head)
+    headers["MIME-Version"] = "1.0"
+    top = headers.as_bytes(policy=_POLICY).rstrip(b"\r\n") + b"\r\n"
+    return top + signed_entity

@@ -115,11 +115,13 @@ CREATE INDEX IF NOT EXISTS mail_outbox_due ON mail_outbox(status, next_attempt);
 """
 
 # What quotas, rates and usage reports count: each signature, each CSC timestamp, each
-# certificate-directory lookup and each mail queued (POST /v1/mail) is one call. Kept apart from SCHEMA because a view's definition
+# certificate-directory lookup or API submission and each mail queued (POST /v1/mail) is one call
+# (of a client: the box's own entries have no client). Kept apart from SCHEMA because a view's definition
 # changes with the box (directory lookups were added): `_ensure_view` replaces an older one.
 METERED_CALLS = """CREATE VIEW metered_calls AS
     SELECT seq AS id, at AS created_at, client_id, json_extract(details, '$.kind') AS kind
-    FROM audit_log WHERE action IN ('signature', 'timestamp', 'directory.lookup', 'mail')"""
+    FROM audit_log WHERE action IN ('signature', 'timestamp', 'directory.lookup', 'directory.submit', 'mail')
+    AND client_id IS NOT NULL"""
 
 
 class Database:

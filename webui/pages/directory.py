@@ -72,7 +72,7 @@ class Search(DirectoryPage):
         except AddressInvalid as exc:
             self._render(req, resp, text, error=f"Not an address the directory keeps: {exc}.")
             return
-        self._render(req, resp, address, found=directory.certificates(address))
+        self._render(req, resp, address, found=directory.certificates(address, actor=self.console.actor(req)))
 
 
 class Unpublish(DirectoryPage):
