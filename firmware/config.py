@@ -35,7 +35,7 @@ from .store.storage import MB, StorageBudget
 __all__ = [
     "CONFIG_NAME", "SECTIONS", "STAMP_LOGO_NAME", "ApiSettings", "AuditSettings", "BoxConfig", "BoxSettings",
     "ConfigError", "ConsoleSettings", "DevSettings", "DirectorySettings", "InboundSettings", "LdapSettings", "MailSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
-    "ProvisionedSettings", "RevocationSettings", "SigningSettings", "TokenSettings", "check_http_url",
+    "ProvisionedSettings", "RevocationSettings", "SigningSettings", "TokenSettings", "WebhookSettings", "check_http_url",
     "check_proxy_url", "default_value", "effective_value", "is_hostname", "parse", "redacted_url",
 ]
 
@@ -494,6 +494,25 @@ class InboundSettings(_Section):
 
 
 @dataclass(frozen=True)
+class WebhookSettings(_Section):
+    """``[webhooks]``: how contract events reach the business system's URL (firmware/webhooks/).
+
+    A delivery that fails (no answer within ``timeout_seconds``, or anything but a 2xx) is retried
+    up to ``max_attempts`` times in all, the first retry after ``retry_seconds``, each wait twice the
+    one before up to ``max_retry_seconds``; then the event is given up and audited.
+    """
+
+    timeout_seconds: float = 10.0  # per connection and per read of the answer
+    max_attempts: int = 10
+    retry_seconds: float = 30.0
+    max_retry_seconds: float = 3600.0
+
+    def check(self) -> None:
+        for key in ("timeout_seconds", "max_attempts", "retry_seconds", "max_retry_seconds"):
+            _positive(key, getattr(self, key))
+
+
+@dataclass(frozen=True)
 class ProvisionedSettings(_Section):
     """``[provisioned]``: which bundle made this configuration generation (provisioning/apply.py). Read-only."""
 
@@ -508,7 +527,7 @@ SECTIONS: dict[str, type] = {
     "api": ApiSettings, "token": TokenSettings, "signing": SigningSettings, "metering": MeteringSettings,
     "audit": AuditSettings, "dev": DevSettings, "console": ConsoleSettings, "outbound": OutboundSettings,
     "box": BoxSettings, "network": NetworkSettings, "revocation": RevocationSettings, "ldap": LdapSettings, "mail": MailSettings,
-    "provisioned": ProvisionedSettings, "directory": DirectorySettings, "inbound": InboundSettings,
+    "provisioned": ProvisionedSettings, "directory": DirectorySettings, "inbound": InboundSettings, "webhooks": WebhookSettings,
 }
 
 
@@ -653,6 +672,7 @@ class BoxConfig:
     provisioned: ProvisionedSettings
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     inbound: InboundSettings = field(default_factory=InboundSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     def __post_init__(self) -> None:
         for face in ("ldap", "inbound"):

@@ -112,6 +112,23 @@ CREATE TABLE IF NOT EXISTS mail_outbox (
     last_error   TEXT
 );
 CREATE INDEX IF NOT EXISTS mail_outbox_due ON mail_outbox(status, next_attempt);
+-- The webhook outbox (firmware/webhooks/): every contract event, queued in the transaction of the
+-- change it reports, until the business system's URL answered 2xx. Secret and body are dropped at the end.
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id           TEXT PRIMARY KEY,      -- the event id (Esignbox-Event-Id), the same on every attempt
+    type         TEXT NOT NULL,         -- e.g. contract.completed
+    url          TEXT NOT NULL,
+    secret       BLOB,                  -- the HMAC key; NULL once delivered or failed
+    body         BLOB,                  -- the JSON sent, byte for byte on every attempt; NULL at the end
+    status       TEXT NOT NULL,         -- queued, sending, delivered, failed
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,         -- Unix time: not before
+    lease_until  REAL,                  -- while sending: when another sender may take it over
+    created_at   TEXT NOT NULL,
+    delivered_at TEXT,
+    last_error   TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox(status, next_attempt);
 """
 
 # What quotas, rates and usage reports count: each signature, each CSC timestamp, each
