@@ -136,6 +136,10 @@ class _Worker:
             self._keys[label] = key
         return key
 
+    def forget(self, label: str) -> None:
+        """Drop the cached handle: the key was destroyed, and a new key may take its label."""
+        self._keys.pop(label, None)
+
 
 class Token:
     def __init__(self, config: TokenConfig) -> None:
@@ -397,6 +401,32 @@ class Token:
 
         self._run(generate)
         return self.key(label)
+
+    def destroy_key(self, label: str) -> None:
+        """Destroy both halves of a key pair; KeyNotFound if the token has neither.
+
+        The private half goes first: if the box dies in between, what is left is a public key,
+        which ``keys()`` lists, so a clean-up at start finds it and finishes the job. Every
+        session forgets its cached handle, so a later key with the same label is looked up afresh.
+        """
+
+        def destroy(worker: _Worker) -> None:
+            with self._admin_lock:
+                session = self._login
+                assert session is not None
+                found = [
+                    obj for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+                    for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.LABEL: label})
+                ]
+                if not found:
+                    raise KeyNotFound(f"no key labelled {label!r} on the token")
+                for obj in found:
+                    obj.destroy()
+            with self._pool:
+                for each in (*self._idle, *self._lent):
+                    each.forget(label)
+
+        self._run(destroy)
 
     def key(self, label: str) -> KeyInfo:
         """The public half of a token key, as SubjectPublicKeyInfo."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -53,6 +54,11 @@ def keys(token: Token) -> dict[KeyAlgorithm, str]:
 
 def _public(token: Token, label: str):
     return serialization.load_der_public_key(token.key(label).public_key_info)
+
+
+def _labels(token: Token) -> set[str]:
+    listed = token.keys()
+    return {info.label for info in listed}
 
 
 def _verify(public_key, signature: bytes, message: bytes, algorithm: str, scheme: SignatureScheme) -> None:
@@ -117,6 +123,32 @@ def test_unknown_key_and_duplicate_label(token, keys):
         token.sign_digest("no-such-key", b"\0" * 32, "sha256", SignatureScheme.RSA_PKCS1V15)
     with pytest.raises(KeyExists):
         token.generate_key(keys[KeyAlgorithm.EC_P256], KeyAlgorithm.EC_P256)
+
+
+def test_destroyed_key_is_gone_and_its_label_is_free_again(token, caplog):
+    """Both halves go; a session that signed with the old key signs with the new one of the
+    same label (no stale cached handle, which would cost a reconnection), and destroying what
+    is not there says so."""
+    caplog.set_level(logging.INFO, logger="hsm.token")
+    label = "test-destroy"
+    first = token.generate_key(label, KeyAlgorithm.EC_P256)
+    for _ in range(token.info()["sessions"] + 1):  # every pooled session caches its handle
+        token.sign_digest(label, b"\0" * 32, "sha256", SignatureScheme.ECDSA)
+    token.destroy_key(label)
+    assert label not in _labels(token)
+    with pytest.raises(KeyNotFound):
+        token.sign_digest(label, b"\0" * 32, "sha256", SignatureScheme.ECDSA)
+    with pytest.raises(KeyNotFound):
+        token.destroy_key(label)
+    second = token.generate_key(label, KeyAlgorithm.EC_P256)
+    assert second.public_key_info != first.public_key_info
+    message = b"signed by the second key"
+    for _ in range(token.info()["sessions"] + 1):
+        signature = token.sign_digest(label, hashlib.sha256(message).digest(), "sha256", SignatureScheme.ECDSA)
+        _verify(_public(token, label), signature, message, "sha256", SignatureScheme.ECDSA)
+    token.destroy_key(label)
+    assert label not in _labels(token)
+    assert not [r.getMessage() for r in caplog.records if "reconnect" in r.getMessage()]
 
 
 def test_refused_operations_give_their_session_back(token, keys):

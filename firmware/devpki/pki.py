@@ -47,6 +47,7 @@ CONFIG_FILE = "certomancer.yml"
 STATE_FILE = "state.json"
 BOX_KEY_FILE = "box.pub.pem"
 BOX_MAIL_KEY_FILE = "box-mail.pub.pem"
+SIGNER_CA_KEY_FILE = "signer-ca.pub.pem"
 BOX_MAIL_ADDRESS = "esignbox@esignbox.dev"  # the rfc822Name of the box's mail certificate
 
 # Back-dated so that a box whose clock lags a little still sees valid certs.
@@ -76,8 +77,9 @@ MAIL_USERS: dict[str, str] = {
 REVOCABLE = ("alice", "alice-renewed", "dave", "judy")
 MAIL_CERTS = tuple(f"mail-{name}" for name in MAIL_USERS)
 
-BOX_CERT, BOX_MAIL_CERT = "box-signer", "box-mail-signer"
-ALL_CERTS = ("root", "interm", "tsa", "interm-ocsp", BOX_CERT, BOX_MAIL_CERT, "revoked-signer", *MAIL_CERTS)
+BOX_CERT, BOX_MAIL_CERT, SIGNER_CA_CERT = "box-signer", "box-mail-signer", "signer-ca"
+ALL_CERTS = ("root", "interm", "tsa", "interm-ocsp", BOX_CERT, BOX_MAIL_CERT, SIGNER_CA_CERT, "revoked-signer",
+             *MAIL_CERTS)
 # alice's renewed certificate is issued this long after the first.
 RENEWED_AFTER = timedelta(hours=2)
 # heidi's certificate expired this long after the CA's valid-from, i.e. before the PKI was made.
@@ -169,10 +171,10 @@ class _State:
         serials = {**self.serials, BOX_CERT: x509.random_serial_number()}
         return replace(self, box_from=now - BACKDATE, serials=serials)
 
-    def with_new_mail_cert(self) -> _State:
-        """A new serial for the box's mail certificate only: the signing certificate, which a
-        box's chain file holds, stays byte-identical."""
-        return replace(self, serials={**self.serials, BOX_MAIL_CERT: x509.random_serial_number()})
+    def with_new_cert(self, label: str) -> _State:
+        """A new serial for one of the box's other certificates (mail, signer CA) only: the
+        signing certificate, which a box's chain file holds, stays byte-identical."""
+        return replace(self, serials={**self.serials, label: x509.random_serial_number()})
 
     def render(self) -> str:
         template = resources.files(__package__).joinpath("template.yml").read_text()
@@ -219,12 +221,16 @@ class DevPki:
     def config_path(self) -> Path:
         return self.directory / CONFIG_FILE
 
-    def ensure(self, box_public_key_der: bytes, mail_public_key_der: bytes | None = None) -> None:
+    def ensure(
+        self, box_public_key_der: bytes, mail_public_key_der: bytes | None = None,
+        signer_ca_public_key_der: bytes | None = None,
+    ) -> None:
         """Create the PKI, or bring it up to date; writes nothing if nothing changed.
 
-        A new box key (or mail key) gets new box certificates (new serials); everything else
-        keeps its dates and serials so certificates stay byte-identical. The box's mail
-        certificate is for ``mail_public_key_der``, or for the box key when there is none.
+        A new box key (or mail key, or signer CA key) gets new box certificates (new serials);
+        everything else keeps its dates and serials so certificates stay byte-identical. The
+        box's mail certificate is for ``mail_public_key_der``, its signer CA certificate for
+        ``signer_ca_public_key_der``, each for the box key when there is none.
         """
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         for name, generate in _SOFTWARE_KEYS.items():
@@ -239,10 +245,15 @@ class DevPki:
         if state.url_prefix != self.url_prefix:
             state = state.with_url_prefix(self.url_prefix)
 
-        for name, der in ((BOX_KEY_FILE, box_public_key_der), (BOX_MAIL_KEY_FILE, mail_public_key_der or box_public_key_der)):
+        keys = (
+            (BOX_KEY_FILE, BOX_CERT, box_public_key_der),
+            (BOX_MAIL_KEY_FILE, BOX_MAIL_CERT, mail_public_key_der or box_public_key_der),
+            (SIGNER_CA_KEY_FILE, SIGNER_CA_CERT, signer_ca_public_key_der or box_public_key_der),
+        )
+        for name, cert, der in keys:
             key_path, key_pem = self.directory / name, _public_pem(der)
             if not key_path.exists() or key_path.read_bytes() != key_pem:
-                state = state.with_new_box_cert(now) if name == BOX_KEY_FILE else state.with_new_mail_cert()
+                state = state.with_new_box_cert(now) if cert == BOX_CERT else state.with_new_cert(cert)
                 _write_file(key_path, key_pem)
 
         _write_if_changed(state_path, state.to_json().encode())
@@ -265,6 +276,10 @@ class DevPki:
     def mail_chain(self) -> list[bytes]:
         """The box's mail certificate, intermediate, root."""
         return [self._cert_der(BOX_MAIL_CERT), self.intermediate_cert(), self.root_cert()]
+
+    def signer_ca_chain(self) -> list[bytes]:
+        """The box's signer CA certificate (CA, path length 0), intermediate, root."""
+        return [self._cert_der(SIGNER_CA_CERT), self.intermediate_cert(), self.root_cert()]
 
     def revoked_signer(self) -> SoftSigner:
         return SoftSigner(self._cert_der("revoked-signer"), self._key_path("revoked-signer"))

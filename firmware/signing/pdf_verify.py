@@ -346,6 +346,12 @@ async def newest_signature_offline(reader: PdfFileReader, revocation: Revocation
     raise PdfInvalid("the PDF has no signature")
 
 
+async def signatures_offline(reader: PdfFileReader, revocation: RevocationService) -> list[SignatureReport]:
+    """Every signature and document timestamp, oldest first, judged from the PDF's own data only."""
+    reports = [r async for r in _newest_first(_Verifier(reader, revocation, online=False), reader)]
+    return reports[::-1]
+
+
 def verify_pdf(data: bytes, revocation: RevocationService, max_bytes: int) -> PdfReport:
     """Report on every signature and document timestamp in ``data``, oldest first."""
     reader = read_pdf(data, max_bytes)

@@ -204,8 +204,14 @@ class RevocationService:
         """
         return RevocationService(trust_roots, self._cache, self._timeout_s)
 
-    def validation_context(self, other_certs: Iterable[x509.Certificate] = ()) -> ValidationContext:
-        """A hard-fail context whose fetchers go through the shared cache."""
+    def validation_context(
+        self, other_certs: Iterable[x509.Certificate] = (), crls: Iterable[crl.CertificateList] = ()
+    ) -> ValidationContext:
+        """A hard-fail context whose fetchers go through the shared cache.
+
+        ``crls``: CRLs the box has at hand (its signer CA's own); they are used before any fetch
+        and, like everything the context holds, go into a B-LT signature's DSS.
+        """
         inner = self._backend.get_fetchers()
         ocsp_fetcher = _ConfiguredOCSPFetcher(self._ocsp_urls, self._timeout_s) if self._ocsp_urls else inner.ocsp_fetcher
         crl_fetcher = _ConfiguredCRLFetcher(self._crl_urls, self._timeout_s) if self._crl_urls else inner.crl_fetcher
@@ -217,6 +223,7 @@ class RevocationService:
         return ValidationContext(
             trust_roots=self._trust_roots,
             other_certs=list(other_certs),
+            crls=list(crls),
             allow_fetching=True,
             fetchers=fetchers,
             revocation_mode="hard-fail",
