@@ -10,11 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import falcon
+from asn1crypto import x509
 
 from hsm import Token
 
 from .api import errors
 from .api.auth import ApiKeyAuth, RefusalAudit
+from .api.contracts import SIGNER_CA_CRL_PATH, CrlResource, add_contract_routes
 from .api.directory import add_directory_routes
 from .api.info import CertificateResource, HealthResource
 from .api.json_media import BoundedJsonHandler
@@ -26,24 +28,29 @@ from .api.signatures import SignatureBatchResource, SignatureResource
 from .api.usage import UsageResource
 from .certificates import check_chain, load_certificates
 from .config import BoxConfig, ConfigError
+from .contracts import ContractsService
 from .csc.routes import CscSessions, add_csc_routes
 from .directory import DirectoryService, ProofSender, UndeliveredProofs
 from .errors import InvalidRequest
 from .mail.outbox import Outbox, OutboxSender, RelaySettings
 from .mail.service import MailPolicy, MailService, NoDirectory, RecipientDirectory
 from .mail.smime import SmimeSigner
+from .operations.contract_links import InvitationsByMail
 from .operations.directory_links import CodeByMail, DirectoryRecipients, ProofByMail
 from .operations.keys import chain_path
 from .otp import OtpCodes
 from .outbound import apply_outbound
 from .signing.clock import ClockWatch
+from .signing.contract_signing import ContractSigning
 from .signing.hash_signing import HashSigningService
+from .signing.party_signatures import PartySigner
 from .signing.pdf_signing import PdfSigningService
 from .signing.raw_signing import RawSigningService
 from .signing.revocation import RevocationService
 from .signing.stamp_look import StampLook
 from .signing.timestamps import FallbackTimeStamper
 from .signing.token_signer import TokenSigner
+from .signpage import add_signing_page_routes
 from .store.clients import ClientRegistry
 from .store.db import Database
 from .store.ledger import SignatureLedger
@@ -74,6 +81,9 @@ class Box:
     directory: DirectoryService | None = None
     proof_sender: ProofSender = field(default_factory=UndeliveredProofs)
     otp: OtpCodes | None = None  # one-time codes by mail; None without a mail relay
+    # Envelopes ([contracts] enabled) and their signing, whose signer CA's CRL the API serves.
+    contracts: ContractsService | None = None
+    contract_signing: ContractSigning | None = None
 
     @classmethod
     def open(cls, config: BoxConfig, proof_sender: ProofSender | None = None) -> Box:
@@ -122,11 +132,13 @@ class Box:
         mail = _mail_service(config, db, outbox, SmimeSigner(_mail_signer(config, token, signer, clock)), recipients)
         if directory is not None and proof_sender is None and mail is not None:
             directory.sender = ProofByMail(mail)
+        contracts = _contracts(config, db, token, clock, timestamper, revocation, pdf_signing, mail)
         return cls(
             config, token, clock, signer, timestamper, revocation, db, clients, ledger, hash_signing, pdf_signing, raw_signing,
             csc_sessions or CscSessions.open(db), outbox, mail, health_parts if health_parts is not None else {},
             directory, directory.sender if directory is not None else UndeliveredProofs(),
             OtpCodes(db, config.state_dir, CodeByMail(mail)) if mail is not None else None,
+            *(contracts or (None, None)),
         )
 
     def mail_sender(self) -> OutboxSender | None:
@@ -154,6 +166,10 @@ class Box:
         app.add_route("/openapi.json", OpenApiResource(level, directory=self.directory is not None))
         if self.directory is not None:
             add_directory_routes(app, self.directory)
+        if self.contracts is not None and self.contract_signing is not None:
+            add_contract_routes(app, self.contracts, self.config.max_pdf_bytes)
+            app.add_route(SIGNER_CA_CRL_PATH, CrlResource(self.contract_signing.crl_der))
+            add_signing_page_routes(app, self.contracts, self.config.state_dir, self.config.contracts.organisation)
         add_csc_routes(
             app, sessions=self.csc_sessions, signer=self.signer, raw_signing=self.raw_signing, hash_signing=self.hash_signing,
             timestamper=self.timestamper, clients=self.clients, ledger=self.ledger,
@@ -179,13 +195,41 @@ def _mail_signer(config: BoxConfig, token: Token, signer: TokenSigner, clock: Cl
     label = config.mail.key_label
     if label is None:
         return signer
+    return TokenSigner(token, label, _own_chain(config, token, label, "[mail] key_label"), prefer_pss=config.prefer_pss,
+                       clock=clock)
+
+
+def _own_chain(config: BoxConfig, token: Token, label: str, setting: str) -> list[x509.Certificate]:
+    """The chain of one of the box's other keys (chains/<label>.pem, from the key life cycle),
+    checked against the key on the token: a mismatch is a configuration error at start."""
     chain_file = chain_path(config.state_dir, label)
-    chain = load_certificates(chain_file)
     try:
+        chain = load_certificates(chain_file)
         check_chain(token, label, chain)
     except InvalidRequest as exc:
-        raise ConfigError(f"[mail] key_label {label!r}: {chain_file}: {exc}") from exc
-    return TokenSigner(token, label, chain, prefer_pss=config.prefer_pss, clock=clock)
+        raise ConfigError(f"{setting} {label!r}: {chain_file}: {exc}") from exc
+    return chain
+
+
+def _contracts(config: BoxConfig, db: Database, token: Token, clock: ClockWatch,
+               timestamper: FallbackTimeStamper | None, revocation: RevocationService, pdf_signing: PdfSigningService,
+               mail: MailService | None) -> tuple[ContractsService, ContractSigning] | None:
+    """[contracts]: the envelope service and its signing (the parties' keys under the box's signer CA)."""
+    settings = config.contracts
+    if not settings.enabled:
+        return None
+    if timestamper is None:
+        raise ConfigError("[contracts] enabled needs [signing] tsa_urls: every party's signature is timestamped")
+    label = settings.signer_ca_label
+    chain = _own_chain(config, token, label, "[contracts] signer_ca_label")
+    base = settings.public_base_url or f"http://{config.api_host}:{config.api_port}"
+    parties = PartySigner(token, label, chain, timestamper, revocation, base.rstrip("/") + SIGNER_CA_CRL_PATH,
+                          config.max_pdf_bytes, StampLook.from_config(config), clock)
+    signing = ContractSigning(parties, pdf_signing, settings.organisation)
+    codes = OtpCodes(db, config.state_dir, CodeByMail(mail, charged=False)) if mail is not None else None
+    service = ContractsService(db, config.state_dir, signing, codes, InvitationsByMail(mail, settings.organisation),
+                               settings)
+    return service, signing
 
 
 def _mail_service(config: BoxConfig, db: Database, outbox: Outbox, signer: SmimeSigner,

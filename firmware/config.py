@@ -34,7 +34,7 @@ from .store.storage import MB, StorageBudget
 
 __all__ = [
     "CONFIG_NAME", "SECTIONS", "STAMP_LOGO_NAME", "ApiSettings", "AuditSettings", "BoxConfig", "BoxSettings",
-    "ConfigError", "ConsoleSettings", "DevSettings", "DirectorySettings", "InboundSettings", "LdapSettings", "MailSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
+    "ConfigError", "ConsoleSettings", "ContractsSettings", "DevSettings", "DirectorySettings", "InboundSettings", "LdapSettings", "MailSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
     "ProvisionedSettings", "RevocationSettings", "SigningSettings", "TokenSettings", "WebhookSettings", "check_http_url",
     "check_proxy_url", "default_value", "effective_value", "is_hostname", "parse", "redacted_url",
 ]
@@ -513,6 +513,33 @@ class WebhookSettings(_Section):
 
 
 @dataclass(frozen=True)
+class ContractsSettings(_Section):
+    """``[contracts]``: envelopes with several parties (firmware/contracts/). Off unless enabled.
+
+    Each party's signature is made on the token by a key of its own, certified for minutes by the
+    box's signer CA (``signer_ca_label``, its chain in chains/<label>.pem through the key life
+    cycle). Invitation links start with ``public_base_url``, where the organisation's reverse
+    proxy publishes the signing page of the API listener; without it the API hands out the bare tokens.
+    """
+
+    enabled: bool = False
+    signer_ca_label: str = "signer-ca"
+    public_base_url: str | None = None  # e.g. https://sign.example.org
+    organisation: str = "E-signature Box"  # shown on the completion certificate
+    default_expiry_days: int = 14
+    max_expiry_days: int = 90
+    max_access_attempts: int = 5  # wrong access codes before a party is locked out
+
+    def check(self) -> None:
+        for key in ("default_expiry_days", "max_expiry_days", "max_access_attempts"):
+            _positive(key, getattr(self, key))
+        if self.default_expiry_days > self.max_expiry_days:
+            raise _Invalid("default_expiry_days", "must not exceed max_expiry_days")
+        if self.public_base_url is not None:
+            check_http_url(self.public_base_url, "public_base_url")
+
+
+@dataclass(frozen=True)
 class ProvisionedSettings(_Section):
     """``[provisioned]``: which bundle made this configuration generation (provisioning/apply.py). Read-only."""
 
@@ -528,6 +555,7 @@ SECTIONS: dict[str, type] = {
     "audit": AuditSettings, "dev": DevSettings, "console": ConsoleSettings, "outbound": OutboundSettings,
     "box": BoxSettings, "network": NetworkSettings, "revocation": RevocationSettings, "ldap": LdapSettings, "mail": MailSettings,
     "provisioned": ProvisionedSettings, "directory": DirectorySettings, "inbound": InboundSettings, "webhooks": WebhookSettings,
+    "contracts": ContractsSettings,
 }
 
 
@@ -673,6 +701,7 @@ class BoxConfig:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     inbound: InboundSettings = field(default_factory=InboundSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    contracts: ContractsSettings = field(default_factory=ContractsSettings)
 
     def __post_init__(self) -> None:
         for face in ("ldap", "inbound"):

@@ -26,6 +26,7 @@ from .operations import chain_path, configstore
 DEV_TOKEN_LABEL = "esignbox-dev"
 DEV_KEY_LABEL = "box-signing"
 DEV_MAIL_KEY_LABEL = "box-mail"  # the dev box's S/MIME key: its own, as a field box's should be
+DEV_SIGNER_CA_LABEL = "signer-ca"  # certifies each envelope party's one-time key ([contracts])
 DEFAULT_PKI_PORT = 9180
 DEFAULT_API_PORT = 8080
 # The directory and mail of `make run`: the dev mailbox (relay), the inbound listener, LDAP.
@@ -54,9 +55,16 @@ def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, c
     """A development box's box.toml, written once through the one box.toml writer: only what
     differs from the schema's defaults (firmware/config.py); later runs keep an admin's changes."""
     path = state_dir / CONFIG_NAME
+    contracts = {"enabled": True, "signer_ca_label": DEV_SIGNER_CA_LABEL,
+                 "public_base_url": f"http://127.0.0.1:{api_port}", "organisation": "E-signature Box (dev)"}
     if path.exists():
-        if console and "console" not in parse(path.read_text(), path):  # a dev box made before the console
+        present = parse(path.read_text(), path)
+        if console and "console" not in present:  # a dev box made before the console
             configstore.update(state_dir, {"console": {"enabled": True}}, actor="esignbox init-dev",
+                               action="config.change", details={})
+        if "contracts" not in present:  # … or before contract signing
+            contracts["public_base_url"] = f"http://127.0.0.1:{BoxConfig.load(state_dir).api_port}"
+            configstore.update(state_dir, {"contracts": contracts}, actor="esignbox init-dev",
                                action="config.change", details={})
         return
     settings = {
@@ -65,6 +73,7 @@ def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, c
                   "environment_files": {"SOFTHSM2_CONF": "softhsm2.conf"}},
         "signing": {"key_label": DEV_KEY_LABEL, "tsa_urls": [tsa_url]},
         "console": {"enabled": console},
+        "contracts": contracts,
         "dev": {"pki_port": pki_port, **({"mailbox_port": DEV_MAILBOX_PORT} if directory else {})},
     }
     if directory:
@@ -126,10 +135,11 @@ def init_dev(
     token = Token(_init_softhsm(state_dir))
     try:
         key, mail_key = (_key_on(token, label, key_algorithm) for label in (DEV_KEY_LABEL, DEV_MAIL_KEY_LABEL))
+        signer_ca = _key_on(token, DEV_SIGNER_CA_LABEL, KeyAlgorithm.EC_P256)
     finally:
         token.close()
     pki = DevPki(state_dir / "pki", f"http://127.0.0.1:{pki_port}")
-    pki.ensure(key.public_key_info, mail_key.public_key_info)
+    pki.ensure(key.public_key_info, mail_key.public_key_info, signer_ca.public_key_info)
     _write_config(state_dir, pki_port, api_port or DEFAULT_API_PORT, pki.tsa_url(), console=console,
                   directory=directory)
     for name in MAIL_USERS:
@@ -143,10 +153,11 @@ def init_dev(
         write_durable(config.chain_file, b"".join(pem.armor("CERTIFICATE", der) for der in pki.box_chain()))
     if not config.trust_roots_file.exists():
         write_durable(config.trust_roots_file, pem.armor("CERTIFICATE", pki.root_cert()))
-    mail_chain = chain_path(state_dir, DEV_MAIL_KEY_LABEL)  # where the key life cycle keeps a key's chain
-    if not mail_chain.exists():
-        mail_chain.parent.mkdir(parents=True, exist_ok=True)
-        write_durable(mail_chain, b"".join(pem.armor("CERTIFICATE", der) for der in pki.mail_chain()))
+    for label, chain in ((DEV_MAIL_KEY_LABEL, pki.mail_chain()), (DEV_SIGNER_CA_LABEL, pki.signer_ca_chain())):
+        chain_file = chain_path(state_dir, label)  # where the key life cycle keeps a key's chain
+        if not chain_file.exists():
+            chain_file.parent.mkdir(parents=True, exist_ok=True)
+            write_durable(chain_file, b"".join(pem.armor("CERTIFICATE", der) for der in chain))
     return config
 
 

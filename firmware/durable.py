@@ -9,6 +9,7 @@ and so do the files of a new configuration generation and the symlinks that swit
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -53,3 +54,15 @@ def replace_symlink(link: Path, target: str) -> None:
     os.symlink(target, tmp)
     os.replace(tmp, link)
     fsync_dir(link.parent)
+
+
+def secret_key(path: Path) -> bytes:
+    """A random 32-byte key kept in ``path`` (0600), made on first use: the HMAC keys of one-time and
+    access codes. A box restored without it cannot check the old codes, which only expire."""
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            write_new(path, secrets.token_bytes(32), mode=0o600)
+        except FileExistsError:  # another worker process made it first
+            pass
+    return path.read_bytes()

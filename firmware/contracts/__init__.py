@@ -1,7 +1,10 @@
-"""Contract signing (issue 12): envelopes with several parties, their trail and its certificate.
+"""Contract signing (issue 12): envelopes with several parties, each validated and signing in
+order, driven to one long-term-valid PDF that shows every party's signature.
 
-The certificate and the previews load pyHanko, so they are imported when first named (PEP 562),
-not with the package.
+model: the words (statuses, roles, methods); store: the tables; service: process control and
+identity validation; trail/completion: the completion certificate; preview: pages as images for
+the signing page. The service, the certificate and the previews load pyHanko, so they are
+imported when first named (PEP 562), not with the package.
 """
 
 from __future__ import annotations
@@ -9,17 +12,54 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..lazy import lazy_exports
+from .model import (
+    CONTRACT_STATUSES,
+    METHODS,
+    PARTY_STATUSES,
+    ROLES,
+    Contract,
+    ContractStatus,
+    Field,
+    Method,
+    OrgSignature,
+    Party,
+    PartyStatus,
+    Role,
+)
 from .trail import CompletionTrail, TrailEvent, TrailParty
 
 if TYPE_CHECKING:
     from .completion import completion_pdf
-    from .preview import PreviewUnavailable, page_count, render_page
+    from .preview import PreviewUnavailable, page_count, page_sizes, render_page
+    from .service import (
+        MAX_PARTIES,
+        SIGN_PATH,
+        ContractClosed,
+        ContractsService,
+        Created,
+        Invitations,
+        NotYourTurn,
+        PartyRequest,
+        PartySigning,
+        PartyUnverified,
+        UnknownContract,
+        VerificationFailed,
+    )
 
 __all__ = [
-    "CompletionTrail", "PreviewUnavailable", "TrailEvent", "TrailParty", "completion_pdf", "page_count", "render_page",
+    "CONTRACT_STATUSES", "MAX_PARTIES", "METHODS", "PARTY_STATUSES", "ROLES", "SIGN_PATH", "CompletionTrail", "Contract",
+    "ContractClosed", "ContractStatus", "ContractsService", "Created", "Field", "Invitations",
+    "Method", "NotYourTurn", "OrgSignature", "Party", "PartyRequest", "PartySigning", "PartyStatus", "PartyUnverified",
+    "PreviewUnavailable", "Role", "TrailEvent", "TrailParty", "UnknownContract", "VerificationFailed", "completion_pdf",
+    "page_count", "page_sizes", "render_page",
 ]
 
-_HEAVY = {"completion_pdf": "completion", "PreviewUnavailable": "preview", "page_count": "preview",
-          "render_page": "preview"}
+_HEAVY = {
+    "completion_pdf": "completion", "PreviewUnavailable": "preview", "page_count": "preview", "page_sizes": "preview",
+    "render_page": "preview",
+    **{name: "service" for name in (
+        "MAX_PARTIES", "SIGN_PATH", "ContractClosed", "ContractsService", "Created", "Invitations", "NotYourTurn",
+        "PartyRequest", "PartySigning", "PartyUnverified", "UnknownContract", "VerificationFailed")},
+}
 
 __getattr__ = lazy_exports(__name__, _HEAVY)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 
+from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.reader import PdfFileReader
 
 from ..config import ApiSettings
@@ -19,7 +20,7 @@ from ..signing.pdf_verify import PDF_DAMAGE, PdfInvalid, read_pdf
 
 __all__ = [
     "MAX_HEIGHT_RATIO", "MAX_WIDTH_PX", "MIN_WIDTH_PX", "RENDER_TIMEOUT_S", "PreviewUnavailable", "page_count",
-    "render_page",
+    "page_sizes", "render_page",
 ]
 
 MIN_WIDTH_PX = 200
@@ -47,6 +48,29 @@ def _pages(reader: PdfFileReader) -> int:
 def page_count(pdf: bytes, max_bytes: int = _DEFAULT_MAX_BYTES) -> int:
     """How many pages ``pdf`` has; PdfInvalid (an InvalidRequest) if it is not a PDF the box reads."""
     return _pages(read_pdf(pdf, max_bytes))
+
+
+def page_sizes(pdf: bytes, max_bytes: int = _DEFAULT_MAX_BYTES) -> list[tuple[float, float]]:
+    """Each page's width and height in points (its MediaBox, inherited if need be; rotation
+    ignored): where on a page's picture the signing page highlights a party's field."""
+    reader = read_pdf(pdf, max_bytes)
+    try:
+        return [_media_size(reader.find_page_for_modification(number)[0].get_object())  # type: ignore[no-untyped-call]
+                for number in range(_pages(reader))]
+    except PDF_DAMAGE as exc:
+        raise PdfInvalid.damaged("not a readable PDF", exc) from exc
+
+
+def _media_size(page: generic.DictionaryObject) -> tuple[float, float]:
+    node = page
+    for _ in range(32):  # a page tree deeper than this is refused by read_pdf anyway
+        if "/MediaBox" in node:
+            x1, y1, x2, y2 = (float(value) for value in node["/MediaBox"])
+            return abs(x2 - x1), abs(y2 - y1)
+        if "/Parent" not in node:
+            break
+        node = node["/Parent"]
+    return 612.0, 792.0  # PDF's default page: US Letter
 
 
 def _check_page(reader: PdfFileReader, page: int) -> None:

@@ -97,17 +97,19 @@ class MailService:
         return self._queue(client_id, recipient, self._policy.notice_subject, None, [], self._policy.notice_text)
 
     def send_box_message(self, client_id: str | None, recipient: str, subject: str, text: str,
-                         certificates: Sequence[x509.Certificate] | None = None, allow_plain: bool = False) -> MailQueued:
-        """A message of the box's own — a directory proof, a one-time code — signed and encrypted to
-        ``certificates`` (default: the recipient's in the directory). Without any it goes plain
-        only if ``allow_plain``, else NoEncryptionCertificate. Charged to ``client_id`` if given."""
+                         certificates: Sequence[x509.Certificate] | None = None, allow_plain: bool = False,
+                         attachments: Sequence[Attachment] = ()) -> MailQueued:
+        """A message of the box's own — a directory proof, a one-time code, an envelope's signed
+        document — signed and encrypted to ``certificates`` (default: the recipient's in the
+        directory). Without any it goes plain (never with ``attachments``) only if ``allow_plain``,
+        else NoEncryptionCertificate. Charged to ``client_id`` if given."""
         recipient = check_address(recipient)
         if client_id is not None:
             metering.check(self._db.connect(), client_id, 1)
         found = list(self._directory.lookup(recipient)) if certificates is None else list(certificates)
         if found:
-            return self._queue(client_id, recipient, subject, mime_entity(text, None, ()), found)
-        if not allow_plain:
+            return self._queue(client_id, recipient, subject, mime_entity(text, None, attachments), found)
+        if not allow_plain or attachments:
             raise NoEncryptionCertificate(f"{recipient} has no encryption certificate in the directory, and this"
                                           " message may not go unencrypted")
         return self._queue(client_id, recipient, subject, None, [], text)

@@ -69,14 +69,16 @@ class ProofByMail:
 
 class CodeByMail:
     """firmware.otp's ``CodeSender``: the code encrypted to the person's directory certificate, or
-    plain where the client allows it; charged to the client as one mail."""
+    plain where the client allows it; charged to the client as one mail unless ``charged`` is off
+    (an envelope's codes are part of the envelope, which is charged once)."""
 
-    def __init__(self, mail: MailService) -> None:
+    def __init__(self, mail: MailService, charged: bool = True) -> None:
         self._mail = mail
+        self._charged = charged
 
     def send_code(self, client_id: str, address: str, code: str, allow_plain: bool) -> bool:
         text = f"Your one-time code: {code}\n\nIt works once and expires soon. Never tell it to anyone who asks.\n"
-        return self._mail.send_box_message(client_id, address, "Your one-time code", text,
+        return self._mail.send_box_message(client_id if self._charged else None, address, "Your one-time code", text,
                                            allow_plain=allow_plain).encrypted
 
 

@@ -14,6 +14,14 @@ from dataclasses import dataclass
 
 from hsm import KeyNotFound, TokenError, TokenUnavailable, UnsupportedDigest
 
+from ..contracts import (
+    ContractClosed,
+    NotYourTurn,
+    PartyUnverified,
+    PreviewUnavailable,
+    UnknownContract,
+    VerificationFailed,
+)
 from ..directory import AddressInvalid, CertificateRefused, NoCertificate, ProofInvalid
 from ..errors import InvalidRequest
 from ..mail.outbox import MailUnavailable
@@ -71,6 +79,12 @@ FAULTS: dict[type[Exception], Fault] = {
     NoCertificate: Fault(404, "no_certificate", "invalid_request", 400),
     ProofInvalid: Fault(404, "proof_invalid", "invalid_request", 400),
     AddressInvalid: Fault(400, "invalid_address", "invalid_request"),
+    # envelopes: unknown (or another client's) is one answer; a step the envelope's state rules out is a 409
+    UnknownContract: Fault(404, "unknown_contract", "invalid_request", 400),
+    ContractClosed: Fault(409, "contract_closed", "invalid_request", 400),
+    NotYourTurn: Fault(409, "not_your_turn", "invalid_request", 400),
+    PartyUnverified: Fault(403, "party_unverified", "invalid_request", 400),
+    VerificationFailed: Fault(422, "verification_failed", "invalid_request", 400),
     # the caller can fix the request
     InvalidRequest: Fault(400, "invalid_request", "invalid_request"),
     ClientError: Fault(400, "invalid_request", "invalid_request"),
@@ -91,6 +105,7 @@ FAULTS: dict[type[Exception], Fault] = {
     KeyNotFound: Fault(503, "signing_key_missing", _UNAVAILABLE),
     StorageFull: Fault(503, "storage_full", _UNAVAILABLE),
     MailUnavailable: Fault(503, "mail_unavailable", _UNAVAILABLE),
+    PreviewUnavailable: Fault(503, "preview_unavailable", _UNAVAILABLE),
     TokenError: Fault(500, "token_error", "server_error"),
 }
 

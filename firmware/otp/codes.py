@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..durable import write_new
+from ..durable import secret_key
 from ..mail.outbox import address_hash
 from ..store import Database, audit, immediate
 
@@ -79,7 +79,7 @@ class OtpCodes:
         self._sender = sender
         self._settings = settings
         self._clock = clock
-        self._key = _key(state_dir / KEY_FILE)
+        self._key = secret_key(state_dir / KEY_FILE)
         db.connect().executescript(SCHEMA)
 
     def issue(self, client_id: str, address: str, allow_plain: bool) -> Issued:
@@ -136,14 +136,3 @@ class OtpCodes:
 
     def _mac(self, code_id: str, code: str) -> bytes:
         return hmac.new(self._key, f"{code_id}\0{code}".encode(), hashlib.sha256).digest()
-
-
-def _key(path: Path) -> bytes:
-    """The HMAC key, made once (0600); a box restored without it cannot check old codes, which only expire."""
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            write_new(path, secrets.token_bytes(32), mode=0o600)
-        except FileExistsError:  # another worker process made it first
-            pass
-    return path.read_bytes()

@@ -215,6 +215,17 @@ class PdfSigningService:
         field = pick_field(reader, options)
         return self._accounting.run(client_id, 1, lambda: self._signed_pdf(pdf, reader, options, field))
 
+    def sign_for_box(self, pdf: bytes, options: PdfSignOptions) -> SignedPdf:
+        """Sign ``pdf`` for a process of the box's own (an envelope's organisation signature, its
+        completion certificate): the same checks and release rules as ``sign``, but no client is
+        charged and nothing goes to the signature ledger — the caller audits the step in the
+        transaction that stores the result."""
+        check_options(options)
+        if options.level.needs_timestamp and self._timestamper is None:
+            raise TimestampUnavailable("no TSA is configured; only B-B is available")
+        reader = read_pdf(pdf, self._max_pdf_bytes)
+        return self._signed_pdf(pdf, reader, options, pick_field(reader, options))[0]
+
     def _signed_pdf(
         self, pdf: bytes, reader: PdfFileReader, options: PdfSignOptions, field: FieldChoice
     ) -> tuple[SignedPdf, list[Signed]]:

@@ -132,12 +132,14 @@ CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox(status, next_att
 """
 
 # What quotas, rates and usage reports count: each signature, each CSC timestamp, each
-# certificate-directory lookup or API submission and each mail queued (POST /v1/mail) is one call
+# certificate-directory lookup or API submission, each mail queued (POST /v1/mail) and each envelope
+# created (POST /v1/contracts) is one call
 # (of a client: the box's own entries have no client). Kept apart from SCHEMA because a view's definition
 # changes with the box (directory lookups were added): `_ensure_view` replaces an older one.
 METERED_CALLS = """CREATE VIEW metered_calls AS
     SELECT seq AS id, at AS created_at, client_id, json_extract(details, '$.kind') AS kind
-    FROM audit_log WHERE action IN ('signature', 'timestamp', 'directory.lookup', 'directory.submit', 'mail')
+    FROM audit_log WHERE action IN ('signature', 'timestamp', 'directory.lookup', 'directory.submit', 'mail',
+                                    'contract.created')
     AND client_id IS NOT NULL"""
 
 

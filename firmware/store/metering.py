@@ -17,7 +17,7 @@ from typing import Any
 # encryption certificates (firmware/directory/); mail: signed, encrypted mail and one-time codes
 # (POST /v1/mail, /v1/otp) — both only for clients granted them. SCOPES lists every scope,
 # DEFAULT_SCOPES what a new client gets unless its scopes are given.
-SCOPES = ("hash", "pdf", "timestamp", "directory", "mail")
+SCOPES = ("hash", "pdf", "timestamp", "directory", "mail", "contracts")
 DEFAULT_SCOPES = ("hash", "pdf")
 
 
@@ -41,7 +41,8 @@ class RateLimited(Refusal):
 
 
 _SCOPE_USES = {"hash": "hash signing", "pdf": "PDF signing", "timestamp": "the timestamp service",
-               "directory": "the certificate directory", "mail": "the mail service"}
+               "directory": "the certificate directory", "mail": "the mail service",
+               "contracts": "contract signing"}
 
 
 def require_scope(scopes: tuple[str, ...], scope: str) -> None:

@@ -1,0 +1,315 @@
+"""Contract signing (issue 12) through the real HTTP API on Falcon's TestClient: the session's
+SoftHSM2 token (the box's key, its signer CA key, each party's one-time key), the dev PKI served
+by certomancer (TSA, OCSP, CRLs), and a real webhook receiver on 127.0.0.1.
+
+The final PDF is judged by tools nobody here wrote: pdfsig (poppler), pyHanko's validator offline
+(from the PDF's own DSS), qpdf --check; the completion certificate's text by pdftotext.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any, ClassVar
+
+import falcon.testing
+import pytest
+from asn1crypto import pem
+from asn1crypto import x509 as asn1_x509
+
+from firmware.box import Box
+from firmware.config import BoxConfig, ContractsSettings
+from firmware.devpki import PkiServer
+from firmware.webhooks import WebhookSender
+
+from .pdfs import assert_well_formed, make_pdf, pdfsig_results, reader, validate
+from .support import free_port
+
+BASE_URL = "https://sign.example.org"
+
+
+@pytest.fixture(scope="module")
+def contract_box(box_config: BoxConfig, pki_server: PkiServer) -> Iterator[Box]:
+    config = dataclasses.replace(box_config, contracts=ContractsSettings(
+        enabled=True, public_base_url=BASE_URL, organisation="Example Ltd"))
+    box = Box.open(config)
+    yield box
+    box.token.close()
+
+
+@pytest.fixture(scope="module")
+def client(contract_box: Box) -> falcon.testing.TestClient:
+    return falcon.testing.TestClient(contract_box.app())
+
+
+@pytest.fixture(scope="module")
+def key(contract_box: Box) -> str:
+    return contract_box.clients.add(f"contracts-{secrets.token_hex(4)}", scopes=("contracts",))[1]
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """The business system's webhook endpoint: verifies each call with the README's snippet."""
+
+    secret: bytes = b""
+    events: ClassVar[list[dict[str, Any]]] = []
+    refuse = False
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Receiver.refuse:
+            self.send_response(503)
+            self.end_headers()
+            return
+        # -- the receiver's code, as the README shows it -------------------------------------------
+        parts = dict(item.split("=", 1) for item in self.headers["Esignbox-Signature"].split(","))
+        expected = hmac.new(Receiver.secret, parts["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+        fresh = abs(time.time() - int(parts["t"])) < 300
+        ok = hmac.compare_digest(expected, parts["v1"]) and fresh
+        # ----------------------------------------------------------------------------------------------
+        Receiver.events.append({"ok": ok, "id": self.headers["Esignbox-Event-Id"], **json.loads(body)})
+        self.send_response(204 if ok else 400)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", free_port()), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hooks"
+    server.shutdown()
+
+
+def _multipart(envelope: dict[str, Any], pdf: bytes) -> tuple[bytes, str]:
+    boundary = secrets.token_hex(12)
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"envelope\"\r\n"
+            "Content-Type: application/json\r\n\r\n").encode() + json.dumps(envelope).encode() + (
+        f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"document\"; filename=\"c.pdf\"\r\n"
+        "Content-Type: application/pdf\r\n\r\n").encode() + pdf + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _create(client: falcon.testing.TestClient, key: str, envelope: dict[str, Any],
+            pdf: bytes | None = None) -> falcon.testing.Result:
+    body, content_type = _multipart(envelope, pdf if pdf is not None else make_pdf(pages=2))
+    return client.simulate_post("/v1/contracts", body=body, headers={
+        "Authorization": f"Bearer {key}", "Content-Type": content_type})
+
+
+def _call(client: falcon.testing.TestClient, key: str, path: str, **body: Any) -> falcon.testing.Result:
+    return client.simulate_post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+
+
+def _party(name: str, order: int, code: str, page: int = 1, x: int = 50) -> dict[str, Any]:
+    return {"name": name, "email": f"{name.split()[0].lower()}@example.com", "order": order,
+            "method": "access_code", "access_code": code,
+            "field": {"name": name.split()[0], "page": page, "box": [x, 60, x + 200, 130]}}
+
+
+def _validate_and_sign(client: falcon.testing.TestClient, key: str, contract_id: str, party_id: str,
+                       code: str) -> falcon.testing.Result:
+    path = f"/v1/contracts/{contract_id}/parties/{party_id}"
+    started = _call(client, key, path + "/verification")
+    assert started.status_code == 200 and started.json == {"method": "access_code", "sent": False}, started.text
+    confirmed = _call(client, key, path + "/verification/confirm", code=code)
+    assert confirmed.status_code == 200 and confirmed.json["status"] == "validated", confirmed.text
+    return _call(client, key, path + "/sign")
+
+
+# -- the whole process ----------------------------------------------------------------------------------
+
+def test_three_parties_and_the_organisation_sign_one_long_term_valid_pdf(
+        client, key, contract_box, receiver, tmp_path):
+    envelope = {"title": "Employment agreement", "organisation_signature": "first", "webhook_url": receiver,
+                "parties": [_party("Alice Example", 1, "A-7731"), _party("Bob Example", 1, "B-1187", x=300),
+                            _party("Carol Manager", 2, "C-5521", page=2),
+                            {"name": "Dan Copy", "email": "dan@example.com", "role": "copy"}]}
+    created = _create(client, key, envelope)
+    assert created.status_code == 201, created.text
+    Receiver.secret = created.json["webhook_secret"].encode()
+    contract_id = created.json["id"]
+    parties = {p["id"]: p for p in created.json["parties"]}
+    assert [parties[p]["status"] for p in ("p1", "p2", "p3", "p4")] == ["invited", "invited", "waiting", "copy"]
+    assert parties["p1"]["link"].startswith(BASE_URL + "/sign/") and "link" not in parties["p3"]
+
+    # the third party waits for the first two; nobody signs unvalidated
+    assert _call(client, key, f"/v1/contracts/{contract_id}/parties/p3/verification").json["error"] == "not_your_turn"
+    unvalidated = _call(client, key, f"/v1/contracts/{contract_id}/parties/p1/sign")
+    assert (unvalidated.status_code, unvalidated.json["error"]) == (403, "party_unverified")
+    wrong = _call(client, key, f"/v1/contracts/{contract_id}/parties/p1/verification/confirm", code="A-0000")
+    assert (wrong.status_code, wrong.json["error"]) == (422, "verification_failed")
+
+    for party_id, code in (("p1", "A-7731"), ("p2", "B-1187")):
+        signed = _validate_and_sign(client, key, contract_id, party_id, code)
+        assert signed.status_code == 200 and signed.json["status"] == "signed", signed.text
+    status = client.simulate_get(f"/v1/contracts/{contract_id}", headers={"Authorization": f"Bearer {key}"}).json
+    assert {p["id"]: p["status"] for p in status["parties"]}["p3"] == "invited"
+    signed = _validate_and_sign(client, key, contract_id, "p3", "C-5521")
+    assert signed.status_code == 200, signed.text
+
+    status = client.simulate_get(f"/v1/contracts/{contract_id}", headers={"Authorization": f"Bearer {key}"}).json
+    assert status["status"] == "completed", status
+    final = client.simulate_get(f"/v1/contracts/{contract_id}/document", headers={"Authorization": f"Bearer {key}"})
+    assert final.status_code == 200 and final.headers["content-type"] == "application/pdf"
+    pdf = final.content
+
+    # tools nobody here wrote: qpdf, pdfsig, pyHanko offline
+    assert_well_formed(pdf, tmp_path)
+    fields = [sig.field_name for sig in reader(pdf).embedded_regular_signatures]
+    assert len(fields) == 4 and {"Alice", "Bob", "Carol"} <= set(fields)  # the organisation's + one per party
+    results = pdfsig_results(pdf, tmp_path)
+    assert all(results[f] == "Signature is Valid." for f in fields) and len(results) == 5, results
+    statuses = validate(pdf, _roots(contract_box), offline=True)
+    assert len(statuses) == 4 and all(s.intact and s.valid and s.trusted for s in statuses)
+    subjects = {s.signing_cert.subject.native.get("common_name") for s in statuses}
+    assert {"Alice Example", "Bob Example", "Carol Manager"} <= subjects  # a certificate per party
+    assert reader(pdf).embedded_timestamp_signatures, "the final step adds a document timestamp (B-LTA)"
+
+    # the completion certificate: signed by the box, with every party and both hashes
+    certificate = client.simulate_get(f"/v1/contracts/{contract_id}/certificate",
+                                      headers={"Authorization": f"Bearer {key}"})
+    assert certificate.status_code == 200
+    path = tmp_path / "completion.pdf"
+    path.write_bytes(certificate.content)
+    text = subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
+    assert all(name in text for name in ("Alice Example", "Bob Example", "Carol Manager", "Dan Copy"))
+    assert hashlib.sha256(pdf).hexdigest() in text.replace("\n", "") or hashlib.sha256(pdf).hexdigest()[:32] in text
+    assert_well_formed(certificate.content, tmp_path)
+
+    # every state change reached the webhook receiver, verified
+    WebhookSender(contract_box.db, contract_box.config.webhooks).deliver_due()
+    kinds = [event["type"] for event in Receiver.events if event["data"]["contract"] == contract_id]
+    assert all(event["ok"] for event in Receiver.events)
+    assert kinds[0] == "contract.created" and kinds[-1] == "contract.completed"
+    assert kinds.count("contract.signed") == 3
+
+
+def _roots(box: Box) -> list[asn1_x509.Certificate]:
+    return [asn1_x509.Certificate.load(der) for _, _, der in pem.unarmor(box.config.trust_roots_file.read_bytes(),
+                                                                          multiple=True)]
+
+
+# -- bad input changes nothing ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"parties": []}, "parties holds 1 to 10 items"),
+    ({"parties": [{"name": "A", "email": "a@example.com", "role": "copy"}]}, "at least one party must sign"),
+    ({"parties": [{"name": "A", "email": "not-an-address"}]}, "address"),
+    ({"parties": [{"name": "A", "email": "a@example.com", "field": {"name": "Nope"}}]}, "no empty signature field"),
+    ({"parties": [{"name": "A", "email": "a@example.com", "field": {"name": "X", "page": 9, "box": [1, 1, 9, 9]}}]},
+     "page 9"),
+    ({"parties": [{"name": "A", "email": "a@example.com", "method": "access_code",
+                   "field": {"name": "X", "page": 1, "box": [1, 1, 9, 9]}}]}, "access_code"),
+    ({"organisation_signature": "sometimes"}, "organisation_signature"),
+    ({"expires_in_days": 1000}, "expires_in_days"),
+])
+def test_a_bad_envelope_is_refused_with_its_reason_and_nothing_is_kept(client, key, contract_box, change, message):
+    envelope = {"title": "Bad", "parties": [_party("Alice Example", 1, "x")], **change}
+    before = contract_box.db.connect().execute("SELECT COUNT(*) FROM contracts").fetchone()[0]
+    result = _create(client, key, envelope)
+    assert result.status_code in (400, 422), result.text
+    assert message in result.json["message"], result.json
+    assert contract_box.db.connect().execute("SELECT COUNT(*) FROM contracts").fetchone()[0] == before
+
+
+def test_a_damaged_pdf_and_a_missing_part_are_refused(client, key):
+    result = _create(client, key, {"title": "x", "parties": [_party("Alice Example", 1, "x")]}, pdf=b"%PDF-1.7 junk")
+    assert result.status_code == 422 and result.json["error"] == "invalid_pdf"
+    missing = client.simulate_post("/v1/contracts", json={"title": "x"}, headers={"Authorization": f"Bearer {key}"})
+    assert missing.status_code == 400 and "multipart/form-data" in missing.json["message"]
+
+
+def test_without_the_contracts_scope_it_is_403_and_another_clients_envelope_is_unknown(client, key, contract_box):
+    other = contract_box.clients.add(f"other-{secrets.token_hex(4)}", scopes=("hash",))[1]
+    result = _create(client, other, {"title": "x", "parties": [_party("Alice Example", 1, "x")]})
+    assert (result.status_code, result.json["error"]) == (403, "scope_denied")
+    created = _create(client, key, {"title": "Mine", "parties": [_party("Alice Example", 1, "x")]})
+    third = contract_box.clients.add(f"third-{secrets.token_hex(4)}", scopes=("contracts",))[1]
+    peek = client.simulate_get(f"/v1/contracts/{created.json['id']}", headers={"Authorization": f"Bearer {third}"})
+    assert (peek.status_code, peek.json["error"]) == (404, "unknown_contract")
+
+
+# -- decline, cancel, expiry, attempts, reassign -------------------------------------------------------------
+
+def test_a_declined_envelope_says_why_and_takes_no_more_signatures(client, key):
+    created = _create(client, key, {"title": "Declined", "parties": [
+        _party("Alice Example", 1, "A-1"), _party("Bob Example", 1, "B-1", x=300)]}).json
+    declined = _call(client, key, f"/v1/contracts/{created['id']}/parties/p2/decline", reason="Salary is wrong")
+    assert declined.status_code == 200 and declined.json["status"] == "declined"
+    assert "Salary is wrong" in declined.json["end_reason"]
+    late = _call(client, key, f"/v1/contracts/{created['id']}/parties/p1/verification")
+    assert (late.status_code, late.json["error"]) == (409, "contract_closed") and "declined" in late.json["message"]
+
+
+def test_a_cancelled_envelope_and_its_links_stop(client, key, contract_box):
+    created = _create(client, key, {"title": "Cancelled", "parties": [_party("Alice Example", 1, "A-1")]}).json
+    cancelled = _call(client, key, f"/v1/contracts/{created['id']}/cancel", reason="sent by mistake")
+    assert cancelled.json["status"] == "cancelled"
+    token = created["parties"][0]["link"].rsplit("/", 1)[1]
+    page = client.simulate_get(f"/sign/{token}")
+    assert page.status_code == 404  # the link died with the envelope
+    again = _call(client, key, f"/v1/contracts/{created['id']}/cancel")
+    assert again.json["error"] == "contract_closed"
+
+
+def test_wrong_access_codes_are_limited(client, key):
+    created = _create(client, key, {"title": "Attempts", "parties": [_party("Alice Example", 1, "A-42")]}).json
+    path = f"/v1/contracts/{created['id']}/parties/p1/verification/confirm"
+    reasons = [_call(client, key, path, code=f"guess-{i}").json["message"] for i in range(6)]
+    assert "wrong code" in reasons[0] and "too many attempts" in reasons[-1]
+    right = _call(client, key, path, code="A-42")
+    assert right.status_code == 422 and "too many attempts" in right.json["message"]  # locked, even for the right code
+
+
+def test_an_expired_envelope_says_so(client, key, contract_box):
+    created = _create(client, key, {"title": "Expires", "expires_in_days": 1,
+                                    "parties": [_party("Alice Example", 1, "A-1")]}).json
+    conn = contract_box.db.connect()
+    with conn:
+        conn.execute("UPDATE contracts SET expires_at = '2000-01-01T00:00:00+00:00' WHERE id = ?", (created["id"],))
+    result = _call(client, key, f"/v1/contracts/{created['id']}/parties/p1/verification")
+    assert result.json["error"] == "contract_closed" and "expired" in result.json["message"]
+
+
+def test_a_reassigned_party_is_replaced_by_a_delegate_who_validates_in_turn(client, key):
+    created = _create(client, key, {"title": "Delegate", "parties": [_party("Alice Example", 1, "A-1")]}).json
+    moved = _call(client, key, f"/v1/contracts/{created['id']}/parties/p1/reassign", name="Erin Deputy",
+                  email="erin@example.com", method="access_code", access_code="E-9")
+    assert moved.status_code == 200, moved.text
+    parties = {p["id"]: p for p in moved.json["parties"]}
+    assert parties["p1"]["status"] == "replaced" and parties["p2"]["status"] == "invited"
+    assert parties["p2"]["replaces"] == "p1"
+    old = _call(client, key, f"/v1/contracts/{created['id']}/parties/p1/verification")
+    assert old.json["error"] == "not_your_turn"
+    signed = _validate_and_sign(client, key, created["id"], "p2", "E-9")
+    assert signed.status_code == 200 and signed.json["status"] == "signed", signed.text
+
+
+def test_the_envelope_is_one_metered_call_and_the_quota_holds(client, contract_box):
+    limited, limited_key = contract_box.clients.add(f"one-call-{secrets.token_hex(4)}", scopes=("contracts",), calls=1)
+    first = _create(client, limited_key, {"title": "One", "parties": [_party("Alice Example", 1, "A-1")]})
+    assert first.status_code == 201, first.text
+    second = _create(client, limited_key, {"title": "Two", "parties": [_party("Alice Example", 1, "A-1")]})
+    assert (second.status_code, second.json["error"]) == (402, "quota_exhausted")
+    conn = contract_box.db.connect()
+    calls = conn.execute("SELECT COUNT(*) FROM metered_calls WHERE client_id = ? AND kind = 'contract'",
+                         (limited.id,)).fetchone()[0]
+    assert calls == 1
+    assert conn.execute("SELECT COUNT(*) FROM contracts WHERE client_id = ?", (limited.id,)).fetchone()[0] == 1
+
+
+def test_the_signing_page_shows_nothing_without_a_valid_link(client):
+    result = client.simulate_get("/sign/not-a-real-token")
+    assert result.status_code == 404 and "Link not valid" in result.text
+    assert "default-src 'none'" in result.headers["content-security-policy"]
