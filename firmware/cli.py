@@ -48,7 +48,9 @@ from .store.db import Database
 
 if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them at run time
     from .box import Box
+    from .contracts import ContractsService
     from .directory import DirectoryService
+    from .signing.contract_signing import ContractSigning
 
 log = logging.getLogger("esignbox")
 
@@ -140,6 +142,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
             running.callback(mail_sender.stop)
         if box.directory is not None:
             _start_directory_faces(box, box.directory, config, running)
+        if box.contracts is not None and box.contract_signing is not None:
+            _start_contract_jobs(box, box.contracts, box.contract_signing, config, running)
         if box.timestamper is not None:
             timestamper = box.timestamper
             anchoring = Periodic("audit anchoring", config.anchor_interval_s,
@@ -171,6 +175,32 @@ def _start_directory_faces(box: Box, directory: DirectoryService, config: BoxCon
     recheck = Periodic("directory re-check", DIRECTORY_RECHECK_S, lambda: _recheck(directory))
     recheck.start()
     running.callback(recheck.stop)
+
+
+CONTRACTS_SWEEP_S = 60.0  # overdue envelopes expire, and ones a crash left unfinished complete, within a minute
+
+
+def _start_contract_jobs(box: Box, contracts: ContractsService, signing: ContractSigning, config: BoxConfig,
+                         running: contextlib.ExitStack) -> None:
+    """Envelopes' background work: party keys a crash left on the token are destroyed, webhooks
+    are delivered, and every minute overdue envelopes expire and finished ones are completed."""
+    left = signing.cleanup()
+    if left:
+        log.warning("contracts: destroyed %d party key(s) left on the token by an interrupted signature", left)
+    from .webhooks import WebhookSender  # optional heavy dependency: requests, which only `serve` needs
+
+    webhooks = WebhookSender(box.db, config.webhooks)
+    webhooks.start()
+    running.callback(webhooks.stop)
+    sweep = Periodic("contracts sweep", CONTRACTS_SWEEP_S, lambda: _sweep(contracts))
+    sweep.start()
+    running.callback(sweep.stop)
+
+
+def _sweep(contracts: ContractsService) -> None:
+    completed = contracts.resume()
+    if completed:
+        log.info("contracts: completed %d envelope(s) an interruption had left", completed)
 
 
 def _recheck(directory: DirectoryService) -> None:

@@ -69,9 +69,13 @@ class PartyUnverified(Exception):
 class VerificationFailed(Exception):
     """A wrong, expired or used code, or too many attempts."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"identity not validated: {reason.replace('_', ' ')}")
-        self.reason = reason
+    reason = "failed"  # wrong_code, expired, used, too_many_attempts, no_code_sent, unknown
+
+    @classmethod
+    def because(cls, reason: str) -> VerificationFailed:
+        failed = cls(f"identity not validated: {reason.replace('_', ' ')}")
+        failed.reason = reason
+        return failed
 
 
 class PartySigning(Protocol):
@@ -285,7 +289,7 @@ class ContractsService:
         row = self._store.secrets_of(conn, contract_id, party_id)
         if party.method == "email":
             if self._codes is None or row["code_id"] is None:
-                raise VerificationFailed("no_code_sent")
+                raise VerificationFailed.because("no_code_sent")
             reason = self._codes.verify(contract.client_id, row["code_id"], code.strip()).reason
         elif row["attempts"] >= self._settings.max_access_attempts:
             reason = "too_many_attempts"
@@ -304,7 +308,7 @@ class ContractsService:
                 self._store.set_status(conn, contract_id, party_id, "validated", self._clock())
                 self._emit(conn, contract_id, f"party:{party_id}", "validated", party_id, ip, {"method": party.method})
         if reason != "ok":
-            raise VerificationFailed(reason)
+            raise VerificationFailed.because(reason)
         validated = self._store.party(conn, contract_id, party_id)
         assert validated is not None
         return validated
