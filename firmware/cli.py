@@ -192,7 +192,7 @@ def _start_contract_jobs(box: Box, contracts: ContractsService, signing: Contrac
     webhooks = WebhookSender(box.db, config.webhooks)
     webhooks.start()
     running.callback(webhooks.stop)
-    sweep = Periodic("contracts sweep", CONTRACTS_SWEEP_S, lambda: _sweep(contracts))
+    sweep = Periodic("contracts sweep", CONTRACTS_SWEEP_S, lambda: _sweep(contracts), run_first=True)
     sweep.start()
     running.callback(sweep.stop)
 

@@ -17,8 +17,10 @@ log = logging.getLogger(__name__)
 
 
 class Periodic:
-    def __init__(self, name: str, interval_s: float, job: Callable[[], None]) -> None:
+    def __init__(self, name: str, interval_s: float, job: Callable[[], None], run_first: bool = False) -> None:
+        """``run_first``: run the job at once, then every ``interval_s`` (work a restart may have left)."""
         self._name = name
+        self._run_first = run_first
         self._job = job
         self._interval_s = interval_s
         self._stop = threading.Event()
@@ -31,8 +33,13 @@ class Periodic:
         self._stop.set()
 
     def _run(self) -> None:
+        if self._run_first:
+            self._round()
         while not self._stop.wait(self._interval_s):
-            try:
-                self._job()
-            except Exception as exc:  # try again next round
-                log.warning("%s failed: %s", self._name, exc)
+            self._round()
+
+    def _round(self) -> None:
+        try:
+            self._job()
+        except Exception as exc:  # try again next round
+            log.warning("%s failed: %s", self._name, exc)

@@ -10,7 +10,11 @@ over slapd, and used by POST /v1/mail and POST /v1/otp. No part of the box is re
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import email
+import email.policy
+import json
 import re
 import smtplib
 import subprocess
@@ -23,13 +27,21 @@ import pytest
 from asn1crypto import pem
 
 from firmware.box import Box
-from firmware.config import BoxConfig, DirectorySettings, InboundSettings, LdapSettings, MailSettings
+from firmware.config import (
+    BoxConfig,
+    ContractsSettings,
+    DirectorySettings,
+    InboundSettings,
+    LdapSettings,
+    MailSettings,
+)
 from firmware.devmail import DevMailbox
 from firmware.devpki import DevPki
 from firmware.inbound import InboundListener
 from firmware.ldap import LdapServer
 from firmware.operations.directory_links import InboundSubmissions, LdapDirectory
 
+from .pdfs import make_pdf
 from .support import free_port
 
 DIRECTORY = "certificates@box.example"
@@ -65,6 +77,7 @@ def world(box_config: BoxConfig, dev_pki: DevPki, pki_server, tmp_path_factory) 
                           from_address="esignbox@box.example", retry_seconds=0.2),
         ldap=LdapSettings(enabled=True, port=ldap_port, ldaps_port=0, listen=("127.0.0.1",)),
         inbound=InboundSettings(enabled=True, host="127.0.0.1", port=inbound_port, address=DIRECTORY),
+        contracts=ContractsSettings(enabled=True, public_base_url="https://sign.box.example"),
     )
     box = Box.open(config)
     assert box.directory is not None
@@ -88,13 +101,15 @@ def _key(world: World, *scopes: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def _next_mail(world: World, seen: set[Path], timeout: float = 15.0) -> Path:
+def _next_mail(world: World, seen: set[Path], timeout: float = 15.0, to: str | None = None) -> Path:
+    """The next message the relay received (for ``to`` only, if given: an earlier test's mail may
+    still be on its way)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        new = sorted(set(world.mailbox.directory.glob("*.eml")) - seen)
-        if new:
-            seen.add(new[0])
-            return new[0]
+        for new in sorted(set(world.mailbox.directory.glob("*.eml")) - seen):
+            seen.add(new)
+            if to is None or f"To: {to}\r\n".encode() in new.read_bytes():
+                return new
         time.sleep(0.05)
     raise AssertionError("no mail reached the relay")
 
@@ -172,3 +187,68 @@ def test_a_one_time_code_for_someone_without_a_certificate_needs_allow_plain(wor
     plain = world.client.simulate_post("/v1/otp", headers=mail_key,
                                        json={"to": "nobody@example.com", "allow_plain": True})
     assert plain.status_code == 201 and plain.json["encrypted"] is False, plain.text
+
+
+# -- contract signing: the invitation, the identity code and the signed copy, encrypted to Alice -------------
+
+def _published_alice(world: World, seen: set[Path]) -> None:
+    """Alice's certificate in the directory (submitted and proven here unless an earlier test did)."""
+    key = _key(world, "directory")
+    if world.client.simulate_get("/v1/directory/exists", params={"email": ALICE}, headers=key).json["exists"]:
+        return
+    body = {"email": ALICE, "certificate": base64.b64encode(pem.unarmor(world.files["cert"].read_bytes())[2]).decode(),
+            "chain": [base64.b64encode(pem.unarmor(world.files["chain"].read_bytes())[2]).decode()]}
+    assert world.client.simulate_post("/v1/directory/certificates", json=body, headers=key).status_code == 202
+    code = re.search(r"enter this code with your address: (\d+)",
+                     _read_as_alice(world, _next_mail(world, seen, to=ALICE)))
+    assert code
+    assert world.client.simulate_post("/v1/directory/proofs", json={"email": ALICE, "code": code[1]}).status_code == 200
+
+
+def _envelope(world: World, key: dict[str, str]) -> dict[str, object]:
+    boundary = "b0undary"
+    envelope = {"title": "Tenancy agreement", "parties": [
+        {"name": "Alice Example", "email": ALICE, "method": "email",
+         "field": {"name": "Alice", "page": 1, "box": [50, 60, 250, 130]}},
+        {"name": "Nora Nocert", "email": "nora@example.com", "role": "copy"}]}
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"envelope\"\r\n\r\n{json.dumps(envelope)}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"document\"\r\n"
+            "Content-Type: application/pdf\r\n\r\n").encode() + make_pdf() + f"\r\n--{boundary}--\r\n".encode()
+    created = world.client.simulate_post("/v1/contracts", body=body, headers={
+        **key, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert created.status_code == 201, created.text
+    result: dict[str, object] = created.json
+    return result
+
+
+def test_a_contract_invites_validates_and_delivers_encrypted_to_a_directory_certificate(world: World):
+    seen = set(world.mailbox.directory.glob("*.eml"))
+    _published_alice(world, seen)
+    key = _key(world, "contracts")
+    created = _envelope(world, key)
+    contract = created["id"]
+    invitation = _read_as_alice(world, _next_mail(world, seen, to=ALICE))  # encrypted: she has a certificate
+    link = next(p["link"] for p in created["parties"] if p["id"] == "p1")  # type: ignore[union-attr, index]
+    assert link in invitation and "Tenancy agreement" in invitation
+
+    started = world.client.simulate_post(f"/v1/contracts/{contract}/parties/p1/verification", headers=key)
+    assert started.status_code == 200 and started.json["encrypted"] is True, started.text
+    code = re.search(r"Your one-time code: (\d+)", _read_as_alice(world, _next_mail(world, seen, to=ALICE)))
+    assert code
+    confirmed = world.client.simulate_post(f"/v1/contracts/{contract}/parties/p1/verification/confirm", headers=key,
+                                           json={"code": code[1]})
+    assert confirmed.status_code == 200 and confirmed.json["status"] == "validated", confirmed.text
+    signed = world.client.simulate_post(f"/v1/contracts/{contract}/parties/p1/sign", headers=key)
+    assert signed.status_code == 200, signed.text
+
+    final = world.client.simulate_get(f"/v1/contracts/{contract}/document", headers=key).content
+    copies = {_next_mail(world, seen, to=ALICE), _next_mail(world, seen, to="nora@example.com")}
+    for message in copies:
+        raw = message.read_bytes()
+        if b"application/pkcs7-mime" in raw:  # Alice's: the signed PDF, encrypted to her, byte for byte
+            content = _read_as_alice(world, message)
+            attachment = email.message_from_string(content, policy=email.policy.default)
+            [part] = [p for p in attachment.iter_attachments() if p.get_content_type() == "application/pdf"]
+            assert part.get_content() == final
+        else:  # Nora has no certificate: a signed notice, never the document
+            assert b"multipart/signed" in raw and b"%PDF" not in raw and b"not attached" in raw.replace(b"=\r\n", b"")

@@ -104,6 +104,8 @@ def write_box_toml(state_dir: Path, box_config: BoxConfig, **overrides) -> None:
     for section, values in overrides.items():
         raw.setdefault(section, {}).update(values)
     (state_dir / "box.toml").write_text(tomli_w.dumps(raw))
+    # the chains of the box's other keys (the signer CA's) live in the state directory
+    shutil.copytree(box_config.state_dir / "chains", state_dir / "chains", dirs_exist_ok=True)
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ def tight_box(box_config: BoxConfig, pki_server, tmp_path_factory) -> Iterator[B
     """A copy of the test box (same token key, chain and PKI) whose [api] limits are small."""
     state = tmp_path_factory.mktemp("tight-box")
     shared = box_config.state_dir
-    for name in ("tokens", "secrets"):
+    for name in ("tokens", "secrets", "chains"):
         shutil.copytree(shared / name, state / name)
     for name in ("box-chain.pem", "trust-roots.pem"):
         shutil.copy(shared / name, state / name)

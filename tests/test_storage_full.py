@@ -46,7 +46,8 @@ def box_on_small_disk(box_config, pki_server, small_disk: Path) -> Iterator[tupl
     state.mkdir()
     for name in ("box.toml", "softhsm2.conf", "box-chain.pem", "trust-roots.pem"):
         shutil.copy(box_config.state_dir / name, state / name)
-    shutil.copytree(box_config.state_dir / "secrets", state / "secrets")
+    for name in ("secrets", "chains"):
+        shutil.copytree(box_config.state_dir / name, state / name)
     db = Database(state / "box.db")
     _, key = ClientRegistry(db).add("on-a-small-disk")
     db.connect().close()

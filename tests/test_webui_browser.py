@@ -72,6 +72,7 @@ def _copy_box(source: BoxConfig, target: Path) -> None:
     """A second box on the same dev PKI: the token files, secrets and chain, but its own database."""
     shutil.copytree(source.state_dir / "tokens", target / "tokens")
     shutil.copytree(source.state_dir / "secrets", target / "secrets")
+    shutil.copytree(source.state_dir / "chains", target / "chains")  # the signer CA's, for [contracts]
     for name in ("box-chain.pem", "trust-roots.pem"):
         shutil.copy2(source.state_dir / name, target / name)
     (target / "softhsm2.conf").write_text(

@@ -342,7 +342,10 @@ class ContractsService:
                 done = not self._remaining(conn, contract_id)
             self._send_invitations(contract, links)
             if done:
-                self.complete(contract_id)
+                try:
+                    self.complete(contract_id)
+                except Exception as exc:  # e.g. the TSA is down: the signature stands, the sweep completes it
+                    log.warning("contract %s: completion postponed: %s", contract_id, exc)
             result = self._store.party(self._db.connect(), contract_id, party_id)
             assert result is not None
             return result
@@ -446,9 +449,12 @@ class ContractsService:
             conn.execute("UPDATE contracts SET status = 'completed', ended_at = ?, end_reason = 'completed'"
                          " WHERE id = ?", (now.isoformat(timespec="microseconds"), contract_id))
             self._emit(conn, contract_id, "box", "completed", None, None, {"sha256": digest})
-        for party in self._store.parties(conn, contract_id):
-            if party.role == "copy":
-                self._invitations.deliver(contract.client_id, party, contract.title, final)
+        for party in self._store.parties(conn, contract_id):  # every signer and every copy-only party
+            if party.status in ("signed", "copy"):
+                try:
+                    self._invitations.deliver(contract.client_id, party, contract.title, final)
+                except Exception as exc:  # the envelope is complete; a copy not mailed is logged, the API has it
+                    log.warning("contract %s: signed copy for %s not mailed: %s", contract_id, party.id, exc)
 
     def resume(self) -> int:
         """Complete the envelopes a crash left with every party signed; expire overdue ones."""
