@@ -56,6 +56,7 @@ _HEADERS = {
 }
 _MAX_SIGNATURE_BYTES = 256 * 1024
 _MAX_SIGNATURE_SIDE = 2000
+_MAX_FORM_BYTES = 2 * _MAX_SIGNATURE_BYTES  # the largest PNG allowed, base64- and URL-encoded, and the rest
 _PAGE_WIDTH_PX = 900
 _PNG_DATA_URL = "data:image/png;base64,"
 
@@ -81,17 +82,20 @@ class SigningPage:
 
     def _show(self, resp: falcon.Response, token: str, contract: Contract, party: Party, error: str | None = None,
               status: str = falcon.HTTP_200) -> None:
-        values: dict[str, Any] = {"contract": contract, "party": party, "error": error}
-        if contract.status == "completed":
+        values: dict[str, Any] = {"contract": contract, "party": party, "error": error, "status": status}
+        if party.status == "declined":  # first: declining ends the envelope, the decliner hears their own words
+            self._render(resp, token, "You have declined", step="done", done_text=party.note or party.status,
+                         **values)
+        elif contract.status == "completed":
             self._render(resp, token, "Signed by everyone", step="done", download=party.status == "signed",
                          final=True, done_text="Every party has signed. The signed document is ready.", **values)
         elif not contract.open:
+            values["status"] = falcon.HTTP_410 if error is None else status
             self._render(resp, token, f"This envelope is {contract.status}", step="done",
-                         done_text=contract.end_reason or contract.status, status=falcon.HTTP_410, **values)
+                         done_text=contract.end_reason or contract.status, **values)
         elif party.status == "invited":
             code_sent = self._service.code_sent(contract.id, party.id)
-            self._render(resp, token, "Confirm who you are", step="verify", code_sent=code_sent, status=status,
-                         **values)
+            self._render(resp, token, "Confirm who you are", step="verify", code_sent=code_sent, **values)
         elif party.status == "validated":
             _, pdf, _ = self._service.document(contract.id)
             [field] = [f for f in self._service.fields(contract.id) if f.party_id == party.id]
@@ -103,15 +107,13 @@ class SigningPage:
                     mark = (round(100 * x1 / width, 2), round(100 * (height - y2) / height, 2),
                             round(100 * (x2 - x1) / width, 2), round(100 * (y2 - y1) / height, 2))
                 pages.append({"number": number, "mark": mark})
-            self._render(resp, token, "Read and sign", step="sign", pages=pages, field_page=field.page, status=status,
-                         **values)
+            self._render(resp, token, "Read and sign", step="sign", pages=pages, field_page=field.page, **values)
         elif party.status == "signed":
             self._render(resp, token, "Thank you: you have signed", step="done", download=True, final=False,
                          done_text="Your signature is in the document. You will hear when every party has signed.",
                          **values)
         else:
-            self._render(resp, token, f"You have {party.status}" if party.status == "declined" else "Nothing to do",
-                         step="done", done_text=party.note or party.status, **values)
+            self._render(resp, token, "Nothing to do", step="done", done_text=party.note or party.status, **values)
 
     # -- POST: one step each, then back to GET (303) ---------------------------------------------------
 
@@ -132,15 +134,21 @@ class SigningPage:
         self._act(req, resp, token, sign)
 
     def on_post_decline(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        # Declining ends the envelope and with it every invitation link (this one too): the answer is
+        # the page itself, since a redirect to the link would only find it gone.
         self._act(req, resp, token, lambda c, p, form: self._service.decline(
-            c.id, p.id, form.get("reason", ""), req.remote_addr))
+            c.id, p.id, form.get("reason", ""), req.remote_addr), redirect=False)
 
-    def _act(self, req: falcon.Request, resp: falcon.Response, token: str, step: Any) -> None:
+    def _act(self, req: falcon.Request, resp: falcon.Response, token: str, step: Any, redirect: bool = True) -> None:
         found = self._party(resp, token)
         if found is None:
             return
         contract, party = found
         form = _form(req)
+        if form is None:
+            self._show(resp, token, contract, party, "The form is too large: draw a smaller signature or type your "
+                       "name.", falcon.HTTP_413)
+            return
         if not hmac.compare_digest(form.get("csrf", ""), self._csrf(token)):
             self._show(resp, token, contract, party, "This form has expired: please try again.", falcon.HTTP_403)
             return
@@ -150,7 +158,9 @@ class SigningPage:
             contract, party = self._service.contract(contract.id, None), self._current(contract.id, party.id)
             self._show(resp, token, contract, party, str(exc), falcon.HTTP_422)
             return
-        raise falcon.HTTPSeeOther(f"{SIGN_PAGE_PREFIX}/{token}")
+        if redirect:
+            raise falcon.HTTPSeeOther(f"{SIGN_PAGE_PREFIX}/{token}")
+        self._show(resp, token, self._service.contract(contract.id, None), self._current(contract.id, party.id))
 
     # -- the document, as images and as the PDF ---------------------------------------------------------
 
@@ -217,10 +227,10 @@ class StaticFile:
         resp.data = (_HERE / "static" / name).read_bytes()
 
 
-def _form(req: falcon.Request) -> dict[str, str]:
-    """The urlencoded form (bounded: a drawn signature is the largest field)."""
-    if req.content_length is not None and req.content_length > 2 * _MAX_SIGNATURE_BYTES:
-        raise falcon.HTTPContentTooLarge()
+def _form(req: falcon.Request) -> dict[str, str] | None:
+    """The urlencoded form; None, unread, when it is larger than a drawn signature can be."""
+    if req.content_length is not None and req.content_length > _MAX_FORM_BYTES:
+        return None
     media = req.get_media() if req.content_type and req.content_type.startswith("application/x-www-form") else {}
     return {k: v if isinstance(v, str) else "" for k, v in dict(media or {}).items()}
 

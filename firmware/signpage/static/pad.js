@@ -26,11 +26,17 @@
     var p = point(event);
     ctx.lineTo(p[0], p[1]); ctx.stroke();
   });
-  pad.addEventListener("pointerup", function () { drawing = false; });
+  function stop() { drawing = false; }
+  pad.addEventListener("pointerup", stop);
+  pad.addEventListener("pointercancel", stop);  // a touch taken over by the browser (scrolling, a call)
   document.getElementById("clear").addEventListener("click", function () {
     ctx.clearRect(0, 0, pad.width, pad.height); used = false;
   });
   form.addEventListener("submit", function () {
     drawn.value = used ? pad.toDataURL("image/png") : "";
+    // Signing takes the token a few seconds: a second tap would only be refused, so say it is under way.
+    var button = document.getElementById("sign-button");
+    button.disabled = true;
+    button.textContent = "Signing…";
   });
 }());
