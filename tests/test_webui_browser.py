@@ -40,6 +40,7 @@ from requests.adapters import HTTPAdapter
 
 from firmware.config import BoxConfig
 
+from .pdfs import make_pdf
 from .support import ESIGNBOX, free_port
 
 ARTIFACTS = Path(__file__).parent / "artifacts" / "webui"
@@ -69,10 +70,10 @@ class ConsoleBox:
 
 
 def _copy_box(source: BoxConfig, target: Path) -> None:
-    """A second box on the same dev PKI: the token files, secrets and chain, but its own database."""
+    """A second box on the same dev PKI: the token files, secrets and chains, but its own database."""
     shutil.copytree(source.state_dir / "tokens", target / "tokens")
     shutil.copytree(source.state_dir / "secrets", target / "secrets")
-    shutil.copytree(source.state_dir / "chains", target / "chains")  # the signer CA's, for [contracts]
+    shutil.copytree(source.state_dir / "chains", target / "chains")  # the mail key's and the signer CA's
     for name in ("box-chain.pem", "trust-roots.pem"):
         shutil.copy2(source.state_dir / name, target / name)
     (target / "softhsm2.conf").write_text(
@@ -344,6 +345,52 @@ def test_certificate_imported_on_the_directory_page_waits_for_its_owner(admin: A
     shot(page, "directory")
     submit = [e for e in audit_entries(console_box, admin) if e["action"] == "directory.submit"][-1]
     assert submit["actor"] == "admin:admin" and submit["details"]["source"] == "console"
+
+
+def test_envelope_listed_opened_reminded_and_cancelled_on_the_envelopes_page(admin: Admin, console_box: ConsoleBox):
+    page = admin.page
+    page.goto(console_box.url + "/clients")
+    page.fill("input[name=name]", "contracts-system")
+    page.fill("input[name=calls]", "50")
+    page.check("input[name=scopes][value=contracts]")
+    page.click("text=Create client")
+    headers = {"Authorization": f"Bearer {page.input_value('#api-key')}"}
+    parties = [{"name": name, "email": f"{name.split()[0].lower()}@example.com", "order": order,
+                "method": "access_code", "access_code": f"CODE-{order}",
+                "field": {"name": name.split()[0], "page": 1, "box": [50, 60 + 90 * order, 250, 130 + 90 * order]}}
+               for order, name in ((1, "Alice Example"), (2, "Bob Example"))]
+    envelope = {"title": "Employment agreement", "organisation_signature": "none", "parties": parties}
+    created = requests.post(console_box.api_url + "/v1/contracts", headers=headers, timeout=60, files={
+        "envelope": (None, json.dumps(envelope), "application/json"),
+        "document": ("contract.pdf", make_pdf(pages=1), "application/pdf")})
+    assert created.status_code == 201, created.text
+    contract_id = created.json()["id"]
+
+    page.goto(console_box.url + "/")
+    assert "1 in progress" in page.inner_text("#envelopes")  # the dashboard's card: contract signing is on
+    page.click("nav >> text=Envelopes")
+    assert page.inner_text("#count-in_progress") == "1" and page.inner_text("#count-cancelled") == "0"
+    shot(page, "envelopes")
+    page.click("text=Employment agreement")
+    assert "invited" in page.inner_text("#party-p1") and "waiting" in page.inner_text("#party-p2")
+    shot(page, "envelope")
+    phone = admin.context.new_page()
+    phone.set_viewport_size({"width": 390, "height": 844})
+    phone.goto(page.url)
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # tables scroll inside their cards
+    shot(phone, "envelope-phone")
+    phone.close()
+
+    page.click("#envelope-actions button:has-text('Remind')")  # the box has no mail relay: links shown once
+    assert "pass these links on" in flash(page) and "/sign/" in page.inner_text("#envelope-links")
+    page.fill("#envelope-actions input[name=reason]", "sent to the wrong person")
+    page.click("text=Cancel the envelope")
+    assert "is cancelled" in flash(page) and page.inner_text("#envelope-status") == "cancelled"
+    trail = page.inner_text("#envelope-trail")
+    assert "admin:admin" in trail and "reminded" in trail and "cancelled" in trail and "127.0.0.1" in trail
+    shot(page, "envelope-cancelled")
+    status = requests.get(f"{console_box.api_url}/v1/contracts/{contract_id}", headers=headers, timeout=30).json()
+    assert status["status"] == "cancelled" and status["end_reason"] == "sent to the wrong person"
 
 
 def test_key_generate_csr_chain_and_rollover(admin: Admin, console_box: ConsoleBox):

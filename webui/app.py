@@ -24,7 +24,7 @@ import falcon
 
 from .console import Console
 from .forms import Form, read_form
-from .pages import audit, auth, clients, dashboard, directory, keys, settings
+from .pages import audit, auth, clients, dashboard, directory, envelopes, keys, settings
 from .sessions import COOKIE
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,6 @@ def create_app(console: Console) -> falcon.App[falcon.Request, falcon.Response]:
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, internal_error)
     app.add_static_route("/static", str(HERE / "static"))
-    for module in (auth, dashboard, keys, clients, directory, audit, settings):
+    for module in (auth, dashboard, keys, clients, directory, envelopes, audit, settings):
         module.add_routes(app, console)
     return app

@@ -366,19 +366,24 @@ class ContractsService:
 
     # -- the business system's controls -----------------------------------------------------------------
 
-    def cancel(self, contract_id: str, client_id: str, reason: str, ip: str | None) -> Contract:
+    def cancel(self, contract_id: str, client_id: str, reason: str, ip: str | None,
+               actor: str | None = None) -> Contract:
+        """End the envelope early. ``actor`` names who did it when it is not the client itself (the
+        console's administrator, acting on the client's envelope); the trail and the audit log say so."""
         contract = self.contract(contract_id, client_id)
         if not contract.open:
             raise ContractClosed(f"the envelope is already {contract.status}")
         conn = self._db.connect()
         with immediate(conn):
             self._store.end(conn, contract_id, "cancelled", reason[:500] or "cancelled", self._clock())
-            self._emit(conn, contract_id, f"client:{client_id}", "cancelled", None, ip, {"reason": reason[:500]})
+            self._emit(conn, contract_id, actor or f"client:{client_id}", "cancelled", None, ip,
+                       {"reason": reason[:500]})
         return self.contract(contract_id, client_id)
 
-    def resend(self, contract_id: str, client_id: str, party_id: str | None, ip: str | None) -> dict[str, str]:
+    def resend(self, contract_id: str, client_id: str, party_id: str | None, ip: str | None,
+               actor: str | None = None) -> dict[str, str]:
         """New invitation links (mailed again) for one party or, as a reminder, every party whose
-        turn it is; the old links stop working."""
+        turn it is; the old links stop working. ``actor`` as for ``cancel``."""
         contract = self.contract(contract_id, client_id)
         if not contract.open:
             raise ContractClosed(f"the envelope is {contract.status}")
@@ -390,7 +395,7 @@ class ContractsService:
             if party_id is not None and not targets:
                 raise NotYourTurn(f"party {party_id} is not invited (not its turn, or done)")
             links = {p.id: (p, self._invite(conn, contract_id, p.id, now)) for p in targets}
-            self._emit(conn, contract_id, f"client:{client_id}", "reminded" if party_id is None else "resent",
+            self._emit(conn, contract_id, actor or f"client:{client_id}", "reminded" if party_id is None else "resent",
                        party_id, ip, {"parties": sorted(links)})
         self._send_invitations(contract, links)
         return {pid: link for pid, (_, link) in links.items()}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..anchoring import check_anchors
+from ..contracts import CONTRACT_STATUSES, ContractStatus
 from ..store import audit, metering, refusals
 from ..store.db import Database
 
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUDIT_PAGE_SIZE", "DIRECTORY_REFUSALS_SHOWN", "AuditCheck", "AuditLine", "AuditPage", "AuditQuery",
-    "DirectoryCounts", "DirectoryRefusal", "Today", "UsageRow", "audit_actions", "check_audit", "directory_counts",
-    "directory_refusals", "export_audit", "search_audit", "today", "totals_by_client", "usage",
+    "DirectoryCounts", "DirectoryRefusal", "Today", "UsageRow", "audit_actions", "check_audit", "contract_counts",
+    "directory_counts", "directory_refusals", "export_audit", "search_audit", "today", "totals_by_client", "usage",
 ]
 
 AUDIT_PAGE_SIZE = 50
@@ -235,3 +236,15 @@ def directory_refusals(db: Database, limit: int = DIRECTORY_REFUSALS_SHOWN) -> l
                                       str(details.get("fingerprint", "")), str(details.get("source", "")),
                                       row["actor"]))
     return found
+
+
+# -- envelopes ----------------------------------------------------------------------------------------
+
+def contract_counts(db: Database) -> dict[ContractStatus, int]:
+    """Envelopes per status, every status named (0 when none), in the model's order.
+
+    Needs the envelopes' tables: call it only when [contracts] is on (the service made them).
+    """
+    rows = db.connect().execute("SELECT status, COUNT(*) FROM contracts GROUP BY status").fetchall()
+    found = {row[0]: row[1] for row in rows}
+    return {status: found.get(status, 0) for status in CONTRACT_STATUSES}

@@ -1,5 +1,5 @@
 """The dashboard: token, key, certificate, outside services, today's signatures, quotas, storage, chart,
-and the certificate directory's counts when it is on."""
+and the certificate directory's and the envelopes' counts when they are on."""
 
 from __future__ import annotations
 
@@ -69,6 +69,7 @@ class Dashboard(Page):
         clients = box.clients.list()
         rows = reports.usage(c.db, None, 30)
         directory = reports.directory_counts(box.directory, c.db) if box.directory is not None else None
+        envelopes = reports.contract_counts(c.db) if box.contracts is not None else None
         c.render(
             req, resp, "dashboard.html", nav="dashboard", token=token, key_label=box.signer.key_label,
             cert=certinfo.facts(box.signer.signing_cert), probes=probes,
@@ -76,7 +77,7 @@ class Dashboard(Page):
             signed_30=sum(r.signatures for r in rows), warnings=quota_warnings(clients, today.per_client),
             chart=usage_chart(rows, {cl.id: cl.name for cl in clients}), clients=len(clients),
             storage=storage, storage_warnings=storage_warnings(storage), clock=box.clock.status(),
-            directory=directory,
+            directory=directory, envelopes=envelopes,
         )
 
 
