@@ -193,6 +193,12 @@ def test_three_parties_and_the_organisation_sign_one_long_term_valid_pdf(
     assert all(event["ok"] for event in Receiver.events)
     assert kinds[0] == "contract.created" and kinds[-1] == "contract.completed"
     assert kinds.count("contract.signed") == 3
+    invited = {e["data"]["party"]: e["data"]["link"] for e in Receiver.events
+               if e["data"]["contract"] == contract_id and e["type"] == "contract.invited"}
+    assert set(invited) == {"p1", "p2", "p3"} and all(link.startswith(BASE_URL + "/sign/") for link in invited.values())
+    trail = contract_box.db.connect().execute("SELECT group_concat(detail) FROM contract_events WHERE contract_id = ?",
+                                              (contract_id,)).fetchone()[0]
+    assert not any(link.rsplit("/", 1)[1] in trail for link in invited.values())  # links stay out of the trail
 
 
 def _roots(box: Box) -> list[asn1_x509.Certificate]:
@@ -258,7 +264,8 @@ def test_a_cancelled_envelope_and_its_links_stop(client, key, contract_box):
     assert cancelled.json["status"] == "cancelled"
     token = created["parties"][0]["link"].rsplit("/", 1)[1]
     page = client.simulate_get(f"/sign/{token}")
-    assert page.status_code == 404  # the link died with the envelope
+    assert page.status_code == 410 and "sent by mistake" in page.text  # the link says why, and does nothing more
+    assert client.simulate_get(f"/sign/{token}/document").status_code in (403, 410)
     again = _call(client, key, f"/v1/contracts/{created['id']}/cancel")
     assert again.json["error"] == "contract_closed"
 

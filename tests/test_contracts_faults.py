@@ -22,7 +22,7 @@ from firmware.store import audit
 from firmware.store.clients import ClientRegistry
 from firmware.store.db import Database, open_connection
 
-from .pdfs import assert_well_formed, make_pdf, reader
+from .pdfs import make_pdf, reader
 from .support import BoxProcess
 
 

@@ -17,7 +17,7 @@ from falcon.testing import Result, TestClient
 
 from firmware.box import Box
 from firmware.config import BoxConfig, ContractsSettings
-from firmware.contracts import ContractsService, Created, Field, PartyRequest, UnknownContract
+from firmware.contracts import ContractClosed, ContractsService, Created, Field, PartyRequest, UnknownContract
 from firmware.devpki import PkiServer
 from firmware.operations.reports import contract_counts
 from webui.app import create_app
@@ -167,8 +167,8 @@ def test_cancel_needs_a_reason_and_is_audited_as_the_administrator(tmp_path, con
     assert (actor, client) == ("admin:root", client_id) and "sent to the wrong person" in details
     trail = shown.text[shown.text.index('id="envelope-trail"'):]
     assert "admin:root" in trail and "192.168.1.77" in trail
-    with pytest.raises(UnknownContract):
-        service.party_by_invitation(_token(created.links["p1"]))  # its links stop
+    with pytest.raises(ContractClosed):  # its links only say why now: nothing can be done through them
+        service.start_verification(contract_id, service.party_by_invitation(_token(created.links["p1"])).id, None)
 
     again = page.follow(page.post(f"/envelopes/{contract_id}/cancel", reason="twice"))
     assert "Not cancelled: the envelope is already cancelled" in again.text

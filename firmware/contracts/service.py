@@ -523,8 +523,10 @@ class ContractsService:
         links = {}
         for party in remaining:
             if party.order == turn and party.status == "waiting":
-                links[party.id] = (party, self._invite(conn, contract_id, party.id, now))
-                self._emit(conn, contract_id, "box", "invited", party.id, None, {"order": party.order})
+                link = self._invite(conn, contract_id, party.id, now)
+                links[party.id] = (party, link)
+                self._emit(conn, contract_id, "box", "invited", party.id, None, {"order": party.order},
+                           hook_only={"link": link})
         return links
 
     def _invite(self, conn: sqlite3.Connection, contract_id: str, party_id: str, now: datetime) -> str:
@@ -545,8 +547,11 @@ class ContractsService:
                 log.warning("contract %s: invitation of %s not mailed: %s", contract.id, party.id, exc)
 
     def _emit(self, conn: sqlite3.Connection, contract_id: str, actor: str, action: str, party_id: str | None,
-              ip: str | None, detail: dict[str, Any], kind: str | None = None) -> None:
-        """The trail's line, the audit entry and the webhook of one state change, in the caller's transaction."""
+              ip: str | None, detail: dict[str, Any], kind: str | None = None,
+              hook_only: dict[str, Any] | None = None) -> None:
+        """The trail's line, the audit entry and the webhook of one state change, in the caller's
+        transaction; ``hook_only`` goes to the business system's webhook alone (an invitation link:
+        a credential, kept out of the trail, the audit log and the completion certificate)."""
         now = self._clock()
         self._store.add_event(conn, contract_id, now, actor, action, party_id, ip, detail)
         contract = self._store.contract(conn, contract_id)
@@ -560,7 +565,8 @@ class ContractsService:
         hook = self._store.webhook(conn, contract_id)
         if hook is not None:
             enqueue_webhook(conn, hook[0], hook[1], f"contract.{action}",
-                            {"contract": contract_id, "status": contract.status, "party": party_id, **detail})
+                            {"contract": contract_id, "status": contract.status, "party": party_id, **detail,
+                             **(hook_only or {})})
 
     def _trail(self, conn: sqlite3.Connection, contract: Contract, final_sha256: str, now: datetime) -> CompletionTrail:
         parties = tuple(

@@ -154,9 +154,9 @@ class ContractStore:
 
     @staticmethod
     def end(conn: sqlite3.Connection, contract_id: str, status: str, reason: str, now: datetime) -> None:
+        """End the envelope; the parties' links keep working, to show why (they can do nothing more)."""
         conn.execute("UPDATE contracts SET status = ?, ended_at = ?, end_reason = ? WHERE id = ?",
                      (status, _iso(now), reason, contract_id))
-        conn.execute("UPDATE contract_parties SET invite_hash = NULL WHERE contract_id = ?", (contract_id,))
 
     @staticmethod
     def overdue(conn: sqlite3.Connection, now: datetime) -> list[str]:

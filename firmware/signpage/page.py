@@ -186,7 +186,10 @@ class SigningPage:
             raise falcon.HTTPNotFound() from None
         if party.status not in ("validated", "signed"):
             raise falcon.HTTPForbidden(description="confirm who you are first")
-        return self._service.contract(party.contract_id, None), party
+        contract = self._service.contract(party.contract_id, None)
+        if not (contract.open or contract.status == "completed"):
+            raise falcon.HTTPGone(description=f"this envelope is {contract.status}")
+        return contract, party
 
     # -- helpers ----------------------------------------------------------------------------------------
 
