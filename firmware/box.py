@@ -163,7 +163,8 @@ class Box:
         app.add_route("/v1/mail/{mail_id}", MailStatusResource(self.outbox))
         app.add_route("/v1/otp", OtpResource(self.otp))
         app.add_route("/v1/otp/verify", OtpVerifyResource(self.otp))
-        app.add_route("/openapi.json", OpenApiResource(level, directory=self.directory is not None))
+        app.add_route("/openapi.json", OpenApiResource(level, directory=self.directory is not None,
+                                                         contracts=self.contracts is not None))
         if self.directory is not None:
             add_directory_routes(app, self.directory)
         if self.contracts is not None and self.contract_signing is not None:

@@ -24,7 +24,7 @@ def test_openapi_lists_every_route(box):
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(box, clients):
-    _, key = clients.add("schemathesis")
+    _, key = clients.add("schemathesis", scopes=("hash", "pdf", "contracts"))
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "ESIGNBOX_TEST_API_KEY": key,
            "ESIGNBOX_TEST_URL": box.url, "PYTHONPATH": str(Path(__file__).parent.parent)}
     result = subprocess.run(

@@ -30,7 +30,7 @@ from ..errors import InvalidRequest
 from .bodies import read_json
 from .schema import read_body
 
-__all__ = ["SIGNER_CA_CRL_PATH", "CrlResource", "add_contract_routes", "contract_view"]
+__all__ = ["BODIES", "SIGNER_CA_CRL_PATH", "CrlResource", "add_contract_routes", "contract_view", "envelope_schema"]
 
 SIGNER_CA_CRL_PATH = "/pki/signer-ca.crl"  # named in every party certificate: publish it with the signing page
 
@@ -78,6 +78,11 @@ _CODE = {"type": "object", "required": ["code"], "properties": {"code": {"type":
 _SIGN = {"type": "object", "required": [], "properties": {
     "signature_image": {"type": "string", "format": "byte", "description": "PNG of the drawn or typed signature"}}}
 _REASSIGN = {"type": "object", "required": ["name", "email"], "properties": _PERSON}
+
+
+# The JSON bodies of the envelope's POST operations, by the path's last segment (the OpenAPI document's too).
+BODIES: dict[str, dict[str, Any]] = {"cancel": _REASON, "decline": _DECLINE, "confirm": _CODE, "sign": _SIGN,
+                                     "reassign": _REASSIGN}
 
 
 def party_view(party: Party, link: str | None = None) -> dict[str, Any]:

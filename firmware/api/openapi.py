@@ -16,6 +16,7 @@ from ..csc.resources import CscResource, served
 from ..csc.schema import FORM_METHODS, body_schema
 from ..csc.versions import V1, V2
 from ..signing.levels import HASH_LEVELS, Level, Profile
+from .contracts import BODIES, envelope_schema
 from .schema import (
     directory_code_body,
     directory_exists_query,
@@ -259,6 +260,56 @@ def _directory_paths() -> dict[str, Any]:
     }
 
 
+def _contract_paths() -> dict[str, Any]:
+    """The envelope endpoints (scope contracts), documented only on a box that serves them."""
+    tag: dict[str, Any] = {"tags": ["Contract signing"]}
+    envelope: dict[str, Any] = {"type": "object", "description": "the envelope, its parties and fields, with times"}
+    common = (400, 401, 403, 404, 409, 413, 500)
+    contract = "/v1/contracts/{contract_id}"
+    party = f"{contract}/parties/{{party_id}}"
+    ids = [{"name": "contract_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    party_ids = [*ids, {"name": "party_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    pdf = {"description": "the PDF", "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}}
+
+    def post(summary: str, params: list[dict[str, Any]], body: str | None, answer: dict[str, Any] = envelope,
+             codes: tuple[int, ...] = common) -> dict[str, Any]:
+        operation: dict[str, Any] = {**tag, "summary": summary, "parameters": params,
+                                     "responses": {"200": _json(answer), **_errors(*codes)}}
+        if body is not None:
+            operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": BODIES[body]}}}
+        return {"post": operation}
+
+    return {
+        "/v1/contracts": {
+            "post": {**tag, "summary": "Start an envelope: multipart 'envelope' (JSON) and 'document' (PDF); one metered call",
+                     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                         "type": "object", "required": ["envelope", "document"], "properties": {
+                             "envelope": envelope_schema(), "document": {"type": "string", "format": "binary"}}}}}},
+                     "responses": {"201": _json(envelope, "created; invited parties carry their link"),
+                                   **_errors(400, 401, 402, 403, 413, 422, 429, 500, 503)}},
+            "get": {**tag, "summary": "This client's envelopes, newest first",
+                    "parameters": [{"name": "status", "in": "query", "required": False, "schema": {"type": "string"}}],
+                    "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 500)}}},
+        contract: {"get": {**tag, "summary": "An envelope: every party and field, with times", "parameters": ids,
+                           "responses": {"200": _json(envelope), **_errors(401, 403, 404, 500)}}},
+        f"{contract}/document": {"get": {**tag, "summary": "The newest revision (the final PDF once completed)",
+                                         "parameters": ids, "responses": {"200": pdf, **_errors(401, 403, 404, 500)}}},
+        f"{contract}/certificate": {"get": {**tag, "summary": "The signed completion certificate", "parameters": ids,
+                                            "responses": {"200": pdf, **_errors(401, 403, 404, 409, 500)}}},
+        f"{contract}/cancel": post("Cancel the envelope", ids, "cancel"),
+        f"{contract}/remind": post("New links mailed to the parties whose turn it is", ids, None),
+        f"{party}/resend": post("A new link for one party", party_ids, None),
+        f"{party}/reassign": post("Hand the party's part to a delegate, validated in turn", party_ids, "reassign"),
+        f"{party}/decline": post("The party declines, with a reason: the envelope ends", party_ids, "decline"),
+        f"{party}/verification": post("Start the party's identity validation", party_ids, None,
+                                      {"type": "object"}, (*common, 503)),
+        f"{party}/verification/confirm": post("Complete it with the party's code", party_ids, "confirm",
+                                              {"type": "object"}, (*common, 422)),
+        f"{party}/sign": post("The validated party's signature, made on the token", party_ids, "sign",
+                              {"type": "object"}, (*common, 422, 503)),
+    }
+
+
 def _csc_description(resource: type[CscResource]) -> dict[str, str]:
     """What the resource's docstring says, and the client scope it needs."""
     scope = resource.scope and f"Needs the client's `{resource.scope}` scope."
@@ -294,9 +345,9 @@ def _csc_paths() -> dict[str, Any]:
     return paths
 
 
-def build_spec(default_level: Level, directory: bool = False) -> dict[str, Any]:
+def build_spec(default_level: Level, directory: bool = False, contracts: bool = False) -> dict[str, Any]:
     """The document for a box whose [signing] default_level is ``default_level``, with the
-    certificate directory's endpoints if it serves them."""
+    certificate directory's and the envelopes' endpoints if it serves them."""
     return {
         "openapi": "3.0.3",
         "info": {"title": "E-signature Box API", "version": "1",
@@ -306,7 +357,8 @@ def build_spec(default_level: Level, directory: bool = False) -> dict[str, Any]:
             "apiKey": {"type": "http", "scheme": "bearer", "description": "the client's API key"},
             "cscToken": {"type": "http", "scheme": "bearer", "description": "access token from auth/login"}}},
         "security": [{"apiKey": []}],
-        "paths": {**_native_paths(default_level), **(_directory_paths() if directory else {}), **_csc_paths(),
+        "paths": {**_native_paths(default_level), **(_directory_paths() if directory else {}),
+                  **(_contract_paths() if contracts else {}), **_csc_paths(),
                   "/openapi.json": {"get": {"summary": "this document", "security": [],
                                             "responses": {"200": _json({"type": "object"})}}}},
     }
@@ -317,8 +369,8 @@ class OpenApiResource:
 
     public = True
 
-    def __init__(self, default_level: str, directory: bool = False) -> None:
-        self._spec = build_spec(Level(default_level), directory)
+    def __init__(self, default_level: str, directory: bool = False, contracts: bool = False) -> None:
+        self._spec = build_spec(Level(default_level), directory, contracts)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self._spec
