@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ from asn1crypto import x509 as asn1_x509
 
 from firmware.box import Box
 from firmware.config import BoxConfig, ContractsSettings
+from firmware.contracts import UnknownContract
 from firmware.devpki import PkiServer
 from firmware.webhooks import WebhookSender
 
@@ -320,3 +322,21 @@ def test_the_signing_page_shows_nothing_without_a_valid_link(client):
     result = client.simulate_get("/sign/not-a-real-token")
     assert result.status_code == 404 and "Link not valid" in result.text
     assert "default-src 'none'" in result.headers["content-security-policy"]
+
+
+def test_parties_who_do_not_act_are_reminded_with_a_new_link(client, key, contract_box):
+    created = _create(client, key, {"title": "Reminded", "reminder_days": 2,
+                                    "parties": [_party("Alice Example", 1, "A-1")]}).json
+    assert created["reminder_days"] == 2
+    service = contract_box.contracts
+    assert service is not None
+    first = created["parties"][0]["link"].rsplit("/", 1)[1]
+    now = datetime.now(UTC)
+    service.remind_due(now + timedelta(days=1))  # not due yet
+    assert service.party_by_invitation(first).id == "p1"
+    assert service.remind_due(now + timedelta(days=2, minutes=1)) >= 1
+    with pytest.raises(UnknownContract):  # only the newest mail's link works
+        service.party_by_invitation(first)
+    assert service.remind_due(now + timedelta(days=3)) == 0  # the next one is two days after this one
+    events = [e.action for e in service.events(created["id"])]
+    assert events.count("reminded") == 1

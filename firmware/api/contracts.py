@@ -68,6 +68,8 @@ def envelope_schema() -> dict[str, Any]:
                                                   " last: an approval after every party"},
         "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 90},
         "webhook_url": {"type": "string", "maxLength": 2000},
+        "reminder_days": {"type": "integer", "minimum": 1, "maximum": 30,
+                          "description": "mail a new link to parties who have not acted after this many days"},
     }}
 
 
@@ -105,7 +107,7 @@ def contract_view(service: ContractsService, contract: Contract, links: dict[str
         "created_at": _time(contract.created_at), "expires_at": _time(contract.expires_at),
         "ended_at": _time(contract.ended_at), "end_reason": contract.end_reason,
         "organisation_signature": contract.org_signature, "original_sha256": contract.original_sha256,
-        "revision": contract.revision,
+        "revision": contract.revision, "reminder_days": contract.reminder_days,
         "parties": [party_view(p, links.get(p.id)) for p in service.parties(contract.id)],
         "fields": [{"party": f.party_id, "name": f.name, "page": f.page, "box": list(f.box) if f.box else None}
                    for f in service.fields(contract.id)],
@@ -184,7 +186,7 @@ class Contracts(_Base):
         parties = [_party_request(p) for p in body["parties"]]
         created = self._service.create(req.context.client.id, body["title"], pdf, parties,
                                        body["organisation_signature"], body.get("expires_in_days"),
-                                       body.get("webhook_url"), req.remote_addr)
+                                       body.get("webhook_url"), req.remote_addr, body.get("reminder_days"))
         resp.status = falcon.HTTP_201
         resp.media = {**contract_view(self._service, created.contract, created.links),
                       "webhook_secret": created.webhook_secret}

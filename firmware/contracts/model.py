@@ -89,6 +89,7 @@ class Contract:
     original_sha256: str
     revision: int
     webhook_url: str | None
+    reminder_days: int | None = None
 
     @property
     def open(self) -> bool:

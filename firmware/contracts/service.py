@@ -140,7 +140,7 @@ class ContractsService:
 
     def create(self, client_id: str, title: str, pdf: bytes, parties: Sequence[PartyRequest],
                org_signature: OrgSignature, expires_in_days: int | None, webhook_url: str | None,
-               ip: str | None) -> Created:
+               ip: str | None, reminder_days: int | None = None) -> Created:
         """Check everything, prepare the document (the parties' fields, the organisation's
         certification), then store the envelope and invite the first group, in one transaction."""
         self._check_parties(parties)
@@ -158,7 +158,8 @@ class ContractsService:
             prepared = self._signing.certify(prepared)
         now = self._clock()
         contract = Contract(f"ct_{secrets.token_urlsafe(12)}", client_id, title, "in_progress", org_signature, now,
-                            now + timedelta(days=days), None, None, hashlib.sha256(pdf).hexdigest(), 0, webhook_url)
+                            now + timedelta(days=days), None, None, hashlib.sha256(pdf).hexdigest(), 0, webhook_url,
+                            reminder_days)
         webhook_secret = secrets.token_urlsafe(32) if webhook_url else None
         conn = self._db.connect()
         with immediate(conn):
@@ -461,9 +462,27 @@ class ContractsService:
                 except Exception as exc:  # the envelope is complete; a copy not mailed is logged, the API has it
                     log.warning("contract %s: signed copy for %s not mailed: %s", contract_id, party.id, exc)
 
+    def remind_due(self, now: datetime | None = None) -> int:
+        """Mail a new link to every invited party that has not acted for its envelope's
+        ``reminder_days`` (the older link stops working: only the newest mail counts)."""
+        now = now or self._clock()
+        conn = self._db.connect()
+        sent = 0
+        for party in self._store.due_reminders(conn, now):
+            with immediate(conn):
+                self._store.reminded(conn, party.contract_id, party.id, now)
+                link = self._invite(conn, party.contract_id, party.id, now)
+                self._emit(conn, party.contract_id, "box", "reminded", party.id, None, {"parties": [party.id]},
+                           hook_only={"link": link})
+            self._send_invitations(self._contract(conn, party.contract_id), {party.id: (party, link)})
+            sent += 1
+        return sent
+
     def resume(self) -> int:
-        """Complete the envelopes a crash left with every party signed; expire overdue ones."""
+        """Complete the envelopes a crash left with every party signed; expire overdue ones; send
+        the reminders that are due."""
         self.expire_due()
+        self.remind_due()
         conn = self._db.connect()
         done = 0
         for contract in self._store.listing(conn, "in_progress", None, 1000):

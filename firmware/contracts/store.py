@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS contracts (
     original_sha256 TEXT NOT NULL,
     revision        INTEGER NOT NULL,  -- the newest row of contract_documents
     webhook_url     TEXT,
-    webhook_secret  BLOB               -- HMAC key of this envelope's webhooks, shown once at creation
+    webhook_secret  BLOB,              -- HMAC key of this envelope's webhooks, shown once at creation
+    reminder_days   INTEGER            -- remind parties who have not acted after this many days
 );
 CREATE INDEX IF NOT EXISTS contracts_by_status ON contracts(status, expires_at);
 CREATE INDEX IF NOT EXISTS contracts_by_client ON contracts(client_id, created_at);
@@ -62,6 +63,7 @@ CREATE TABLE IF NOT EXISTS contract_parties (
     code_id         TEXT,              -- the one-time code mailed for validation (otp_codes.id)
     attempts        INTEGER NOT NULL DEFAULT 0,  -- wrong access codes
     invited_at      TEXT,
+    reminded_at     TEXT,
     validated_at    TEXT,
     signed_at       TEXT,
     note            TEXT,
@@ -90,6 +92,10 @@ CREATE INDEX IF NOT EXISTS contract_events_by_contract ON contract_events(contra
 """
 
 
+# Columns added after the first release of a table: (table, column, type).
+_ADDED_COLUMNS = (("contracts", "reminder_days", "INTEGER"), ("contract_parties", "reminded_at", "TEXT"))
+
+
 def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
@@ -114,7 +120,7 @@ def _contract(row: sqlite3.Row) -> Contract:
     return Contract(row["id"], row["client_id"], row["title"], row["status"], row["org_signature"],
                     datetime.fromisoformat(row["created_at"]), datetime.fromisoformat(row["expires_at"]),
                     _time(row["ended_at"]), row["end_reason"], row["original_sha256"], row["revision"],
-                    row["webhook_url"])
+                    row["webhook_url"], row["reminder_days"])
 
 
 def _party(row: sqlite3.Row) -> Party:
@@ -129,7 +135,27 @@ def token_hash(token: str) -> bytes:
 
 class ContractStore:
     def __init__(self, db: Database) -> None:
-        db.connect().executescript(SCHEMA)
+        conn = db.connect()
+        conn.executescript(SCHEMA)
+        for table, column, kind in _ADDED_COLUMNS:  # tables made before the column existed
+            if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    @staticmethod
+    def due_reminders(conn: sqlite3.Connection, now: datetime) -> list[Party]:
+        """Invited parties of open envelopes with reminders whose last invitation or reminder is
+        older than the envelope's ``reminder_days``."""
+        rows = conn.execute(
+            "SELECT p.* FROM contract_parties p JOIN contracts c ON c.id = p.contract_id"
+            " WHERE c.status = 'in_progress' AND c.reminder_days IS NOT NULL AND p.status = 'invited'"
+            " AND julianday(?) - julianday(COALESCE(p.reminded_at, p.invited_at)) >= c.reminder_days",
+            (_iso(now),))
+        return [_party(row) for row in rows]
+
+    @staticmethod
+    def reminded(conn: sqlite3.Connection, contract_id: str, party_id: str, now: datetime) -> None:
+        conn.execute("UPDATE contract_parties SET reminded_at = ? WHERE contract_id = ? AND id = ?",
+                     (_iso(now), contract_id, party_id))
 
     # -- contracts ----------------------------------------------------------------------------------
 
@@ -137,10 +163,11 @@ class ContractStore:
     def add_contract(conn: sqlite3.Connection, contract: Contract, webhook_secret: bytes | None) -> None:
         conn.execute(
             "INSERT INTO contracts(id, client_id, title, status, org_signature, created_at, expires_at,"
-            " original_sha256, revision, webhook_url, webhook_secret) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " original_sha256, revision, webhook_url, webhook_secret, reminder_days)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (contract.id, contract.client_id, contract.title, contract.status, contract.org_signature,
              _iso(contract.created_at), _iso(contract.expires_at), contract.original_sha256, contract.revision,
-             contract.webhook_url, webhook_secret))
+             contract.webhook_url, webhook_secret, contract.reminder_days))
 
     @staticmethod
     def contract(conn: sqlite3.Connection, contract_id: str) -> Contract | None:
