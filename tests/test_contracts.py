@@ -8,11 +8,13 @@ The final PDF is judged by tools nobody here wrote: pdfsig (poppler), pyHanko's 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import hmac
 import json
 import secrets
+import struct
 import subprocess
 import threading
 import time
@@ -340,3 +342,41 @@ def test_parties_who_do_not_act_are_reminded_with_a_new_link(client, key, contra
     assert service.remind_due(now + timedelta(days=3)) == 0  # the next one is two days after this one
     events = [e.action for e in service.events(created["id"])]
     assert events.count("reminded") == 1
+
+
+def _app_code(secret_base32: str, at: float) -> str:
+    """What the person's authenticator app shows (RFC 6238, written here from the RFC)."""
+    secret = base64.b32decode(secret_base32 + "=" * (-len(secret_base32) % 8))
+    digest = hmac.new(secret, struct.pack(">Q", int(at) // 30), hashlib.sha1).digest()
+    offset = digest[-1] & 0x0F
+    return f"{(struct.unpack('>I', digest[offset:offset + 4])[0] & 0x7FFFFFFF) % 1_000_000:06d}"
+
+
+def test_a_repeat_signer_validates_with_an_authenticator_app(client, key, contract_box):
+    party = {**_party("Tom Repeat", 1, "unused"), "method": "totp"}
+    del party["access_code"]
+    refused = _create(client, key, {"title": "Not enrolled", "parties": [party]})
+    assert refused.status_code == 400 and "enrolled first" in refused.json["message"]
+
+    enrolled = _call(client, key, "/v1/signers/totp", email="Tom@Example.com")
+    assert enrolled.status_code == 201 and enrolled.json["otpauth_uri"].startswith("otpauth://totp/")
+    secret = enrolled.json["secret"]
+    created = _create(client, key, {"title": "Repeat", "parties": [party]})
+    assert created.status_code == 201, created.text
+    confirm = f"/v1/contracts/{created.json['id']}/parties/p1/verification/confirm"
+    assert _call(client, key, f"/v1/contracts/{created.json['id']}/parties/p1/verification").json == \
+        {"method": "totp", "sent": False}
+    wrong = _call(client, key, confirm, code="000000" if _app_code(secret, time.time()) != "000000" else "111111")
+    assert wrong.status_code == 422
+    code = _app_code(secret, time.time())
+    assert _call(client, key, confirm, code=code).json["status"] == "validated"
+
+    other = _create(client, key, {"title": "Replay", "parties": [party]}).json
+    replay = _call(client, key, f"/v1/contracts/{other['id']}/parties/p1/verification/confirm", code=code)
+    assert replay.status_code == 422 and "wrong code" in replay.json["message"]  # a used step never again
+
+    stranger = contract_box.clients.add(f"stranger-{secrets.token_hex(4)}", scopes=("contracts",))[1]
+    theirs = _create(client, stranger, {"title": "Not theirs", "parties": [party]})
+    assert theirs.status_code == 400  # enrolment belongs to the client that made it
+    row = contract_box.db.connect().execute("SELECT secret_enc FROM contract_totp").fetchone()
+    assert base64.b32decode(secret + "=" * (-len(secret) % 8)) not in bytes(row[0])  # kept encrypted

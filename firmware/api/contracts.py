@@ -77,6 +77,7 @@ _ENVELOPE = envelope_schema()
 _REASON = {"type": "object", "required": [], "properties": {"reason": {"type": "string", "maxLength": 500}}}
 _DECLINE = {"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string", "maxLength": 500}}}
 _CODE = {"type": "object", "required": ["code"], "properties": {"code": {"type": "string", "maxLength": 64}}}
+_ENROL = {"type": "object", "required": ["email"], "properties": {"email": _PERSON["email"]}}
 _SIGN = {"type": "object", "required": [], "properties": {
     "signature_image": {"type": "string", "format": "byte", "description": "PNG of the drawn or typed signature"}}}
 _REASSIGN = {"type": "object", "required": ["name", "email"], "properties": _PERSON}
@@ -84,7 +85,7 @@ _REASSIGN = {"type": "object", "required": ["name", "email"], "properties": _PER
 
 # The JSON bodies of the envelope's POST operations, by the path's last segment (the OpenAPI document's too).
 BODIES: dict[str, dict[str, Any]] = {"cancel": _REASON, "decline": _DECLINE, "confirm": _CODE, "sign": _SIGN,
-                                     "reassign": _REASSIGN}
+                                     "reassign": _REASSIGN, "totp": _ENROL}
 
 
 def party_view(party: Party, link: str | None = None) -> dict[str, Any]:
@@ -281,6 +282,17 @@ class Decline(_Base):
         resp.media = contract_view(self._service, contract)
 
 
+class TotpEnrolmentResource(_Base):
+    """POST /v1/signers/totp: enrol a person for method totp; the secret is shown this once."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_body(_ENROL, read_json(req))
+        address = normalise(body["email"])
+        enrolment = self._service.totp.enrol(req.context.client.id, address)
+        resp.status = falcon.HTTP_201
+        resp.media = {"email": address, "otpauth_uri": enrolment.uri, "secret": enrolment.secret_base32}
+
+
 class CrlResource:
     """The signer CA's CRL, for anyone checking a party's certificate later (it is in every signed
     PDF's DSS too)."""
@@ -306,5 +318,6 @@ def add_contract_routes(app: falcon.App[falcon.Request, falcon.Response], servic
         (base + "/{contract_id}/remind", Remind), (party + "/resend", Resend), (party + "/reassign", Reassign),
         (party + "/verification", Verification), (party + "/verification/confirm", VerificationConfirm),
         (party + "/sign", Sign), (party + "/decline", Decline),
+        ("/v1/signers/totp", TotpEnrolmentResource),
     ]:
         app.add_route(path, resource(service, max_pdf_bytes))

@@ -305,6 +305,10 @@ def _contract_paths() -> dict[str, Any]:
                                       {"type": "object"}, (*common, 503)),
         f"{party}/verification/confirm": post("Complete it with the party's code", party_ids, "confirm",
                                               {"type": "object"}, (*common, 422)),
+        "/v1/signers/totp": {"post": {**tag, "summary": "Enrol a person for method totp (an authenticator app);"
+                                                        " the secret is shown once",
+                                      "requestBody": _json_body(BODIES["totp"]),
+                                      "responses": {"201": _json({"type": "object"}), **_errors(400, 401, 403, 413, 500)}}},
         f"{party}/sign": post("The validated party's signature, made on the token", party_ids, "sign",
                               {"type": "object"}, (*common, 422, 503)),
     }

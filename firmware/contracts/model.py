@@ -36,10 +36,11 @@ PARTY_STATUSES: tuple[PartyStatus, ...] = ("waiting", "invited", "validated", "s
 Role = Literal["signer", "approver", "copy"]
 ROLES: tuple[Role, ...] = ("signer", "approver", "copy")
 # How a party proves who it is: a code mailed to it (encrypted to its directory certificate when it
-# has one), or an access code the business system hands over out of band. A new method is a new
-# entry here and a branch in verification.py.
-Method = Literal["email", "access_code"]
-METHODS: tuple[Method, ...] = ("email", "access_code")
+# has one), an access code the business system hands over out of band, or the code of an
+# authenticator app the business system enrolled the person for (totp.py). A new method (SMS, an
+# eID) is a new entry here and a branch in the service's confirm_verification.
+Method = Literal["email", "access_code", "totp"]
+METHODS: tuple[Method, ...] = ("email", "access_code", "totp")
 OrgSignature = Literal["none", "first", "last"]
 
 

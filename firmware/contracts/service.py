@@ -35,6 +35,7 @@ from ..webhooks import enqueue as enqueue_webhook
 from .completion import completion_pdf
 from .model import Contract, Field, Method, OrgSignature, Party, Role
 from .store import ContractStore
+from .totp import TotpSecrets
 from .trail import CompletionTrail, TrailEvent, TrailParty
 
 __all__ = [
@@ -135,6 +136,7 @@ class ContractsService:
         self._settings = settings
         self._clock = clock
         self._key = secret_key(state_dir / KEY_FILE)
+        self.totp = TotpSecrets(db, state_dir, settings.organisation)
 
     # -- creating ------------------------------------------------------------------------------------
 
@@ -149,6 +151,8 @@ class ContractsService:
         days = expires_in_days or self._settings.default_expiry_days
         if not 1 <= days <= self._settings.max_expiry_days:
             raise InvalidRequest(f"expires_in_days is 1..{self._settings.max_expiry_days}")
+        for number, request in enumerate(parties):
+            self._check_method(client_id, f"parties[{number}]: ", request.method, request.email)
         pages, empty = self._signing.empty_signature_fields(pdf)
         self._check_fields(parties, pages, empty)
         metering.check(self._db.connect(), client_id, 1)  # before the token works for it
@@ -200,6 +204,10 @@ class ContractsService:
         names = [p.field.name for p in parties if p.field is not None]
         if len(set(names)) != len(names):
             raise InvalidRequest("each party signs its own field: field names must differ")
+
+    def _check_method(self, client_id: str, where: str, method: Method, email: str) -> None:
+        if method == "totp" and not self.totp.enrolled(client_id, email):
+            raise InvalidRequest(f"{where}method totp needs the person enrolled first (POST /v1/signers/totp)")
 
     @staticmethod
     def _check_fields(parties: Sequence[PartyRequest], pages: int, empty: set[str]) -> None:
@@ -271,8 +279,8 @@ class ContractsService:
         """Mail the party a code (method email), or nothing (method access_code: the business
         system gave it out of band). Says which, never the code."""
         contract, party = self._active(contract_id, party_id, ("invited",))
-        if party.method == "access_code":
-            return {"method": "access_code", "sent": False}
+        if party.method in ("access_code", "totp"):  # the person has the code already
+            return {"method": party.method, "sent": False}
         if self._codes is None:
             raise InvalidRequest("this box sends no mail ([mail] relay_host): use method access_code")
         issued = self._codes.issue(contract.client_id, party.email, allow_plain=True)
@@ -294,6 +302,8 @@ class ContractsService:
             reason = self._codes.verify(contract.client_id, row["code_id"], code.strip()).reason
         elif row["attempts"] >= self._settings.max_access_attempts:
             reason = "too_many_attempts"
+        elif party.method == "totp":
+            reason = self.totp.check(contract.client_id, party.email, code)
         else:
             reason = "ok" if hmac.compare_digest(row["access_code_mac"], self._mac(code.strip())) else "wrong_code"
         with immediate(conn):
@@ -301,7 +311,7 @@ class ContractsService:
             if current is None or current.status != "invited":
                 raise NotYourTurn(f"party {party_id} is {current.status if current else 'unknown'}, not invited")
             if reason != "ok":
-                if party.method == "access_code" and reason == "wrong_code":
+                if party.method != "email" and reason == "wrong_code":  # mailed codes count their own attempts
                     self._store.count_attempt(conn, contract_id, party_id)
                 self._emit(conn, contract_id, f"party:{party_id}", "verification_failed", party_id, ip,
                            {"method": party.method, "reason": reason})
@@ -409,6 +419,7 @@ class ContractsService:
             raise ContractClosed(f"the envelope is {contract.status}")
         if method == "access_code" and not access_code:
             raise InvalidRequest("method access_code needs the access_code the business system hands over")
+        self._check_method(client_id, "", method, email)
         conn = self._db.connect()
         now = self._clock()
         with immediate(conn):

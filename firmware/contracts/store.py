@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS contract_parties (
     email           TEXT NOT NULL,     -- normalised
     role            TEXT NOT NULL CHECK (role IN ('signer', 'approver', 'copy')),
     order_no        INTEGER NOT NULL,
-    method          TEXT NOT NULL CHECK (method IN ('email', 'access_code')),
+    method          TEXT NOT NULL CHECK (method IN ('email', 'access_code', 'totp')),
     access_code_mac BLOB,              -- HMAC-SHA256 under secrets/contracts.key; never the code
     status          TEXT NOT NULL CHECK (status IN ('waiting', 'invited', 'validated', 'signed', 'declined',
                                                      'replaced', 'copy')),
