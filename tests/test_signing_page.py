@@ -18,6 +18,7 @@ import falcon.testing
 import pytest
 from PIL import Image
 
+from .pdfs import make_pdf, signature_field
 from .test_contracts import _create, _party, client, contract_box, key  # noqa: F401  (fixtures)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -123,6 +124,21 @@ def test_a_wrong_access_code_is_shown_and_counted_then_the_right_one_validates(c
     right = _post(client, base + "/verify", csrf=csrf, code=" A-7731 ")
     assert right.status_code == 303 and right.headers["location"].endswith(base)
     assert _status(client, key, contract_id)["parties"][0]["status"] == "validated"
+
+
+def test_a_field_named_in_the_pdf_is_highlighted_where_the_pdf_has_it(client, key):
+    pdf = make_pdf(pages=2, empty_fields=(signature_field("Tenant", page=2, box=(60, 70, 260, 140)),))
+    party = {**_party("Alice Example", 1, "A-7731"), "field": {"name": "Tenant"}}
+    created = _create(client, key, {"title": "Named field", "parties": [party]}, pdf=pdf)
+    assert created.status_code == 201, created.text
+    base = "/sign/" + created.json["parties"][0]["link"].rsplit("/", 1)[1]
+    assert _post(client, base + "/verify", csrf=_csrf(client.simulate_get(base)), code="A-7731").status_code == 303
+    page = client.simulate_get(base)
+    marks = re.findall(r'<rect class="mark" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"', page.text)
+    assert [tuple(float(v) for v in mark) for mark in marks] == [
+        (round(100 * 60 / 595, 2), round(100 * (842 - 140) / 842, 2), round(100 * 200 / 595, 2),
+         round(100 * 70 / 842, 2))]
+    assert page.text.index('<rect class="mark"') > page.text.index('id="page-2"') and "on page 2" in page.text
 
 
 # -- the document ---------------------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ class PartySigning(Protocol):
 
     def empty_signature_fields(self, pdf: bytes) -> tuple[int, set[str]]: ...
 
+    def field_place(self, pdf: bytes, field_name: str) -> tuple[int, tuple[float, float, float, float]] | None: ...
+
 
 class Invitations(Protocol):
     """How a party learns it may sign: a mail with the link (encrypted where the directory can)."""
@@ -268,6 +270,15 @@ class ContractsService:
         if party is None:
             raise UnknownContract("this signing link is unknown, expired or was replaced by a newer one")
         return party
+
+    def field_place(self, contract_id: str, party_id: str) -> tuple[int, tuple[float, float, float, float]] | None:
+        """Where the party's signature field is on the current document (page, rectangle), for the
+        signing page to point at; None if it has no visible place."""
+        conn = self._db.connect()
+        [field] = [f for f in self._store.fields(conn, contract_id) if f.party_id == party_id]
+        if field.page is not None and field.box is not None:
+            return field.page, field.box
+        return self._signing.field_place(self._store.document(conn, contract_id)[1], field.name)
 
     def code_sent(self, contract_id: str, party_id: str) -> bool:
         """Whether a validation code was mailed to the party (the page then asks for it)."""

@@ -19,6 +19,7 @@ from ..errors import InvalidRequest
 from .levels import Level
 from .party_ca import PartyIdentity
 from .party_signatures import PartyMark, PartySigner, add_signature_fields
+from .pdf_fields import field_place
 from .pdf_signing import PdfSigningService, PdfSignOptions
 from .pdf_verify import PDF_DAMAGE, PdfInvalid, read_pdf
 
@@ -62,6 +63,14 @@ class ContractSigning:
         if ORGANISATION_FIELD in empty:
             empty.discard(ORGANISATION_FIELD)
         return pages, empty
+
+    def field_place(self, pdf: bytes, field_name: str) -> tuple[int, tuple[float, float, float, float]] | None:
+        """Page (1-based) and rectangle of a signature field, for the signing page's highlight."""
+        try:
+            place = field_place(read_pdf(pdf, self._organisation.max_pdf_bytes), field_name)
+        except PDF_DAMAGE:
+            return None
+        return (place.page, place.box) if place is not None else None
 
     def add_fields(self, pdf: bytes, fields: Sequence[FieldPlacement]) -> bytes:
         placed = [(f.name, f.page, f.box) for f in fields if f.page is not None and f.box is not None]

@@ -23,7 +23,9 @@ from pyhanko.sign.validation import read_certification_data
 
 from ..errors import InvalidRequest
 
-__all__ = ["CertifiedDocument", "CertifiedNoChanges", "FieldChoice", "Stamp", "choose_field", "free_field_name"]
+__all__ = [
+    "CertifiedDocument", "CertifiedNoChanges", "FieldChoice", "Stamp", "choose_field", "field_place", "free_field_name",
+]
 
 
 class CertifiedNoChanges(InvalidRequest):
@@ -64,6 +66,27 @@ def _size(field_ref: generic.Dereferenceable) -> tuple[float, float] | None:
     assert isinstance(field, generic.DictionaryObject)  # enumerate_sig_fields yields dictionaries only
     width, height = annot_width_height(get_single_field_annot(field))
     return (float(width), float(height)) if width > 0 and height > 0 else None
+
+
+def field_place(reader: PdfFileReader, field_name: str) -> Stamp | None:
+    """Where a signature field's widget sits: its page (1-based, by the widget's /P or the pages'
+    /Annots) and rectangle; None for an unknown or invisible field, or one on no page."""
+    refs = {name: ref for name, _, ref in enumerate_sig_fields(reader)}
+    if field_name not in refs:
+        return None
+    field = refs[field_name].get_object()
+    assert isinstance(field, generic.DictionaryObject)
+    widget = get_single_field_annot(field)
+    x1, y1, x2, y2 = (float(value) for value in widget["/Rect"])
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        return None
+    pages = int(reader.root["/Pages"]["/Count"])
+    for number in range(pages):
+        page_ref = reader.find_page_for_modification(number)[0]  # type: ignore[no-untyped-call]
+        annots = page_ref.get_object().get("/Annots", generic.ArrayObject())
+        if any(annot.get_object() is widget or annot.get_object() == widget for annot in annots.get_object()):
+            return Stamp(number + 1, (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)))
+    return None
 
 
 def _certifier(reader: PdfFileReader) -> str:

@@ -98,16 +98,17 @@ class SigningPage:
             self._render(resp, token, "Confirm who you are", step="verify", code_sent=code_sent, **values)
         elif party.status == "validated":
             _, pdf, _ = self._service.document(contract.id)
-            [field] = [f for f in self._service.fields(contract.id) if f.party_id == party.id]
+            place = self._service.field_place(contract.id, party.id)
             pages = []
             for number, (width, height) in enumerate(page_sizes(pdf), start=1):
                 mark = None
-                if field.page == number and field.box is not None:
-                    x1, y1, x2, y2 = field.box
+                if place is not None and place[0] == number:
+                    x1, y1, x2, y2 = place[1]
                     mark = (round(100 * x1 / width, 2), round(100 * (height - y2) / height, 2),
                             round(100 * (x2 - x1) / width, 2), round(100 * (y2 - y1) / height, 2))
                 pages.append({"number": number, "mark": mark})
-            self._render(resp, token, "Read and sign", step="sign", pages=pages, field_page=field.page, **values)
+            self._render(resp, token, "Read and sign", step="sign", pages=pages,
+                         field_page=place[0] if place is not None else None, **values)
         elif party.status == "signed":
             self._render(resp, token, "Thank you: you have signed", step="done", download=True, final=False,
                          done_text="Your signature is in the document. You will hear when every party has signed.",
