@@ -4,11 +4,9 @@ certomancer) whose envelope service makes, cancels and reminds real envelopes in
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import secrets
 import urllib.parse
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,26 +14,14 @@ import pytest
 from falcon.testing import Result, TestClient
 
 from firmware.box import Box
-from firmware.config import BoxConfig, ContractsSettings
 from firmware.contracts import ContractClosed, ContractsService, Created, Field, PartyRequest, UnknownContract
-from firmware.devpki import PkiServer
 from firmware.operations.reports import contract_counts
 from webui.app import create_app
 from webui.sessions import COOKIE
 
 from .pdfs import make_pdf
+from .test_contracts import BASE_URL, contract_box  # noqa: F401  (a fixture)
 from .test_webui_units import make_console
-
-BASE_URL = "https://sign.example.org"
-
-
-@pytest.fixture(scope="module")
-def contract_box(box_config: BoxConfig, pki_server: PkiServer) -> Iterator[Box]:
-    config = dataclasses.replace(box_config, contracts=ContractsSettings(
-        enabled=True, public_base_url=BASE_URL, organisation="Example Ltd"))
-    box = Box.open(config)
-    yield box
-    box.token.close()
 
 
 @pytest.fixture(scope="module")
