@@ -16,6 +16,7 @@ from hsm import Token
 
 from .api import errors
 from .api.auth import ApiKeyAuth, RefusalAudit
+from .api.client_ip import ClientAddress
 from .api.contracts import SIGNER_CA_CRL_PATH, CrlResource, add_contract_routes
 from .api.directory import add_directory_routes
 from .api.info import CertificateResource, HealthResource
@@ -147,7 +148,8 @@ class Box:
         return None if relay is None else OutboxSender(self.outbox, relay)
 
     def app(self) -> falcon.App[falcon.Request, falcon.Response]:
-        middleware: list[RefusalAudit | ApiKeyAuth] = [RefusalAudit(self.ledger), ApiKeyAuth(self.clients)]
+        middleware: list[ClientAddress | RefusalAudit | ApiKeyAuth] = [
+            ClientAddress(self.config.api.trusted_networks), RefusalAudit(self.ledger), ApiKeyAuth(self.clients)]
         app = falcon.App(middleware=middleware)
         errors.register(app)
         app.req_options.media_handlers[falcon.MEDIA_JSON] = BoundedJsonHandler()

@@ -118,12 +118,24 @@ class ApiSettings(_Section):
     peer_connection_limit: int = 32  # open connections one address may hold; more are closed at once
     # Not capped per peer: the box itself (its nginx front, which caps per client, and health checks).
     uncapped_peers: tuple[str, ...] = ("127.0.0.1", "::1")
+    # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For names the client, for the
+    # addresses the envelope trail records (firmware/api/client_ip.py); empty: the TCP peer, always.
+    trusted_proxies: tuple[str, ...] = ()
 
     def check(self) -> None:
         _port("port", self.port)
         for key in ("threads", "max_pdf_mb", "connection_limit", "peer_connection_limit", "channel_timeout",
                     "header_timeout"):
             _positive(key, getattr(self, key))
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise _Invalid("trusted_proxies", f"must be IP addresses or networks (CIDR), not {proxy!r}") from None
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in self.trusted_proxies)
 
     @property
     def max_pdf_bytes(self) -> int:

@@ -108,6 +108,9 @@ def serve(app: WSGIApplication, settings: ApiSettings, host: str, port: int) -> 
         max_request_body_size=settings.max_request_bytes,
         connection_limit=settings.connection_limit, channel_timeout=settings.channel_timeout,
         cleanup_interval=_CLEANUP_INTERVAL_S, asyncore_use_poll=True,  # poll: no FD_SETSIZE ceiling
+        # X-Forwarded-For reaches the app, which alone decides whom to believe ([api] trusted_proxies,
+        # firmware/api/client_ip.py): waitress would drop it, and trusts one proxy address at most.
+        clear_untrusted_proxy_headers=False,
     )
     socket_map: dict[int, Any] = {}
     dispatcher = ThreadedTaskDispatcher()

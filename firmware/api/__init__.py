@@ -12,6 +12,7 @@ from ..lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .auth import ApiKeyAuth, RefusalAudit
+    from .client_ip import ClientAddress, client_ip
     from .errors import ApiError, register
     from .info import CertificateResource, HealthResource
     from .json_media import BoundedJsonHandler
@@ -21,15 +22,16 @@ if TYPE_CHECKING:
     from .usage import UsageResource
 
 _EXPORTS = {
-    "ApiKeyAuth": "auth", "RefusalAudit": "auth", "ApiError": "errors", "register": "errors",
+    "ApiKeyAuth": "auth", "RefusalAudit": "auth", "ClientAddress": "client_ip", "client_ip": "client_ip",
+    "ApiError": "errors", "register": "errors",
     "CertificateResource": "info", "HealthResource": "info", "BoundedJsonHandler": "json_media",
     "OpenApiResource": "openapi", "build_spec": "openapi", "PdfSignResource": "pdf", "PdfVerifyResource": "pdf",
     "SignatureBatchResource": "signatures", "SignatureResource": "signatures", "UsageResource": "usage",
 }
 __all__ = [
-    "ApiError", "ApiKeyAuth", "BoundedJsonHandler", "CertificateResource", "HealthResource", "OpenApiResource",
-    "PdfSignResource", "PdfVerifyResource", "RefusalAudit", "SignatureBatchResource", "SignatureResource",
-    "UsageResource", "build_spec", "register",
+    "ApiError", "ApiKeyAuth", "BoundedJsonHandler", "CertificateResource", "ClientAddress", "HealthResource",
+    "OpenApiResource", "PdfSignResource", "PdfVerifyResource", "RefusalAudit", "SignatureBatchResource", "SignatureResource",
+    "UsageResource", "build_spec", "client_ip", "register",
 ]
 
 # Loaded on first use: the resources share request parsing and errors with firmware.csc, which

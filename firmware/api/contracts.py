@@ -187,7 +187,7 @@ class Contracts(_Base):
         parties = [_party_request(p) for p in body["parties"]]
         created = self._service.create(req.context.client.id, body["title"], pdf, parties,
                                        body["organisation_signature"], body.get("expires_in_days"),
-                                       body.get("webhook_url"), req.remote_addr, body.get("reminder_days"))
+                                       body.get("webhook_url"), req.context.client_ip, body.get("reminder_days"))
         resp.status = falcon.HTTP_201
         resp.media = {**contract_view(self._service, created.contract, created.links),
                       "webhook_secret": created.webhook_secret}
@@ -224,19 +224,19 @@ class CompletionCertificate(_Base):
 class Cancel(_Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response, contract_id: str) -> None:
         body = self._body(req, _REASON)
-        contract = self._service.cancel(contract_id, req.context.client.id, body.get("reason", ""), req.remote_addr)
+        contract = self._service.cancel(contract_id, req.context.client.id, body.get("reason", ""), req.context.client_ip)
         resp.media = contract_view(self._service, contract)
 
 
 class Remind(_Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response, contract_id: str) -> None:
-        links = self._service.resend(contract_id, req.context.client.id, None, req.remote_addr)
+        links = self._service.resend(contract_id, req.context.client.id, None, req.context.client_ip)
         resp.media = contract_view(self._service, self._mine(req, contract_id), links)
 
 
 class Resend(_Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response, contract_id: str, party_id: str) -> None:
-        links = self._service.resend(contract_id, req.context.client.id, party_id, req.remote_addr)
+        links = self._service.resend(contract_id, req.context.client.id, party_id, req.context.client_ip)
         resp.media = contract_view(self._service, self._mine(req, contract_id), links)
 
 
@@ -244,7 +244,7 @@ class Reassign(_Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response, contract_id: str, party_id: str) -> None:
         body = self._body(req, _REASSIGN)
         self._service.reassign(contract_id, req.context.client.id, party_id, body["name"], normalise(body["email"]),
-                               body["method"], body.get("access_code"), req.remote_addr)
+                               body["method"], body.get("access_code"), req.context.client_ip)
         resp.media = contract_view(self._service, self._mine(req, contract_id))
 
 
@@ -253,14 +253,14 @@ class Verification(_Base):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, contract_id: str, party_id: str) -> None:
         self._mine(req, contract_id)
-        resp.media = self._service.start_verification(contract_id, party_id, req.remote_addr)
+        resp.media = self._service.start_verification(contract_id, party_id, req.context.client_ip)
 
 
 class VerificationConfirm(_Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response, contract_id: str, party_id: str) -> None:
         self._mine(req, contract_id)
         body = self._body(req, _CODE)
-        party = self._service.confirm_verification(contract_id, party_id, body["code"], req.remote_addr)
+        party = self._service.confirm_verification(contract_id, party_id, body["code"], req.context.client_ip)
         resp.media = party_view(party)
 
 
@@ -270,7 +270,7 @@ class Sign(_Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response, contract_id: str, party_id: str) -> None:
         self._mine(req, contract_id)
         body = self._body(req, _SIGN)
-        party = self._service.sign(contract_id, party_id, body.get("signature_image"), req.remote_addr)
+        party = self._service.sign(contract_id, party_id, body.get("signature_image"), req.context.client_ip)
         resp.media = party_view(party)
 
 
@@ -278,7 +278,7 @@ class Decline(_Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response, contract_id: str, party_id: str) -> None:
         self._mine(req, contract_id)
         body = self._body(req, _DECLINE)
-        contract = self._service.decline(contract_id, party_id, body["reason"], req.remote_addr)
+        contract = self._service.decline(contract_id, party_id, body["reason"], req.context.client_ip)
         resp.media = contract_view(self._service, contract)
 
 

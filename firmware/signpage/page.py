@@ -119,18 +119,18 @@ class SigningPage:
     # -- POST: one step each, then back to GET (303) ---------------------------------------------------
 
     def on_post_code(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
-        self._act(req, resp, token, lambda c, p, form: self._service.start_verification(c.id, p.id, req.remote_addr))
+        self._act(req, resp, token, lambda c, p, form: self._service.start_verification(c.id, p.id, req.context.client_ip))
 
     def on_post_verify(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         self._act(req, resp, token, lambda c, p, form: self._service.confirm_verification(
-            c.id, p.id, form.get("code", ""), req.remote_addr))
+            c.id, p.id, form.get("code", ""), req.context.client_ip))
 
     def on_post_sign(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
         def sign(contract: Contract, party: Party, form: dict[str, str]) -> None:
             if form.get("agree") != "on":
                 raise InvalidRequest("tick the box that you have read the document")
             image = _signature_image(form.get("drawn", ""), form.get("typed", "") or party.name)
-            self._service.sign(contract.id, party.id, image, req.remote_addr)
+            self._service.sign(contract.id, party.id, image, req.context.client_ip)
 
         self._act(req, resp, token, sign)
 
@@ -138,7 +138,7 @@ class SigningPage:
         # Declining ends the envelope and with it every invitation link (this one too): the answer is
         # the page itself, since a redirect to the link would only find it gone.
         self._act(req, resp, token, lambda c, p, form: self._service.decline(
-            c.id, p.id, form.get("reason", ""), req.remote_addr), redirect=False)
+            c.id, p.id, form.get("reason", ""), req.context.client_ip), redirect=False)
 
     def _act(self, req: falcon.Request, resp: falcon.Response, token: str, step: Any, redirect: bool = True) -> None:
         found = self._party(resp, token)
