@@ -231,7 +231,7 @@ def _contracts(config: BoxConfig, db: Database, token: Token, clock: ClockWatch,
     signing = ContractSigning(parties, pdf_signing, settings.organisation)
     codes = OtpCodes(db, config.state_dir, CodeByMail(mail, charged=False)) if mail is not None else None
     service = ContractsService(db, config.state_dir, signing, codes, InvitationsByMail(mail, settings.organisation),
-                               settings)
+                               settings, config.webhooks)
     return service, signing
 
 

@@ -516,6 +516,8 @@ class WebhookSettings(_Section):
 
     timeout_seconds: float = 10.0  # per connection and per read of the answer
     max_attempts: int = 10
+    # Posting to the box's own loopback addresses: a dev box's and tests' receivers (firmware/webhooks/urls.py).
+    allow_loopback: bool = False
     retry_seconds: float = 30.0
     max_retry_seconds: float = 3600.0
 

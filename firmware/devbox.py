@@ -62,6 +62,9 @@ def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, c
         if console and "console" not in present:  # a dev box made before the console
             configstore.update(state_dir, {"console": {"enabled": True}}, actor="esignbox init-dev",
                                action="config.change", details={})
+        if "webhooks" not in present:  # … or before webhook destinations were checked
+            configstore.update(state_dir, {"webhooks": {"allow_loopback": True}}, actor="esignbox init-dev",
+                               action="config.change", details={})
         if "contracts" not in present:  # … or before contract signing
             contracts["public_base_url"] = f"http://127.0.0.1:{BoxConfig.load(state_dir).api_port}"
             configstore.update(state_dir, {"contracts": contracts}, actor="esignbox init-dev",
@@ -74,6 +77,7 @@ def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, c
         "signing": {"key_label": DEV_KEY_LABEL, "tsa_urls": [tsa_url]},
         "console": {"enabled": console},
         "contracts": contracts,
+        "webhooks": {"allow_loopback": True},  # a business system tried out on the same machine
         "dev": {"pki_port": pki_port, **({"mailbox_port": DEV_MAILBOX_PORT} if directory else {})},
     }
     if directory:

@@ -223,6 +223,7 @@ def _roots(box: Box) -> list[asn1_x509.Certificate]:
                    "field": {"name": "X", "page": 1, "box": [1, 1, 9, 9]}}]}, "access_code"),
     ({"organisation_signature": "sometimes"}, "organisation_signature"),
     ({"expires_in_days": 1000}, "expires_in_days"),
+    ({"webhook_url": "http://169.254.169.254/latest/meta-data/"}, "link-local"),
 ])
 def test_a_bad_envelope_is_refused_with_its_reason_and_nothing_is_kept(client, key, contract_box, change, message):
     envelope = {"title": "Bad", "parties": [_party("Alice Example", 1, "x")], **change}

@@ -4,6 +4,7 @@ gives customers, written with hmac and hashlib only (not the box's own `verify`)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -27,7 +28,10 @@ from firmware.webhooks import WebhookQueue, WebhookSender, check_webhook_url, en
 from .support import free_port
 
 SECRET = b"whsec-0123456789abcdef0123456789abcdef"
-SETTINGS = WebhookSettings(timeout_seconds=5.0, max_attempts=3, retry_seconds=0.2, max_retry_seconds=0.5)
+# The receivers here listen on 127.0.0.1, which a box refuses unless allow_loopback (as on a dev box).
+SETTINGS = WebhookSettings(timeout_seconds=5.0, max_attempts=3, retry_seconds=0.2, max_retry_seconds=0.5,
+                           allow_loopback=True)
+GUARDED = dataclasses.replace(SETTINGS, allow_loopback=False)
 
 
 # -- the receiver's code, as the README shows it (Python standard library only) -------------------
@@ -280,7 +284,7 @@ from pathlib import Path
 from firmware.config import WebhookSettings
 from firmware.store import Database
 from firmware.webhooks import WebhookSender
-WebhookSender(Database(Path(sys.argv[1])), WebhookSettings(timeout_seconds=5.0)).deliver_due()
+WebhookSender(Database(Path(sys.argv[1])), WebhookSettings(timeout_seconds=5.0, allow_loopback=True)).deliver_due()
 """
 
 
@@ -313,9 +317,57 @@ def test_kill_9_mid_delivery_loses_nothing(db, receiver):
 
 @pytest.mark.parametrize("url", [
     "https://erp.example.org/hooks/esignbox?token=abc", "http://10.0.0.5:8080/hook", "http://[2001:db8::1]/h",
+    "http://192.168.1.20/hook", "http://[fd00::20]/hook", "http://localhost/hook",  # a name: checked at delivery
 ])
 def test_webhook_urls_the_box_accepts(url):
-    assert check_webhook_url(url) == url
+    assert check_webhook_url(url, allow_loopback=False) == url
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("http://127.0.0.1:8443/", "127.0.0.1 is a loopback address"),
+    ("http://127.8.9.10/", "loopback"),
+    ("http://[::1]:9180/", "::1 is a loopback address"),
+    ("http://[::ffff:127.0.0.1]/", "loopback"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local"),
+    ("http://[fe80::1]/hook", "link-local"),
+    ("http://0.0.0.0:8080/", "unspecified"),
+    ("http://[::]/", "unspecified"),
+    ("http://224.0.0.1/", "multicast"),
+])
+def test_webhook_urls_to_the_box_itself_or_metadata_are_refused(url, reason):
+    with pytest.raises(InvalidRequest, match=f"webhook URL refused: .*{reason}"):
+        check_webhook_url(url, allow_loopback=False)
+    if "loopback" in reason:
+        assert check_webhook_url(url, allow_loopback=True) == url
+    else:
+        with pytest.raises(InvalidRequest, match=reason):
+            check_webhook_url(url, allow_loopback=True)
+
+
+def test_a_name_resolving_to_the_box_itself_is_refused_at_delivery_and_fails_like_a_dead_receiver(db, receiver):
+    """localhost (and 127.1, which no URL check sees as an address) reach the receiver on 127.0.0.1
+    only where loopback is allowed; elsewhere each attempt fails without a byte sent, says why, and the
+    event is given up and audited after max_attempts while other events go on."""
+    refused = [_contract_change(db, f"http://{host}:{receiver.port}/hook", envelope=host)
+               for host in ("localhost", "127.1")]
+    metadata = _contract_change(db, "http://169.254.169.254/latest/meta-data/", envelope="metadata")
+    queue = WebhookQueue(db)
+    for _ in range(GUARDED.max_attempts):
+        WebhookSender(db, GUARDED).deliver_due()
+        time.sleep(GUARDED.max_retry_seconds + 0.05)
+    assert receiver.requests == []
+    for event_id, error in zip([*refused, metadata], ["localhost resolves to", "127.1 resolves to 127.0.0.1 is a"
+                                                      " loopback address", "169.254.169.254 is a link-local"], strict=True):
+        status = queue.status(event_id)
+        assert status is not None and (status.status, status.attempts) == ("failed", GUARDED.max_attempts), status
+        assert (status.last_error or "").startswith("destination refused: ") and error in status.last_error, status
+    failed = _audit(db, "webhook.failed")
+    assert sorted(entry["host"] for entry in failed) == ["127.1", "169.254.169.254", "localhost"]
+    assert all(entry["error"].startswith("destination refused: ") for entry in failed)
+
+    allowed = _contract_change(db, f"http://localhost:{receiver.port}/hook", envelope="allowed")
+    assert WebhookSender(db, SETTINGS).deliver_due() == 1
+    assert receiver.event_ids() == [allowed]
 
 
 @pytest.mark.parametrize(("url", "reason"), [
@@ -333,7 +385,7 @@ def test_webhook_urls_the_box_accepts(url):
 ])
 def test_webhook_urls_the_box_refuses(url, reason):
     with pytest.raises(InvalidRequest, match=reason):
-        check_webhook_url(url)
+        check_webhook_url(url, allow_loopback=False)
 
 
 def test_the_webhooks_section_of_box_toml(tmp_path):

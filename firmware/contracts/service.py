@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..config import ContractsSettings
+from ..config import ContractsSettings, WebhookSettings
 from ..durable import secret_key
 from ..errors import InvalidRequest
 from ..mail.outbox import address_hash
@@ -128,7 +128,7 @@ class Created:
 
 class ContractsService:
     def __init__(self, db: Database, state_dir: Path, signing: PartySigning, codes: OtpCodes | None,
-                 invitations: Invitations, settings: ContractsSettings,
+                 invitations: Invitations, settings: ContractsSettings, webhooks: WebhookSettings,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._db = db
         self._store = ContractStore(db)
@@ -136,6 +136,7 @@ class ContractsService:
         self._codes = codes
         self._invitations = invitations
         self._settings = settings
+        self._webhooks = webhooks
         self._clock = clock
         self._key = secret_key(state_dir / KEY_FILE)
         self.totp = TotpSecrets(db, state_dir, settings.organisation)
@@ -149,7 +150,7 @@ class ContractsService:
         certification), then store the envelope and invite the first group, in one transaction."""
         self._check_parties(parties)
         if webhook_url is not None:
-            webhook_url = check_webhook_url(webhook_url)
+            webhook_url = check_webhook_url(webhook_url, self._webhooks.allow_loopback)
         days = expires_in_days or self._settings.default_expiry_days
         if not 1 <= days <= self._settings.max_expiry_days:
             raise InvalidRequest(f"expires_in_days is 1..{self._settings.max_expiry_days}")

@@ -9,23 +9,39 @@ HTTP goes through `requests`, so the [outbound] proxy applies (firmware/outbound
 
 A receiver that is down never blocks an envelope: the contract's state change committed with its
 event, and only the event waits here.
+
+Where the box connects is checked at the connection itself (`_CheckedConnection`): the host name
+is resolved there, every address it resolves to is checked with `destination_refusal`, and the
+socket is opened to the checked address — the name is not looked up a second time, so a name that
+answers a LAN address to a check and 127.0.0.1 to the connection (DNS rebinding) has no second
+answer to give. A refused destination is a failed attempt like any other (last_error says why,
+retried, then given up and audited): it never blocks the envelope. Through the [outbound] proxy
+the proxy resolves and connects, from its own host, under the organisation's policy; the box's
+own loopback is out of its reach.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from ..config import WebhookSettings
 from ..store import Database
 from .queue import Claimed, WebhookQueue
 from .signature import EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
+from .urls import destination_refusal
 
-__all__ = ["MAX_ANSWER_BYTES", "DeliveryFailed", "WebhookSender", "post_event"]
+__all__ = ["MAX_ANSWER_BYTES", "DeliveryFailed", "DestinationRefused", "WebhookSender", "post_event"]
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +56,74 @@ class DeliveryFailed(Exception):
     """The receiver did not answer 2xx (or not at all); the message says what happened."""
 
 
-def post_event(url: str, headers: dict[str, str], body: bytes, timeout_s: float) -> None:
-    """One POST; returns on a 2xx answer, else raises DeliveryFailed."""
+class DestinationRefused(Exception):
+    """The host resolves to an address the box must not post to. Not an OSError: urllib3 and
+    requests let it through unwrapped, so the message reaches last_error as written."""
+
+
+def _checked_addresses(host: str, port: int, allow_loopback: bool) -> list[str]:
+    """The addresses ``host`` resolves to, in the resolver's order, once every one is allowed."""
     try:
-        with requests.post(url, data=body, headers=headers, timeout=(timeout_s, timeout_s), allow_redirects=False,
-                           stream=True) as response:
-            answer = _bounded_answer(response, time.monotonic() + 2 * timeout_s)
-    except requests.RequestException as exc:
-        raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return [host]  # the connection reports the failed lookup as usual
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        refusal = destination_refusal(address, allow_loopback)
+        if refusal is not None:
+            raise DestinationRefused(f"destination refused: {host} resolves to {refusal}")
+    return addresses
+
+
+def _checked(base: type[HTTPConnection], allow_loopback: bool) -> type[HTTPConnection]:
+    class Checked(base):  # type: ignore[valid-type, misc]
+        """Connects only to checked addresses, each tried in turn as a plain connection would; TLS
+        still verifies the certificate for the URL's host (``self.host``, not the address)."""
+
+        def _new_conn(self) -> socket.socket:
+            addresses = _checked_addresses(self._dns_host, self.port, allow_loopback)  # type: ignore[has-type]
+            for address in addresses[:-1]:
+                self._dns_host = address
+                try:
+                    return super()._new_conn()  # type: ignore[no-any-return]
+                except (NewConnectionError, ConnectTimeoutError):
+                    continue
+            self._dns_host = addresses[-1]
+            return super()._new_conn()  # type: ignore[no-any-return]
+
+    return Checked
+
+
+class _CheckedAdapter(HTTPAdapter):
+    """requests' adapter whose direct connections are `_checked`."""
+
+    def __init__(self, allow_loopback: bool) -> None:
+        self._allow_loopback = allow_loopback
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        http = type("CheckedPool", (HTTPConnectionPool,),
+                    {"ConnectionCls": _checked(HTTPConnection, self._allow_loopback)})
+        https = type("CheckedTlsPool", (HTTPSConnectionPool,),
+                     {"ConnectionCls": _checked(HTTPSConnection, self._allow_loopback)})
+        self.poolmanager.pool_classes_by_scheme = {"http": http, "https": https}
+
+
+def post_event(url: str, headers: dict[str, str], body: bytes, timeout_s: float, allow_loopback: bool) -> None:
+    """One POST; returns on a 2xx answer, else raises DeliveryFailed."""
+    with requests.Session() as session:
+        adapter = _CheckedAdapter(allow_loopback)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        try:
+            with session.post(url, data=body, headers=headers, timeout=(timeout_s, timeout_s), allow_redirects=False,
+                              stream=True) as response:
+                answer = _bounded_answer(response, time.monotonic() + 2 * timeout_s)
+        except DestinationRefused as exc:
+            raise DeliveryFailed(str(exc)) from exc
+        except requests.RequestException as exc:
+            raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
     status = response.status_code
     if 200 <= status < 300:
         return
@@ -93,7 +169,7 @@ class WebhookSender:
         headers = {"Content-Type": "application/json", EVENT_ID_HEADER: item.id,
                    SIGNATURE_HEADER: signature_header(item.secret, int(self._clock()), item.body)}
         try:
-            post_event(item.url, headers, item.body, self._settings.timeout_seconds)
+            post_event(item.url, headers, item.body, self._settings.timeout_seconds, self._settings.allow_loopback)
         except DeliveryFailed as exc:
             again = self._queue.retry_or_fail(item, str(exc), self._settings, self._clock())
             log.warning("webhook %s to %s not delivered (%s): %s", item.id, item.host,
