@@ -3,8 +3,9 @@
 A message is queued in the transaction that charges the client and appends its "mail" audit entry,
 so an accepted message is a recorded and paid one, and synchronous=FULL makes it survive a power
 cut or kill -9 from the moment POST /v1/mail answers. Any process may deliver: a sender claims a
-due message in a write transaction (status "sending", a lease), hands it to the relay, and marks
-it sent — with its "mail.sent" audit entry — right after the relay's 250 reply to DATA.
+due message (status "sending", a lease: the shared durable outbox, firmware/store/queue.py), hands
+it to the relay, and marks it sent — with its "mail.sent" audit entry — right after the relay's 250
+reply to DATA.
 
 Exactly once, and where it is not: a sender killed while it holds a lease leaves the message
 "sending"; when the lease runs out another sender (or the same box after a restart) sends it again.
@@ -34,10 +35,11 @@ from pathlib import Path
 
 from ..store import audit, metering
 from ..store.db import Database, immediate
+from ..store.queue import QUEUED, LeasedQueue, backoff_s
 
 log = logging.getLogger(__name__)
 
-QUEUED, SENDING, SENT, FAILED = "queued", "sending", "sent", "failed"
+SENT = "sent"
 BOX = "box"  # the client and audit actor of the box's own messages (proofs of mailbox control)
 
 
@@ -78,6 +80,7 @@ class Queued:
     sender: str
     message: bytes
     encrypted: bool
+    attempt: int  # the lease's token (firmware/store/queue.py)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class PermanentFailure(Exception):
 class Outbox:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._queue = LeasedQueue(db, "mail_outbox")
         self.wakeup = threading.Event()  # set when a message is queued, so a sender in this process goes at once
 
     def enqueue(self, client_id: str | None, sender: str, recipient: str, message_id: str, message: bytes,
@@ -144,39 +148,32 @@ class Outbox:
 
     def claim(self, lease_s: float, now: float | None = None) -> Queued | None:
         """Take the next due message (or one whose sender's lease ran out) for ``lease_s`` seconds."""
-        now = time.time() if now is None else now
-        conn = self._db.connect()
-        with immediate(conn):
-            row = conn.execute(
-                "SELECT * FROM mail_outbox WHERE (status = ? AND next_attempt <= ?) OR (status = ? AND lease_until <= ?)"
-                " ORDER BY next_attempt LIMIT 1", (QUEUED, now, SENDING, now)).fetchone()
-            if row is None:
-                return None
-            conn.execute("UPDATE mail_outbox SET status = ?, lease_until = ?, attempts = attempts + 1 WHERE id = ?",
-                         (SENDING, now + lease_s, row["id"]))
+        lease = self._queue.claim(lease_s, time.time() if now is None else now)
+        if lease is None:
+            return None
+        row = lease.row
         return Queued(row["id"], row["client_id"], row["message_id"], row["address_hash"], row["recipient"],
-                      row["sender"], bytes(row["message"]), bool(row["encrypted"]))
+                      row["sender"], bytes(row["message"]), bool(row["encrypted"]), lease.attempt)
 
-    def sent(self, item: Queued) -> None:
+    def sent(self, item: Queued) -> bool:
+        """Record the relay's 250; False if another sender took the message over meanwhile."""
         conn = self._db.connect()
         with immediate(conn):
-            conn.execute("UPDATE mail_outbox SET status = ?, sent_at = ?, lease_until = NULL, recipient = NULL,"
-                         " message = NULL, last_error = NULL WHERE id = ?", (SENT, audit.now(), item.id))
+            if not self._queue.succeeded(conn, item.id, item.attempt, SENT, audit.now()):
+                return False
             self._audit(conn, item, "mail.sent", None)
+        return True
 
     def retry_or_fail(self, item: Queued, error: str, permanent: bool, relay: RelaySettings) -> bool:
         """Put the message back with its backoff, or give up on it; True if it will be tried again."""
         conn = self._db.connect()
         with immediate(conn):
-            attempts: int = conn.execute("SELECT attempts FROM mail_outbox WHERE id = ?", (item.id,)).fetchone()[0]
-            if permanent or attempts >= relay.max_attempts:
-                conn.execute("UPDATE mail_outbox SET status = ?, lease_until = NULL, recipient = NULL, message = NULL,"
-                             " last_error = ? WHERE id = ?", (FAILED, error, item.id))
-                self._audit(conn, item, "mail.failed", error)
+            if permanent or item.attempt >= relay.max_attempts:
+                if self._queue.failed(conn, item.id, item.attempt, error):
+                    self._audit(conn, item, "mail.failed", error)
                 return False
-            delay = min(relay.backoff_s * 2 ** (attempts - 1), relay.max_backoff_s)
-            conn.execute("UPDATE mail_outbox SET status = ?, lease_until = NULL, next_attempt = ?, last_error = ?"
-                         " WHERE id = ?", (QUEUED, time.time() + delay, error, item.id))
+            delay = backoff_s(item.attempt, relay.backoff_s, relay.max_backoff_s)
+            self._queue.retry(conn, item.id, item.attempt, error, time.time() + delay)
             return True
 
     @staticmethod
@@ -239,7 +236,8 @@ class OutboxSender:
                 if again and isinstance(exc, TemporaryFailure):
                     break  # the relay is down: the others wait for their own turn
                 continue
-            self._outbox.sent(item)
+            if not self._outbox.sent(item):
+                log.warning("mail %s sent after its lease ran out; another sender has it", item.id)
         return attempts
 
     def start(self) -> None:

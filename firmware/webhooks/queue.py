@@ -3,10 +3,9 @@
 An event is queued by `enqueue` inside the caller's own write transaction, the one that makes the
 state change and appends its audit entry: a change is never recorded without its event, nor an
 event sent for a change that was rolled back. From then on it survives kill -9 and power cuts
-(synchronous=FULL). Any process may deliver, as with the mail outbox (firmware/mail/outbox.py):
-a sender claims a due event in a write transaction (status "sending", a lease), posts it, and
-records the outcome. The attempt number doubles as the lease's token: a sender whose lease ran
-out and was taken over cannot overwrite the newer sender's outcome.
+(synchronous=FULL). Any process may deliver, as with the mail outbox: claims, leases and backoff
+are the shared durable outbox's (firmware/store/queue.py), whose lease token keeps a sender whose
+lease was taken over from overwriting the newer sender's outcome.
 
 Delivery is at least once: a sender killed after the receiver got the request but before it
 recorded the 2xx leaves the event to be sent again when its lease runs out, with the same event id
@@ -25,10 +24,11 @@ from urllib.parse import urlsplit
 
 from ..config import WebhookSettings
 from ..store import Database, audit, immediate
+from ..store.queue import FAILED, QUEUED, SENDING, LeasedQueue, backoff_s
 
 __all__ = ["DELIVERED", "FAILED", "QUEUED", "SENDING", "Claimed", "WebhookQueue", "WebhookStatus", "enqueue"]
 
-QUEUED, SENDING, DELIVERED, FAILED = "queued", "sending", "delivered", "failed"
+DELIVERED = "delivered"
 _MAX_ERROR = 500  # characters of an error kept in last_error and the audit entry
 
 
@@ -78,6 +78,7 @@ class WebhookQueue:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._queue = LeasedQueue(db, "webhook_outbox")
 
     def status(self, event_id: str) -> WebhookStatus | None:
         row = self._db.connect().execute(
@@ -87,23 +88,17 @@ class WebhookQueue:
 
     def claim(self, lease_s: float, now: float) -> Claimed | None:
         """Take the next due event (or one whose sender's lease ran out) until ``now + lease_s``."""
-        conn = self._db.connect()
-        with immediate(conn):
-            row = conn.execute(
-                "SELECT id, type, url, secret, body, attempts FROM webhook_outbox WHERE (status = ? AND next_attempt <= ?)"
-                " OR (status = ? AND lease_until <= ?) ORDER BY next_attempt LIMIT 1",
-                (QUEUED, now, SENDING, now)).fetchone()
-            if row is None:
-                return None
-            conn.execute("UPDATE webhook_outbox SET status = ?, lease_until = ?, attempts = attempts + 1 WHERE id = ?",
-                         (SENDING, now + lease_s, row["id"]))
-        return Claimed(row["id"], row["type"], row["url"], bytes(row["secret"]), bytes(row["body"]), row["attempts"] + 1)
+        lease = self._queue.claim(lease_s, now)
+        if lease is None:
+            return None
+        row = lease.row
+        return Claimed(row["id"], row["type"], row["url"], bytes(row["secret"]), bytes(row["body"]), lease.attempt)
 
     def delivered(self, item: Claimed) -> bool:
         """Record the receiver's 2xx; False if another sender took the event over meanwhile."""
         conn = self._db.connect()
         with immediate(conn):
-            if not self._finish(conn, item, "status = ?, delivered_at = ?, last_error = NULL", (DELIVERED, audit.now())):
+            if not self._queue.succeeded(conn, item.id, item.attempt, DELIVERED, audit.now()):
                 return False
             self._audit(conn, item, "webhook.delivered", None)
         return True
@@ -115,22 +110,12 @@ class WebhookQueue:
         conn = self._db.connect()
         with immediate(conn):
             if item.attempt >= settings.max_attempts:
-                if self._finish(conn, item, "status = ?, last_error = ?", (FAILED, error)):
+                if self._queue.failed(conn, item.id, item.attempt, error):
                     self._audit(conn, item, "webhook.failed", error)
                 return False
-            delay = min(settings.retry_seconds * 2 ** (item.attempt - 1), settings.max_retry_seconds)
-            conn.execute("UPDATE webhook_outbox SET status = ?, lease_until = NULL, next_attempt = ?, last_error = ?"
-                         " WHERE id = ? AND status = ? AND attempts = ?",
-                         (QUEUED, now + delay, error, item.id, SENDING, item.attempt))
+            delay = backoff_s(item.attempt, settings.retry_seconds, settings.max_retry_seconds)
+            self._queue.retry(conn, item.id, item.attempt, error, now + delay)
             return True
-
-    @staticmethod
-    def _finish(conn: sqlite3.Connection, item: Claimed, assignments: str, values: tuple[str | None, ...]) -> bool:
-        """End the event (secret and body dropped) if this sender's lease is still the current one."""
-        cursor = conn.execute(
-            f"UPDATE webhook_outbox SET {assignments}, lease_until = NULL, secret = NULL, body = NULL"
-            " WHERE id = ? AND status = ? AND attempts = ?", (*values, item.id, SENDING, item.attempt))
-        return cursor.rowcount == 1
 
     @staticmethod
     def _audit(conn: sqlite3.Connection, item: Claimed, action: str, error: str | None) -> None:
