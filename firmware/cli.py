@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -118,8 +119,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
             if config.dev.mailbox_port is not None:  # the dev box's mail relay: messages kept in var/dev-mail/
                 running.enter_context(DevMailbox(config.state_dir, config.dev.mailbox_port))
         config = _config(args)
-        box = Box.open(config)
         host, port = args.host or config.api_host, args.port or config.api_port
+        # The listener in force is the one served: what the box derives from it (the signer CA's
+        # CRL address without public_base_url) must name it, not box.toml's.
+        config = dataclasses.replace(config, api=dataclasses.replace(config.api, host=host, port=port))
+        box = Box.open(config)
         if pki_server is not None:
             key_file = _dev_client_key(box, config.state_dir)
             print(
@@ -387,7 +391,7 @@ def parser(console: ConsoleStarter | None = None,
 
     s = sub.add_parser("init-dev", help="create a dev token, key and PKI in the state directory")
     s.add_argument("--pki-port", type=int, help="port of the dev PKI servers (default 9180)")
-    s.add_argument("--port", type=int, help="API port written into a new box.toml (default 8080)")
+    s.add_argument("--port", type=int, help="API port (default 8080); an existing dev box moves to it, links too")
     s.add_argument("--key-algorithm", choices=[a.value for a in KeyAlgorithm], default="rsa2048",
                    help="algorithm of the dev signing key (default rsa2048)")
     s.set_defaults(func=cmd_init_dev)
@@ -396,7 +400,8 @@ def parser(console: ConsoleStarter | None = None,
     s.add_argument("--dev", action="store_true", help="set up and start the dev token and PKI first")
     s.add_argument("--pki-port", type=int, help="with --dev, on a new state dir: port of the dev PKI (default 9180)")
     s.add_argument("--host", help="address the API listens on (default: [api] host in box.toml)")
-    s.add_argument("--port", type=int, help="API port (default: [api] port in box.toml)")
+    s.add_argument("--port", type=int, help="API port (default: [api] port in box.toml; with --dev the dev box"
+                   " moves to it, links too)")
     s.add_argument("--no-console", action="store_true", help="do not start the admin console ([console] in box.toml)")
     s.set_defaults(func=cmd_serve, log_info=True, console=console)
 

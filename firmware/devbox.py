@@ -13,12 +13,13 @@ import secrets
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from asn1crypto import pem
 
 from hsm import KeyAlgorithm, KeyInfo, KeyNotFound, Token, TokenConfig
 
-from .config import CONFIG_NAME, BoxConfig, parse
+from .config import CONFIG_NAME, BoxConfig, default_value, parse
 from .devpki import BOX_MAIL_ADDRESS, MAIL_USERS, DevPki
 from .durable import write_durable, write_new
 from .operations import chain_path, configstore
@@ -50,13 +51,34 @@ def _secret_file(path: Path, length: int) -> str:
     return path.read_text().strip()
 
 
-def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, console: bool = False,
+def _local_url(port: int) -> str:
+    """Where a development box's links point: its own API listener."""
+    return f"http://127.0.0.1:{port}"
+
+
+def port_changes(raw: dict[str, Any], port: int) -> dict[str, dict[str, Any]]:
+    """What moves a development box's API to ``port`` (box.toml's settings ``raw`` as written):
+    [api] port, and the links ([contracts] and [directory] public_base_url) that pointed at the
+    old port, so an invitation sent by a box serving on ``port`` is a link to it. Links an admin
+    pointed elsewhere are kept."""
+    old_port = raw.get("api", {}).get("port", default_value("api.port"))
+    if old_port == port:
+        return {}
+    changes: dict[str, dict[str, Any]] = {"api": {"port": port}}
+    for section in ("contracts", "directory"):
+        if str(raw.get(section, {}).get("public_base_url", "")).rstrip("/") == _local_url(old_port):
+            changes[section] = {"public_base_url": _local_url(port)}
+    return changes
+
+
+def _write_config(state_dir: Path, pki_port: int, api_port: int | None, tsa_url: str, console: bool = False,
                   directory: bool = False) -> None:
     """A development box's box.toml, written once through the one box.toml writer: only what
-    differs from the schema's defaults (firmware/config.py); later runs keep an admin's changes."""
+    differs from the schema's defaults (firmware/config.py); later runs keep an admin's changes,
+    but follow an ``api_port`` asked for (`port_changes`)."""
     path = state_dir / CONFIG_NAME
     contracts = {"enabled": True, "signer_ca_label": DEV_SIGNER_CA_LABEL,
-                 "public_base_url": f"http://127.0.0.1:{api_port}", "organisation": "E-signature Box (dev)"}
+                 "public_base_url": _local_url(api_port or DEFAULT_API_PORT), "organisation": "E-signature Box (dev)"}
     if path.exists():
         present = parse(path.read_text(), path)
         if console and "console" not in present:  # a dev box made before the console
@@ -66,10 +88,14 @@ def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, c
             configstore.update(state_dir, {"webhooks": {"allow_loopback": True}}, actor="esignbox init-dev",
                                action="config.change", details={})
         if "contracts" not in present:  # … or before contract signing
-            contracts["public_base_url"] = f"http://127.0.0.1:{BoxConfig.load(state_dir).api_port}"
+            contracts["public_base_url"] = _local_url(BoxConfig.load(state_dir).api_port)
             configstore.update(state_dir, {"contracts": contracts}, actor="esignbox init-dev",
                                action="config.change", details={})
+        moved = port_changes(parse(path.read_text(), path), api_port) if api_port is not None else {}
+        if moved:
+            configstore.update(state_dir, moved, actor="esignbox init-dev", action="config.change", details={})
         return
+    api_port = api_port or DEFAULT_API_PORT
     settings = {
         "api": {"port": api_port},
         "token": {"module": softhsm_module(), "label": DEV_TOKEN_LABEL, "pin_file": "secrets/user.pin",
@@ -82,7 +108,7 @@ def _write_config(state_dir: Path, pki_port: int, api_port: int, tsa_url: str, c
     }
     if directory:
         settings["directory"] = {"enabled": True, "trust_roots_file": "trust-roots.pem",
-                                 "public_base_url": f"http://127.0.0.1:{api_port}"}
+                                 "public_base_url": _local_url(api_port)}
         settings["mail"] = {"relay_host": "127.0.0.1", "relay_port": DEV_MAILBOX_PORT, "starttls": False,
                             "from_address": BOX_MAIL_ADDRESS, "key_label": DEV_MAIL_KEY_LABEL}
         settings["ldap"] = {"enabled": True, "port": DEV_LDAP_PORT, "ldaps_port": 0, "listen": ["127.0.0.1"]}
@@ -123,7 +149,8 @@ def init_dev(
     """Create (or reuse) everything a development box needs in ``state_dir``.
 
     An existing box keeps its PKI port unless another is asked for: the port is part of the
-    URLs inside the issued certificates; ``api_port`` is written only into a new box.toml.
+    URLs inside the issued certificates; an existing box moves to ``api_port`` when one is asked
+    for (`port_changes`: `serve --dev --port X` sends links to port X).
     ``console=True`` (the CLI's choice) enables the admin
     console in box.toml; library callers such as the tests get it disabled, so that a test box
     does not listen on the LAN. ``directory=True`` (the CLI's choice too) enables the certificate
@@ -144,7 +171,7 @@ def init_dev(
         token.close()
     pki = DevPki(state_dir / "pki", f"http://127.0.0.1:{pki_port}")
     pki.ensure(key.public_key_info, mail_key.public_key_info, signer_ca.public_key_info)
-    _write_config(state_dir, pki_port, api_port or DEFAULT_API_PORT, pki.tsa_url(), console=console,
+    _write_config(state_dir, pki_port, api_port, pki.tsa_url(), console=console,
                   directory=directory)
     for name in MAIL_USERS:
         person = state_dir / "pki" / f"mail-{name}.pem"

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from firmware.config import parse
+from firmware.config import CONFIG_NAME, parse
+from firmware.devbox import port_changes
 from firmware.operations import configstore
 
 ESIGNBOX = str(Path(sys.executable).with_name("esignbox"))
@@ -30,7 +31,11 @@ def free_port() -> int:
 
 
 class BoxProcess:
-    """An `esignbox serve` process on its own port, stopped with SIGTERM like systemd would."""
+    """An `esignbox serve` process on its own port, stopped with SIGTERM like systemd would.
+
+    The port is written into box.toml before the start, with the links that pointed at the old
+    one (firmware/devbox.py port_changes), so the invitations the box sends link to this process.
+    """
 
     def __init__(self, state_dir: Path, port: int | None = None) -> None:
         self.state_dir = state_dir
@@ -40,6 +45,11 @@ class BoxProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> BoxProcess:
+        path = self.state_dir / CONFIG_NAME
+        text = path.read_text()
+        changes = port_changes(parse(text, path), self.port)
+        if changes:  # written as it is (not audited): a test's box may have no room left for an entry
+            path.write_text(box_toml_with(text, changes))
         with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
                 [ESIGNBOX, "--state-dir", str(self.state_dir), "serve", "--port", str(self.port)],

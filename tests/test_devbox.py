@@ -21,7 +21,7 @@ from asn1crypto import pem, x509
 from firmware.config import BoxConfig
 from firmware.devpki import DevPki
 
-from .support import ESIGNBOX, BoxProcess, free_port
+from .support import ESIGNBOX, BoxProcess, box_toml_with, free_port
 
 
 def init_dev(state_dir: Path, *options: str) -> BoxConfig:
@@ -66,6 +66,21 @@ def test_box_refuses_to_start_with_a_chain_for_another_key(dev_dir: Path):
         assert requests.get(f"{box.url}/v1/health", timeout=5).status_code == 200
     finally:
         box.stop()
+
+
+def test_init_dev_with_another_port_moves_the_dev_box_and_its_links(dev_dir: Path):
+    """`serve --dev --port X` on an existing dev box (init_dev with that port) sends links to port X;
+    a link address an admin set stays, and no port asked for changes nothing."""
+    before = BoxConfig.load(dev_dir)
+    assert before.contracts.public_base_url == f"http://127.0.0.1:{before.api_port}"
+    port = free_port()
+    moved = init_dev(dev_dir, "--port", str(port))
+    assert moved.api_port == port and moved.contracts.public_base_url == f"http://127.0.0.1:{port}"
+    assert init_dev(dev_dir).api_port == port
+    toml = dev_dir / "box.toml"
+    toml.write_text(box_toml_with(toml.read_text(), {"contracts": {"public_base_url": "https://sign.example.org"}}))
+    again = init_dev(dev_dir, "--port", str(port + 1))
+    assert again.api_port == port + 1 and again.contracts.public_base_url == "https://sign.example.org"
 
 
 def _dev_chain(state_dir: Path) -> list[bytes]:
