@@ -33,18 +33,17 @@ from .pdf_fields import Stamp
 from .pdf_signing import PdfSignOptions, check_options
 
 __all__ = [
-    "FORM_KINDS", "MAX_LENGTH", "ExistingField", "FormField", "FormKind", "add_form_fields", "check_form_value",
-    "existing_form_fields", "fill_form_fields",
+    "FORM_KINDS", "MAX_LENGTH", "PDF_KIND", "ExistingField", "FormField", "FormKind", "add_form_fields", "check_form_value",
+    "existing_form_fields", "fill_form_fields", "form_widget",
 ]
 
 FormKind = Literal["text", "date", "checkbox", "initials"]
 FORM_KINDS: tuple[FormKind, ...] = ("text", "date", "checkbox", "initials")
 # The PDF's field type each kind is: a date and initials are text the box or the party types.
 PdfKind = Literal["text", "checkbox"]
-_PDF_KIND: dict[FormKind, PdfKind] = {"text": "text", "date": "text", "initials": "text", "checkbox": "checkbox"}
+PDF_KIND: dict[FormKind, PdfKind] = {"text": "text", "date": "text", "initials": "text", "checkbox": "checkbox"}
 MAX_LENGTH: dict[FormKind, int] = {"text": 200, "date": 10, "initials": 10, "checkbox": 0}
 _PRINTABLE = re.compile(r"[\x20-\x7e\xa0-\xff]*")  # what Courier with WinAnsiEncoding shows
-_ON = pdf_name("/Yes")
 _OFF = pdf_name("/Off")
 _FONT = pdf_name("/Cour")
 # Field flags (PDF 32000-1:2008, 12.7.3.1 and 12.7.4)
@@ -103,6 +102,12 @@ def existing_form_fields(root: generic.DictionaryObject) -> dict[str, ExistingFi
     return {name: found.info for name, found in _walk(root)}
 
 
+def form_widget(root: generic.DictionaryObject, name: str) -> generic.DictionaryObject | None:
+    """The widget of a fillable form field (where it is shown), or None."""
+    found = dict(_walk(root)).get(name)
+    return found.widget if found is not None and found.info.kind is not None else None
+
+
 def _walk(root: generic.DictionaryObject) -> Iterator[tuple[str, _Found]]:
     form = root.get("/AcroForm")
     fields = form.get_object().get("/Fields") if form is not None else None
@@ -117,7 +122,7 @@ def _walk(root: generic.DictionaryObject) -> Iterator[tuple[str, _Found]]:
         seen.add(ref.reference)
         if len(seen) > _MAX_FIELDS or depth > _MAX_DEPTH:
             raise InvalidRequest("the PDF's form is too large or too deep to fill")
-        field = ref.get_object()
+        field = ref.get_object()  # type: ignore[no-untyped-call]  # pyHanko leaves it unannotated
         if not isinstance(field, generic.DictionaryObject) or "/T" not in field:
             continue  # a bare widget in /Fields: not a field
         name = f"{parent}.{field['/T']}" if parent else str(field["/T"])
@@ -159,8 +164,9 @@ def _judge(field: generic.DictionaryObject, widgets: list[generic.PdfObject], fi
             return refused("it is a radio button group")
         if flags & _PUSHBUTTON:
             return refused("it is a push button")
-        normal = widget.get("/AP", generic.DictionaryObject()).get("/N")
-        states = [key for key in normal.get_object()] if isinstance(normal, generic.DictionaryObject) else []
+        appearances = widget.get("/AP")
+        normal = appearances.get("/N") if isinstance(appearances, generic.DictionaryObject) else None
+        states = list(normal) if isinstance(normal, generic.DictionaryObject) else []
         on = [state for state in states if state != _OFF]
         if len(on) != 1:
             return refused("its checkbox has no single 'on' appearance")
@@ -189,33 +195,40 @@ def _tick(width: float, height: float) -> bytes:
     return b"q 0.06 0.16 0.26 RG %g w 1 J 1 j %s S Q" % (max(side / 10, 1), path)
 
 
-def _form_dict(writer: BasePdfFileWriter) -> generic.DictionaryObject:
-    """The catalog's /AcroForm (made if missing), with a /DR naming the Courier the fields use."""
-    root = writer.root
-    if "/AcroForm" not in root:
-        root[pdf_name("/AcroForm")] = writer.add_object(generic.DictionaryObject({
-            pdf_name("/Fields"): generic.ArrayObject()}))
-        writer.update_root()
-    raw = root.raw_get("/AcroForm")
-    form = raw.get_object()
-    assert isinstance(form, generic.DictionaryObject)
+def _dict(entries: dict[str, generic.PdfObject]) -> generic.DictionaryObject:
+    """A PDF dictionary from plain keys (pyHanko leaves the constructor unannotated)."""
+    return generic.DictionaryObject({pdf_name(k): v for k, v in entries.items()})  # type: ignore[no-untyped-call]
+
+
+def _number(value: int) -> generic.NumberObject:
+    return generic.NumberObject(value)  # type: ignore[no-untyped-call]  # pyHanko leaves __new__ unannotated
+
+
+def _updated(writer: BasePdfFileWriter, holder: generic.DictionaryObject, key: str) -> generic.DictionaryObject:
+    """``holder[key]``, a dictionary made if missing, marked as changed in this revision."""
+    raw = holder.raw_get(key) if key in holder else None
+    if raw is None or not isinstance(raw.get_object(), generic.DictionaryObject):
+        holder[pdf_name(key)] = raw = writer.add_object(_dict({}))
     if isinstance(raw, generic.IndirectObject):
         writer.mark_update(raw)
-    else:
-        writer.update_root()
+    value = raw.get_object()
+    assert isinstance(value, generic.DictionaryObject)
+    return value
+
+
+def _form_dict(writer: BasePdfFileWriter) -> generic.DictionaryObject:
+    """The catalog's /AcroForm (made if missing), with a /DR naming the Courier the fields use."""
+    writer.update_root()  # type: ignore[no-untyped-call]  # pyHanko leaves it unannotated
+    form = _updated(writer, writer.root, "/AcroForm")
     if not isinstance(form.get("/Fields"), generic.ArrayObject):
         form[pdf_name("/Fields")] = generic.ArrayObject()
     elif isinstance(form.raw_get("/Fields"), generic.IndirectObject):
         writer.mark_update(form.raw_get("/Fields"))
-    resources = form.setdefault(pdf_name("/DR"), generic.DictionaryObject()).get_object()
-    fonts = resources.setdefault(pdf_name("/Font"), generic.DictionaryObject()).get_object()
+    fonts = _updated(writer, _updated(writer, form, "/DR"), "/Font")
     if _FONT not in fonts:
-        fonts[_FONT] = writer.add_object(generic.DictionaryObject({
-            pdf_name("/Type"): pdf_name("/Font"), pdf_name("/Subtype"): pdf_name("/Type1"),
-            pdf_name("/BaseFont"): pdf_name("/Courier"), pdf_name("/Encoding"): pdf_name("/WinAnsiEncoding")}))
-        for container in (form.raw_get("/DR"), resources.raw_get("/Font")):
-            if isinstance(container, generic.IndirectObject):
-                writer.mark_update(container)
+        fonts[_FONT] = writer.add_object(_dict({
+            "/Type": pdf_name("/Font"), "/Subtype": pdf_name("/Type1"), "/BaseFont": pdf_name("/Courier"),
+            "/Encoding": pdf_name("/WinAnsiEncoding")}))
     return form
 
 
@@ -240,23 +253,22 @@ def add_form_fields(writer: BasePdfFileWriter, fields: Sequence[FormField]) -> N
         x1, y1, x2, y2 = spec.box
         width, height = x2 - x1, y2 - y1
         page_ref = writer.find_page_for_modification(spec.page - 1)[0]  # type: ignore[no-untyped-call]
-        field = generic.DictionaryObject({
-            pdf_name("/Type"): pdf_name("/Annot"), pdf_name("/Subtype"): pdf_name("/Widget"),
-            pdf_name("/T"): generic.TextStringObject(spec.name),
-            pdf_name("/Rect"): generic.ArrayObject(generic.FloatObject(v) for v in spec.box),
-            pdf_name("/F"): generic.NumberObject(_PRINT), pdf_name("/P"): page_ref,
+        field = _dict({
+            "/Type": pdf_name("/Annot"), "/Subtype": pdf_name("/Widget"), "/T": generic.TextStringObject(spec.name),
+            "/Rect": generic.ArrayObject(generic.FloatObject(v) for v in spec.box),  # type: ignore[no-untyped-call]
+            "/F": _number(_PRINT), "/P": page_ref,
         })
-        if _PDF_KIND[spec.kind] == "checkbox":
+        if PDF_KIND[spec.kind] == "checkbox":
             field[pdf_name("/FT")] = pdf_name("/Btn")
             field[pdf_name("/V")] = field[pdf_name("/AS")] = _OFF
-            field[pdf_name("/AP")] = generic.DictionaryObject({pdf_name("/N"): generic.DictionaryObject({
-                _ON: _appearance(writer, width, height, _tick(width, height)),
-                _OFF: _appearance(writer, width, height)})})
+            field[pdf_name("/AP")] = _dict({"/N": _dict({
+                "/Yes": _appearance(writer, width, height, _tick(width, height)),
+                "/Off": _appearance(writer, width, height)})})
         else:
             field[pdf_name("/FT")] = pdf_name("/Tx")
-            field[pdf_name("/MaxLen")] = generic.NumberObject(MAX_LENGTH[spec.kind])
+            field[pdf_name("/MaxLen")] = _number(MAX_LENGTH[spec.kind])
             field[pdf_name("/DA")] = generic.TextStringObject(f"/Cour {_font_size(height)} Tf 0 g")
-            field[pdf_name("/AP")] = generic.DictionaryObject({pdf_name("/N"): _appearance(writer, width, height)})
+            field[pdf_name("/AP")] = _dict({"/N": _appearance(writer, width, height)})
         field_ref = writer.add_object(field)
         writer.register_annotation(page_ref, field_ref)  # type: ignore[no-untyped-call]
         form["/Fields"].append(field_ref)
@@ -288,10 +300,10 @@ def fill_form_fields(writer: BasePdfFileWriter, values: Mapping[str, str | bool]
                                        box=layout.BoxConstraints(width=width, height=height))
             content.apply_appearance(widget)
             field[pdf_name("/V")] = generic.TextStringObject(text)
-            field[pdf_name("/Ff")] = generic.NumberObject(int(field.get("/Ff", 0)) | _READ_ONLY)
-        writer.update_container(field)  # type: ignore[no-untyped-call]
+            field[pdf_name("/Ff")] = _number(int(field.get("/Ff", 0)) | _READ_ONLY)
+        writer.update_container(field)
         if widget is not field:
-            writer.update_container(widget)  # type: ignore[no-untyped-call]
+            writer.update_container(widget)
 
 
 def _font_size(height: float) -> int:
