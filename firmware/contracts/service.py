@@ -298,6 +298,10 @@ class ContractsService:
         [field] = [f for f in self.fields(contract_id) if f.party_id == party_id and f.kind == "signature"]
         return self.place_of(contract_id, field)
 
+    def form_fields(self, contract_id: str, party_id: str) -> list[Field]:
+        """The form fields the party fills when it signs, in the order the envelope named them."""
+        return [f for f in self.fields(contract_id) if f.party_id == party_id and f.kind != "signature"]
+
     def place_of(self, contract_id: str, field: Field) -> tuple[int, tuple[float, float, float, float]] | None:
         """Where a field is on the current document (page, rectangle); None if it has no visible place."""
         if field.page is not None and field.box is not None:
@@ -367,13 +371,13 @@ class ContractsService:
         ``values`` of its form fields written in the same revision (its signature covers them);
         then the next group is invited, or the envelope completed."""
         self._active(contract_id, party_id, ("validated",))
-        mine = [f for f in self.fields(contract_id) if f.party_id == party_id]
         to_pdf, to_store = self._form_values(self.fields(contract_id), party_id, values or {})
         for _ in range(_RETRIES):
             contract, party = self._active(contract_id, party_id, ("validated",))
             conn = self._db.connect()
             revision, pdf, _ = self._store.document(conn, contract_id)
-            [field] = [f for f in mine if f.kind == "signature"]
+            [field] = [f for f in self._store.fields(conn, contract_id)
+                       if f.party_id == party_id and f.kind == "signature"]
             assert party.validated_at is not None
             signed = self._signing.sign_party(pdf, party.name, party.email, party.method, party.validated_at,
                                               field.name, image_png, to_pdf)
