@@ -12,9 +12,11 @@ every signature (the signer CA's own CRL, the box CA's OCSP/CRLs, the TSAs') and
 timestamp covers it all (B-LTA). It validates every signature from the PDF's own data before
 releasing it. Every PDF released, by `sign` and `finish` alike, passes pdf_integrity's check.
 
-Fields come first: a certification signature (DocMDP 2) allows signing existing fields but not
-adding visible ones, so `add_signature_fields` is meant for the document before the organisation
-certifies it.
+Fields come first: a certification signature (DocMDP 2) allows signing existing fields and filling
+form fields but not adding either, so `add_signature_fields` (the parties' signature fields, their
+form fields, and the lock on each signature field naming the form fields its party fills) is
+meant for the document before the organisation certifies it. A party's values are filled in the
+revision of its signature, which thereby covers and, by the lock, freezes them.
 """
 
 from __future__ import annotations
