@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import io
 import json
 import secrets
 import struct
@@ -27,11 +28,14 @@ import falcon.testing
 import pytest
 from asn1crypto import pem
 from asn1crypto import x509 as asn1_x509
+from pyhanko.pdf_utils.generic import TextStringObject, pdf_name
+from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
 from firmware.box import Box
 from firmware.config import BoxConfig, ContractsSettings
 from firmware.contracts import UnknownContract
 from firmware.devpki import PkiServer
+from firmware.signing.pdf_form_fields import FormField, add_form_fields
 from firmware.webhooks import WebhookSender
 
 from .pdfs import assert_well_formed, make_pdf, pdfsig_results, reader, validate
@@ -221,6 +225,19 @@ def _roots(box: Box) -> list[asn1_x509.Certificate]:
      "page 9"),
     ({"parties": [{"name": "A", "email": "a@example.com", "method": "access_code",
                    "field": {"name": "X", "page": 1, "box": [1, 1, 9, 9]}}]}, "access_code"),
+    ({"parties": [{**_party("Alice Example", 1, "x"), "fields": [{"kind": "text", "name": "Alice"}]}]},
+     "field names must differ"),
+    ({"parties": [{**_party("Alice Example", 1, "x"), "fields": [{"kind": "text", "name": "T", "page": 3,
+                                                                  "box": [1, 1, 9, 9]}]}]}, "page 3"),
+    ({"parties": [{**_party("Alice Example", 1, "x"), "fields": [{"kind": "text", "name": "Missing"}]}]},
+     "no form field 'Missing'"),
+    ({"parties": [{**_party("Alice Example", 1, "x"), "fields": [{"kind": "text", "name": "T", "page": 1}]}]},
+     "both page and box"),
+    ({"parties": [{**_party("Alice Example", 1, "x"), "fields": [{"kind": "radio", "name": "T"}]}]}, "unknown"),
+    ({"parties": [{**_party("Alice Example", 1, "x"), "fields": [
+        {"kind": "text", "name": f"T{i}", "page": 1, "box": [1, i, 9, i + 5]} for i in range(21)]}]}, "0 to 20"),
+    ({"parties": [_party("Alice Example", 1, "x"), {"name": "C", "email": "c@example.com", "role": "copy", "fields": [
+        {"kind": "text", "name": "T", "page": 1, "box": [1, 1, 9, 9]}]}]}, "copy-only party has no field"),
     ({"organisation_signature": "sometimes"}, "organisation_signature"),
     ({"expires_in_days": 1000}, "expires_in_days"),
     ({"webhook_url": "http://169.254.169.254/latest/meta-data/"}, "link-local"),
@@ -381,3 +398,120 @@ def test_a_repeat_signer_validates_with_an_authenticator_app(client, key, contra
     assert theirs.status_code == 400  # enrolment belongs to the client that made it
     row = contract_box.db.connect().execute("SELECT secret_enc FROM contract_totp").fetchone()
     assert base64.b32decode(secret + "=" * (-len(secret) % 8)) not in bytes(row[0])  # kept encrypted
+
+
+# -- form fields: filled in the party's signature revision, locked by it ------------------------------------
+
+_FORM = [{"kind": "text", "name": "Employee number", "page": 1, "box": [50, 300, 250, 325], "label": "Your number"},
+         {"kind": "checkbox", "name": "Agree", "page": 1, "box": [50, 350, 66, 366], "label": "I agree"},
+         {"kind": "date", "name": "Signed on", "page": 1, "box": [300, 300, 420, 325]},
+         {"kind": "initials", "name": "Initials", "page": 2, "box": [500, 40, 560, 60], "required": False}]
+
+
+def _form_values(pdf: bytes) -> dict[str, Any]:
+    return {str(ref.get_object()["/T"]): ref.get_object().get("/V") for ref in reader(pdf).root["/AcroForm"]["/Fields"]}
+
+
+def _tampered(pdf: bytes, name: str, value: str) -> bytes:
+    """A later incremental update that changes a filled value, as an editing tool would."""
+    writer = IncrementalPdfFileWriter(io.BytesIO(pdf))
+    [field] = [r.get_object() for r in writer.root["/AcroForm"]["/Fields"] if r.get_object()["/T"] == name]
+    field[pdf_name("/V")] = TextStringObject(value)
+    writer.update_container(field)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_a_partys_form_fields_are_filled_in_its_signature_and_locked_by_it(client, key, contract_box, tmp_path):
+    party = {**_party("Alice Example", 1, "A-7731"), "fields": _FORM}
+    created = _create(client, key, {"title": "With form", "organisation_signature": "first", "parties": [
+        party, _party("Bob Example", 2, "B-1187", x=300)]})
+    assert created.status_code == 201, created.text
+    contract_id = created.json["id"]
+    fields = {f["name"]: f for f in created.json["fields"]}
+    assert fields["Agree"] == {"party": "p1", "name": "Agree", "kind": "checkbox", "page": 1,
+                               "box": [50.0, 350.0, 66.0, 366.0], "required": True, "label": "I agree", "value": None}
+    assert fields["Alice"]["kind"] == "signature"
+
+    path = f"/v1/contracts/{contract_id}/parties/p1"
+    assert _call(client, key, path + "/verification").status_code == 200
+    assert _call(client, key, path + "/verification/confirm", code="A-7731").status_code == 200
+    revision = client.simulate_get(f"/v1/contracts/{contract_id}", headers={"Authorization": f"Bearer {key}"}).json
+    for values, message in [
+        ({"Employee number": "E-4711"}, "tick 'I agree'"),
+        ({"Agree": True}, "fill in 'Your number'"),
+        ({"Employee number": "E-4711", "Agree": "yes"}, "true or false"),
+        ({"Employee number": "E-4711", "Agree": True, "Signed on": "1999-01-01"}, "date of signing"),
+        ({"Employee number": "E-4711", "Agree": True, "Bob": "x"}, "another party's"),
+        ({"Employee number": "E-4711", "Agree": True, "Nope": "x"}, "no field 'Nope'"),
+        ({"Employee number": "Ωmega", "Agree": True}, "Latin-1"),
+    ]:
+        refused = _call(client, key, path + "/sign", values=values)
+        assert refused.status_code == 400 and message in refused.json["message"], (values, refused.text)
+    unchanged = client.simulate_get(f"/v1/contracts/{contract_id}", headers={"Authorization": f"Bearer {key}"}).json
+    assert unchanged["revision"] == revision["revision"] and unchanged["parties"][0]["status"] == "validated"
+
+    signed = _call(client, key, path + "/sign", values={"Employee number": "E-4711", "Agree": True, "Initials": "AE"})
+    assert signed.status_code == 200 and signed.json["status"] == "signed", signed.text
+    shown = {f["name"]: f.get("value") for f in client.simulate_get(
+        f"/v1/contracts/{contract_id}", headers={"Authorization": f"Bearer {key}"}).json["fields"]}
+    today = datetime.now(UTC).date().isoformat()
+    assert shown == {"Alice": None, "Bob": None, "Employee number": "E-4711", "Agree": "on", "Signed on": today,
+                     "Initials": "AE"}
+    event = next(e for e in contract_box.contracts.events(contract_id) if e.action == "signed")
+    assert event.detail["filled"] == ["Agree", "Employee number", "Initials", "Signed on"]
+    assert _validate_and_sign(client, key, contract_id, "p2", "B-1187").status_code == 200
+
+    final = client.simulate_get(f"/v1/contracts/{contract_id}/document", headers={"Authorization": f"Bearer {key}"})
+    pdf = final.content
+    values = _form_values(pdf)
+    assert (str(values["Employee number"]), values["Agree"], str(values["Signed on"]), str(values["Initials"])) == \
+        ("E-4711", "/Yes", today, "AE")
+    assert_well_formed(pdf, tmp_path)
+    results = pdfsig_results(pdf, tmp_path)
+    assert all(results[f] == "Signature is Valid." for f in ("Organisation", "Alice", "Bob")), results
+    statuses = {s.signing_cert.subject.native.get("common_name"): s
+                for s in validate(pdf, _roots(contract_box), offline=True)}
+    assert all(s.intact and s.valid and s.trusted and s.docmdp_ok for s in statuses.values())
+    alice = statuses["Alice Example"]
+    assert alice.modification_level is not None and alice.modification_level.name == "FORM_FILLING"
+    lock = [ref.get_object() for ref in reader(pdf).root["/AcroForm"]["/Fields"] if ref.get_object()["/T"] == "Alice"]
+    assert sorted(lock[0]["/Lock"]["/Fields"]) == sorted(f["name"] for f in _FORM)
+
+    # a signed value changed afterwards: Alice's signature (its field lock) no longer holds
+    tampered = _tampered(pdf, "Employee number", "E-0001")
+    after = {s.signing_cert.subject.native.get("common_name"): s for s in validate(tampered, _roots(contract_box),
+                                                                                    offline=True)}
+    assert after["Alice Example"].intact and not after["Alice Example"].docmdp_ok
+    assert after["Alice Example"].modification_level.name == "OTHER"
+    # the change is plain form filling to signatures that lock nothing: the lock is what catches it
+    assert after["Bob Example"].docmdp_ok and after["Bob Example"].modification_level.name == "FORM_FILLING"
+
+
+def test_a_form_field_the_pdf_has_is_filled_and_one_it_cannot_fill_is_refused(client, key, tmp_path):
+    writer = IncrementalPdfFileWriter(io.BytesIO(make_pdf(pages=2)))
+    add_form_fields(writer, [FormField("Address", "text", 2, (60, 500, 300, 520)),
+                             FormField("Consent", "checkbox", 2, (60, 450, 76, 466))])
+    out = io.BytesIO()
+    writer.write(out)
+    form_pdf = out.getvalue()
+    wrong = _create(client, key, {"title": "Wrong kind", "parties": [
+        {**_party("Alice Example", 1, "A-1"), "fields": [{"kind": "checkbox", "name": "Address"}]}]}, pdf=form_pdf)
+    assert wrong.status_code == 400 and "is a text field, not one for checkbox" in wrong.json["message"]
+
+    created = _create(client, key, {"title": "PDF form", "parties": [
+        {**_party("Alice Example", 1, "A-1"), "fields": [{"kind": "text", "name": "Address"},
+                                                         {"kind": "checkbox", "name": "Consent", "required": False}]}]},
+        pdf=form_pdf)
+    assert created.status_code == 201, created.text
+    signed = _validate_and_sign(client, key, created.json["id"], "p1", "A-1")
+    assert signed.status_code == 400 and "fill in 'Address'" in signed.json["message"]
+    path = f"/v1/contracts/{created.json['id']}/parties/p1/sign"
+    signed = _call(client, key, path, values={"Address": "1 Main Street"})
+    assert signed.status_code == 200, signed.text
+    pdf = client.simulate_get(f"/v1/contracts/{created.json['id']}/document",
+                              headers={"Authorization": f"Bearer {key}"}).content
+    values = _form_values(pdf)
+    assert str(values["Address"]) == "1 Main Street" and values["Consent"] == "/Off"  # unticked, and optional
+    assert_well_formed(pdf, tmp_path)

@@ -242,3 +242,35 @@ def test_the_static_files_are_served_and_nothing_else(client):
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert client.simulate_get("/sign/static/pad.js").status_code == 200
     assert client.simulate_get("/sign/static/page.py").status_code == 404
+
+
+def test_the_partys_form_fields_are_inputs_highlighted_on_the_page_and_signed_with_it(client, key):
+    party = {**_party("Alice Example", 1, "A-7731"), "fields": [
+        {"kind": "text", "name": "Employee number", "page": 2, "box": [60, 500, 260, 520], "label": "Your number"},
+        {"kind": "checkbox", "name": "Agree", "page": 1, "box": [50, 350, 66, 366], "label": "I agree to the terms"},
+        {"kind": "date", "name": "Signed on", "page": 1, "box": [300, 300, 420, 325]},
+        {"kind": "initials", "name": "Initials", "page": 2, "box": [500, 40, 560, 60], "required": False}]}
+    created = _create(client, key, {"title": "Form", "parties": [party]})
+    assert created.status_code == 201, created.text
+    contract_id, base = created.json["id"], "/sign/" + created.json["parties"][0]["link"].rsplit("/", 1)[1]
+    assert _post(client, base + "/verify", csrf=_csrf(client.simulate_get(base)), code="A-7731").status_code == 303
+    page = client.simulate_get(base)
+    assert 'name="value.Employee number"' in page.text and "Your number" in page.text
+    assert 'type="checkbox" name="value.Agree"' in page.text and "I agree to the terms" in page.text
+    assert "filled in with today's date when you sign" in page.text and 'name="value.Signed on"' not in page.text
+    assert "Initials (optional)" in page.text and "style=" not in page.text
+    forms = re.findall(r'<rect class="mark form" x="([\d.]+)" y="([\d.]+)"', page.text)
+    assert len(forms) == 4 and (str(round(100 * 60 / 595, 2)), str(round(100 * (842 - 520) / 842, 2))) in forms
+    assert page.text.index('<rect class="mark form" x="10.08"') > page.text.index('id="page-2"')  # on its page
+
+    csrf = _csrf(page)
+    refused = _post(client, base + "/sign", csrf=csrf, typed="Alice Example", agree="on",
+                    **{"value.Employee number": "E-4711"})
+    assert refused.status_code == 422 and "tick &#39;I agree to the terms&#39;" in refused.text
+    assert _status(client, key, contract_id)["parties"][0]["status"] == "validated"
+    signed = _post(client, base + "/sign", csrf=csrf, typed="Alice Example", agree="on",
+                   **{"value.Employee number": "E-4711", "value.Agree": "on", "value.Signed on": "1999-01-01"})
+    assert signed.status_code == 303, signed.text
+    values = {f["name"]: f.get("value") for f in _status(client, key, contract_id)["fields"]}
+    assert values["Employee number"] == "E-4711" and values["Agree"] == "on" and values["Initials"] == ""
+    assert values["Signed on"] != "1999-01-01"  # the box's date, not the form's

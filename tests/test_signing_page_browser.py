@@ -235,3 +235,29 @@ def test_a_party_declines_in_the_browser_and_the_envelope_ends(box, business, br
     assert status["status"] == "declined" and "The notice period is wrong" in status["end_reason"]
     assert tab.problems == [], tab.problems
     tab.page.context.close()
+
+
+def test_a_party_fills_its_form_fields_in_the_browser_and_the_pdf_holds_them(box, business, browser, tmp_path):
+    party = {**_party("Erin Example", 1, "E-2718", 1, 50), "fields": [
+        {"kind": "text", "name": "Employee number", "page": 1, "box": [50, 300, 250, 325], "label": "Your number"},
+        {"kind": "checkbox", "name": "Agree", "page": 1, "box": [50, 350, 66, 366], "label": "I agree to the terms"},
+        {"kind": "initials", "name": "Initials", "page": 2, "box": [500, 40, 560, 60]},
+        {"kind": "date", "name": "Signed on", "page": 1, "box": [300, 300, 420, 325]}]}
+    created = _create(box, business, "Form contract", [party])
+    tab = _tab(browser, "desktop-erin-form", DESKTOP)
+    _open_and_validate(tab, _link(box, created["parties"][0]), "E-2718")
+    page = tab.page
+    assert page.locator("rect.mark.form").count() == 4
+    assert "today's date" in page.locator("#form-fields").inner_text()
+    page.fill("#field-1", "E-4711")
+    page.fill("#field-3", "EE")
+    page.check("#field-2")
+    _sign(tab, drawn=False, typed="Erin Example")
+    final = business.get(f"{box.url}/v1/contracts/{created['id']}/document", timeout=30).content
+    assert_well_formed(final, tmp_path)
+    values = {str(ref.get_object()["/T"]): ref.get_object().get("/V") for ref in reader(final).root["/AcroForm"]["/Fields"]}
+    assert str(values["Employee number"]) == "E-4711" and str(values["Initials"]) == "EE" and values["Agree"] == "/Yes"
+    assert len(str(values["Signed on"])) == 10
+    assert pdfsig_results(final, tmp_path)["Erin"] == "Signature is Valid."
+    assert tab.problems == [], tab.problems
+    tab.page.context.close()

@@ -16,12 +16,15 @@ from typing import Any
 import falcon
 
 from ..contracts import (
+    FORM_FIELD_KINDS,
+    MAX_FORM_FIELDS,
     MAX_PARTIES,
     METHODS,
     ROLES,
     Contract,
     ContractsService,
     Field,
+    FieldKind,
     Party,
     PartyRequest,
 )
@@ -36,11 +39,22 @@ SIGNER_CA_CRL_PATH = "/pki/signer-ca.crl"  # named in every party certificate: p
 
 _ENVELOPE_BYTES = 64 * 1024
 
-_FIELD = {"type": "object", "required": ["name"], "properties": {
+_FIELD: dict[str, Any] = {"type": "object", "required": ["name"], "properties": {
     "name": {"type": "string", "maxLength": 64, "description": "an empty signature field of the PDF, or a new one's name"},
     "page": {"type": "integer", "minimum": 1, "description": "with box: the box adds the field on this page (1-based)"},
     "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
             "description": "x1, y1, x2, y2 in points from the page's lower left corner"},
+}}
+_FORM_FIELD: dict[str, Any] = {"type": "object", "required": ["kind", "name"], "properties": {
+    "kind": {"type": "string", "enum": list(FORM_FIELD_KINDS),
+             "description": "text and initials: the party types them; checkbox: it ticks it; date: the box fills in"
+                            " the day the party signs"},
+    "name": {"type": "string", "maxLength": 64, "description": "a text field or checkbox of the PDF, or a new one's name"},
+    "page": _FIELD["properties"]["page"],
+    "box": _FIELD["properties"]["box"],
+    "required": {"type": "boolean", "default": True,
+                 "description": "text and initials must be filled in, a checkbox ticked (e.g. 'I agree')"},
+    "label": {"type": "string", "maxLength": 120, "description": "what the signing page calls it (default: its name)"},
 }}
 _PERSON = {
     "name": {"type": "string", "maxLength": 120},
@@ -55,6 +69,8 @@ _PARTY = {"type": "object", "required": ["name", "email"], "properties": {
     "order": {"type": "integer", "minimum": 1, "maximum": 99, "default": 1,
               "description": "equal numbers sign in parallel; higher numbers wait for lower ones"},
     "field": _FIELD,
+    "fields": {"type": "array", "items": _FORM_FIELD, "maxItems": MAX_FORM_FIELDS,
+               "description": "form fields the party fills when it signs; its signature locks them"},
 }}
 
 
@@ -79,7 +95,11 @@ _DECLINE = {"type": "object", "required": ["reason"], "properties": {"reason": {
 _CODE = {"type": "object", "required": ["code"], "properties": {"code": {"type": "string", "maxLength": 64}}}
 _ENROL = {"type": "object", "required": ["email"], "properties": {"email": _PERSON["email"]}}
 _SIGN = {"type": "object", "required": [], "properties": {
-    "signature_image": {"type": "string", "format": "byte", "description": "PNG of the drawn or typed signature"}}}
+    "signature_image": {"type": "string", "format": "byte", "description": "PNG of the drawn or typed signature"},
+    "values": {"type": "object", "maxProperties": MAX_FORM_FIELDS,
+               "additionalProperties": {"oneOf": [{"type": "string", "maxLength": 200}, {"type": "boolean"}]},
+               "description": "the party's form fields by name: text for text and initials, true/false for a"
+                              " checkbox (a date is the box's to fill)"}}}
 _REASSIGN = {"type": "object", "required": ["name", "email"], "properties": _PERSON}
 
 
@@ -110,25 +130,38 @@ def contract_view(service: ContractsService, contract: Contract, links: dict[str
         "organisation_signature": contract.org_signature, "original_sha256": contract.original_sha256,
         "revision": contract.revision, "reminder_days": contract.reminder_days,
         "parties": [party_view(p, links.get(p.id)) for p in service.parties(contract.id)],
-        "fields": [{"party": f.party_id, "name": f.name, "page": f.page, "box": list(f.box) if f.box else None}
-                   for f in service.fields(contract.id)],
+        "fields": [_field_view(f) for f in service.fields(contract.id)],
     }
+
+
+def _field_view(field: Field) -> dict[str, Any]:
+    view: dict[str, Any] = {"party": field.party_id, "name": field.name, "kind": field.kind, "page": field.page,
+                            "box": list(field.box) if field.box else None}
+    if field.kind != "signature":
+        view.update(required=field.required, label=field.label, value=field.value)
+    return view
 
 
 def _time(moment: Any) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
+def _field(body: dict[str, Any], kind: FieldKind = "signature") -> Field:
+    box = body.get("box")
+    if (box is None) != (body.get("page") is None):
+        raise InvalidRequest(f"field {body['name']!r} is named (an existing field) or placed with both page and box")
+    label = " ".join(body["label"].split()) or None if body.get("label") is not None else None
+    if label is not None and not label.isprintable():
+        raise InvalidRequest(f"field {body['name']!r}: the label is printable text")
+    return Field("", body["name"], body.get("page"), tuple(float(v) for v in box) if box else None,  # type: ignore[arg-type]
+                 kind, body.get("required", True), label)
+
+
 def _party_request(body: dict[str, Any]) -> PartyRequest:
     field = body.get("field")
-    spec = None
-    if field is not None:
-        box = field.get("box")
-        if (box is None) != (field.get("page") is None):
-            raise InvalidRequest("a field is named (an existing field) or placed with both page and box")
-        spec = Field("", field["name"], field.get("page"), tuple(float(v) for v in box) if box else None)  # type: ignore[arg-type]
     return PartyRequest(body["name"], normalise(body["email"]), body["role"], body["order"], body["method"],
-                        body.get("access_code"), spec)
+                        body.get("access_code"), _field(field) if field is not None else None,
+                        tuple(_field(f, f["kind"]) for f in body.get("fields", ())))
 
 
 def _read_multipart(req: falcon.Request, max_pdf: int) -> tuple[dict[str, Any], bytes]:
@@ -270,7 +303,8 @@ class Sign(_Base):
     def on_post(self, req: falcon.Request, resp: falcon.Response, contract_id: str, party_id: str) -> None:
         self._mine(req, contract_id)
         body = self._body(req, _SIGN)
-        party = self._service.sign(contract_id, party_id, body.get("signature_image"), req.context.client_ip)
+        party = self._service.sign(contract_id, party_id, body.get("signature_image"), req.context.client_ip,
+                                   body.get("values"))
         resp.media = party_view(party)
 
 

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 from ..lazy import lazy_exports
 from .model import (
     CONTRACT_STATUSES,
+    FORM_FIELD_KINDS,
     METHODS,
     PARTY_STATUSES,
     ROLES,
     Contract,
     ContractStatus,
     Field,
+    FieldKind,
     Method,
     OrgSignature,
     Party,
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from .completion import completion_pdf
     from .preview import PreviewUnavailable, page_count, page_sizes, render_page
     from .service import (
+        MAX_FORM_FIELDS,
         MAX_PARTIES,
         SIGN_PATH,
         ContractClosed,
@@ -47,8 +50,8 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
-    "CONTRACT_STATUSES", "MAX_PARTIES", "METHODS", "PARTY_STATUSES", "ROLES", "SIGN_PATH", "CompletionTrail", "Contract",
-    "ContractClosed", "ContractStatus", "ContractsService", "Created", "Field", "Invitations",
+    "CONTRACT_STATUSES", "FORM_FIELD_KINDS", "MAX_FORM_FIELDS", "MAX_PARTIES", "METHODS", "PARTY_STATUSES", "ROLES", "SIGN_PATH", "CompletionTrail", "Contract",
+    "ContractClosed", "ContractStatus", "ContractsService", "Created", "Field", "FieldKind", "Invitations",
     "Method", "NotYourTurn", "OrgSignature", "Party", "PartyRequest", "PartySigning", "PartyStatus", "PartyUnverified",
     "PreviewUnavailable", "Role", "TrailEvent", "TrailParty", "UnknownContract", "VerificationFailed", "completion_pdf",
     "page_count", "page_sizes", "render_page",
@@ -58,7 +61,7 @@ _HEAVY = {
     "completion_pdf": "completion", "PreviewUnavailable": "preview", "page_count": "preview", "page_sizes": "preview",
     "render_page": "preview",
     **{name: "service" for name in (
-        "MAX_PARTIES", "SIGN_PATH", "ContractClosed", "ContractsService", "Created", "Invitations", "NotYourTurn",
+        "MAX_FORM_FIELDS", "MAX_PARTIES", "SIGN_PATH", "ContractClosed", "ContractsService", "Created", "Invitations", "NotYourTurn",
         "PartyRequest", "PartySigning", "PartyUnverified", "UnknownContract", "VerificationFailed")},
 }
 

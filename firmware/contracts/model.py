@@ -16,12 +16,14 @@ from typing import Literal
 
 __all__ = [
     "CONTRACT_STATUSES",
+    "FORM_FIELD_KINDS",
     "METHODS",
     "PARTY_STATUSES",
     "ROLES",
     "Contract",
     "ContractStatus",
     "Field",
+    "FieldKind",
     "Method",
     "OrgSignature",
     "Party",
@@ -42,17 +44,28 @@ ROLES: tuple[Role, ...] = ("signer", "approver", "copy")
 Method = Literal["email", "access_code", "totp"]
 METHODS: tuple[Method, ...] = ("email", "access_code", "totp")
 OrgSignature = Literal["none", "first", "last"]
+# A party signs its signature field and fills its form fields: text it types, initials, a checkbox
+# it ticks, and the date, which the box fills with the day the party signs.
+FieldKind = Literal["signature", "text", "date", "checkbox", "initials"]
+FORM_FIELD_KINDS: tuple[FieldKind, ...] = ("text", "date", "checkbox", "initials")
 
 
 @dataclass(frozen=True)
 class Field:
-    """A party's signature field: an existing empty signature field of the PDF (``page`` None), or
-    one the box adds at ``page`` (1-based) within ``box`` (x1, y1, x2, y2 in points)."""
+    """A party's field: its signature field, or a form field it fills when it signs (``kind``),
+    either a field the PDF has (``page`` None) or one the box adds at ``page`` (1-based) within
+    ``box`` (x1, y1, x2, y2 in points). ``required``: a text or initials field must be filled, a
+    checkbox ticked; ``value`` is what the party filled in (a date: the day it signed), kept once
+    it signed ("on"/"off" for a checkbox)."""
 
     party_id: str
     name: str
     page: int | None = None
     box: tuple[float, float, float, float] | None = None
+    kind: FieldKind = "signature"
+    required: bool = True
+    label: str | None = None
+    value: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import hmac
 import logging
 import secrets
 import sqlite3
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +28,7 @@ from ..durable import secret_key
 from ..errors import InvalidRequest
 from ..mail.outbox import address_hash
 from ..otp import OtpCodes
+from ..signing.pdf_form_fields import PDF_KIND, ExistingField, check_form_value
 from ..store import audit, metering
 from ..store.db import Database, immediate
 from ..webhooks import check_webhook_url
@@ -49,6 +50,7 @@ SIGN_PATH = "/sign/{token}"  # the signing page, on the API listener (published 
 KEY_FILE = "secrets/contracts.key"
 _RETRIES = 3
 MAX_PARTIES = 10
+MAX_FORM_FIELDS = 20  # per party
 
 
 class UnknownContract(LookupError):
@@ -83,7 +85,7 @@ class PartySigning(Protocol):
     """The signing layer's part: a party's signature made on the token (firmware/signing)."""
 
     def sign_party(self, pdf: bytes, name: str, email: str, method: str, validated_at: datetime, field_name: str,
-                   image_png: bytes | None) -> bytes: ...
+                   image_png: bytes | None, values: Mapping[str, str | bool] | None = None) -> bytes: ...
 
     def add_fields(self, pdf: bytes, fields: Sequence[Field]) -> bytes: ...
 
@@ -96,6 +98,8 @@ class PartySigning(Protocol):
     def seal(self, pdf: bytes) -> bytes: ...
 
     def empty_signature_fields(self, pdf: bytes) -> tuple[int, set[str]]: ...
+
+    def existing_form_fields(self, pdf: bytes) -> dict[str, ExistingField]: ...
 
     def field_place(self, pdf: bytes, field_name: str) -> tuple[int, tuple[float, float, float, float]] | None: ...
 
@@ -117,6 +121,7 @@ class PartyRequest:
     method: Method
     access_code: str | None
     field: Field | None  # None for copy-only parties
+    form_fields: tuple[Field, ...] = ()  # filled when the party signs
 
 
 @dataclass(frozen=True)
@@ -157,10 +162,13 @@ class ContractsService:
         for number, request in enumerate(parties):
             self._check_method(client_id, f"parties[{number}]: ", request.method, request.email)
         pages, empty = self._signing.empty_signature_fields(pdf)
-        self._check_fields(parties, pages, empty)
+        named = any(f.page is None for p in parties for f in p.form_fields)
+        self._check_fields(parties, pages, empty, self._signing.existing_form_fields(pdf) if named else {})
         metering.check(self._db.connect(), client_id, 1)  # before the token works for it
-        placed = [p.field for p in parties if p.field is not None and p.field.page is not None]
-        prepared = self._signing.add_fields(pdf, placed) if placed else pdf
+        fields = [replace(f, party_id=f"p{number}") for number, p in enumerate(parties, start=1)
+                  for f in ((p.field,) if p.field is not None else ()) + p.form_fields]
+        changes = any(f.page is not None or f.kind != "signature" for f in fields)  # new fields, or locks
+        prepared = self._signing.add_fields(pdf, fields) if changes else pdf
         if org_signature == "first":
             prepared = self._signing.certify(prepared)
         now = self._clock()
@@ -180,9 +188,8 @@ class ContractsService:
                               request.order, request.method, "waiting" if request.role != "copy" else "copy",
                               None, None, None, None, None)
                 self._store.add_party(conn, party, self._mac(request.access_code) if request.access_code else None)
-                if request.field is not None:
-                    self._store.add_field(conn, contract.id, Field(party.id, request.field.name, request.field.page,
-                                                                   request.field.box))
+            for field in fields:
+                self._store.add_field(conn, contract.id, field)
             self._emit(conn, contract.id, f"client:{client_id}", "created", None, ip,
                        {"title": title, "parties": len(parties), "org_signature": org_signature}, kind="contract")
             links = self._advance(conn, contract.id, now)
@@ -198,35 +205,49 @@ class ContractsService:
         for number, party in enumerate(parties, start=1):
             where = f"parties[{number - 1}]"
             if party.role == "copy":
-                if party.field is not None:
+                if party.field is not None or party.form_fields:
                     raise InvalidRequest(f"{where}: a copy-only party has no field")
             elif party.field is None:
                 raise InvalidRequest(f"{where}: a {party.role} needs a signature field (field name, or page and box)")
             if party.method == "access_code" and not party.access_code:
                 raise InvalidRequest(f"{where}: method access_code needs the access_code the business system hands over")
-        names = [p.field.name for p in parties if p.field is not None]
+            if len(party.form_fields) > MAX_FORM_FIELDS:
+                raise InvalidRequest(f"{where}: a party fills at most {MAX_FORM_FIELDS} form fields")
+        names = [f.name for p in parties for f in ((p.field,) if p.field is not None else ()) + p.form_fields]
         if len(set(names)) != len(names):
-            raise InvalidRequest("each party signs its own field: field names must differ")
+            raise InvalidRequest("each field belongs to one party: field names must differ across the envelope")
 
     def _check_method(self, client_id: str, where: str, method: Method, email: str) -> None:
         if method == "totp" and not self.totp.enrolled(client_id, email):
             raise InvalidRequest(f"{where}method totp needs the person enrolled first (POST /v1/signers/totp)")
 
     @staticmethod
-    def _check_fields(parties: Sequence[PartyRequest], pages: int, empty: set[str]) -> None:
-        for party in parties:
-            field = party.field
-            if field is None:
-                continue
-            if field.page is None:
-                if field.name not in empty:
-                    raise InvalidRequest(f"the PDF has no empty signature field {field.name!r}"
-                                         f" (empty ones: {', '.join(sorted(empty)) or 'none'})")
-            else:
+    def _check_fields(parties: Sequence[PartyRequest], pages: int, empty: set[str],
+                      existing: dict[str, ExistingField]) -> None:
+        for field in (f for p in parties for f in p.form_fields):
+            if field.page is not None:
                 if not 1 <= field.page <= pages:
                     raise InvalidRequest(f"field {field.name!r}: page {field.page} is not in 1..{pages}")
-                if field.name in empty:
-                    raise InvalidRequest(f"the PDF already has a field {field.name!r}: name it without page and box")
+                continue  # its name is checked against every field of the PDF as it is added
+            found = existing.get(field.name)
+            if found is None:
+                fillable = sorted(name for name, info in existing.items() if info.kind is not None)
+                raise InvalidRequest(f"the PDF has no form field {field.name!r} (fillable ones: "
+                                     f"{', '.join(fillable) or 'none'}); or place a new one with page and box")
+            if found.kind is None:
+                raise InvalidRequest(f"the PDF's field {field.name!r} cannot be filled: {found.problem}")
+            if found.kind != PDF_KIND[field.kind]:  # type: ignore[index]  # a form field's kind is never "signature"
+                raise InvalidRequest(f"the PDF's field {field.name!r} is a {found.kind} field, not one for {field.kind}")
+        for signature in (p.field for p in parties if p.field is not None):
+            if signature.page is None:
+                if signature.name not in empty:
+                    raise InvalidRequest(f"the PDF has no empty signature field {signature.name!r}"
+                                         f" (empty ones: {', '.join(sorted(empty)) or 'none'})")
+            else:
+                if not 1 <= signature.page <= pages:
+                    raise InvalidRequest(f"field {signature.name!r}: page {signature.page} is not in 1..{pages}")
+                if signature.name in empty:
+                    raise InvalidRequest(f"the PDF already has a field {signature.name!r}: name it without page and box")
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -275,11 +296,18 @@ class ContractsService:
     def field_place(self, contract_id: str, party_id: str) -> tuple[int, tuple[float, float, float, float]] | None:
         """Where the party's signature field is on the current document (page, rectangle), for the
         signing page to point at; None if it has no visible place."""
-        conn = self._db.connect()
-        [field] = [f for f in self._store.fields(conn, contract_id) if f.party_id == party_id]
+        [field] = [f for f in self.fields(contract_id) if f.party_id == party_id and f.kind == "signature"]
+        return self.place_of(contract_id, field)
+
+    def form_fields(self, contract_id: str, party_id: str) -> list[Field]:
+        """The form fields the party fills when it signs, in the order the envelope named them."""
+        return [f for f in self.fields(contract_id) if f.party_id == party_id and f.kind != "signature"]
+
+    def place_of(self, contract_id: str, field: Field) -> tuple[int, tuple[float, float, float, float]] | None:
+        """Where a field is on the current document (page, rectangle); None if it has no visible place."""
         if field.page is not None and field.box is not None:
             return field.page, field.box
-        return self._signing.field_place(self._store.document(conn, contract_id)[1], field.name)
+        return self._signing.field_place(self._store.document(self._db.connect(), contract_id)[1], field.name)
 
     def code_sent(self, contract_id: str, party_id: str) -> bool:
         """Whether a validation code was mailed to the party (the page then asks for it)."""
@@ -338,17 +366,22 @@ class ContractsService:
 
     # -- signing and declining -----------------------------------------------------------------------
 
-    def sign(self, contract_id: str, party_id: str, image_png: bytes | None, ip: str | None) -> Party:
-        """The party's approval signature on the newest revision, made on the token; then the next
-        group is invited, or the envelope completed."""
+    def sign(self, contract_id: str, party_id: str, image_png: bytes | None, ip: str | None,
+             values: Mapping[str, str | bool] | None = None) -> Party:
+        """The party's approval signature on the newest revision, made on the token, with the
+        ``values`` of its form fields written in the same revision (its signature covers them);
+        then the next group is invited, or the envelope completed."""
+        self._active(contract_id, party_id, ("validated",))
+        to_pdf, to_store = self._form_values(self.fields(contract_id), party_id, values or {})
         for _ in range(_RETRIES):
             contract, party = self._active(contract_id, party_id, ("validated",))
             conn = self._db.connect()
             revision, pdf, _ = self._store.document(conn, contract_id)
-            [field] = [f for f in self._store.fields(conn, contract_id) if f.party_id == party_id]
+            [field] = [f for f in self._store.fields(conn, contract_id)
+                       if f.party_id == party_id and f.kind == "signature"]
             assert party.validated_at is not None
             signed = self._signing.sign_party(pdf, party.name, party.email, party.method, party.validated_at,
-                                              field.name, image_png)
+                                              field.name, image_png, to_pdf)
             now = self._clock()
             with immediate(conn):
                 fresh = self._store.contract(conn, contract_id)
@@ -359,8 +392,10 @@ class ContractsService:
                     continue  # a parallel party released a revision first: sign again on top of it
                 digest = self._store.add_document(conn, contract_id, revision + 1, "party", signed, now)
                 self._store.set_status(conn, contract_id, party_id, "signed", now)
+                self._store.set_values(conn, contract_id, to_store)
                 self._emit(conn, contract_id, f"party:{party_id}", "signed", party_id, ip,
-                           {"revision": revision + 1, "sha256": digest, "field": field.name})
+                           {"revision": revision + 1, "sha256": digest, "field": field.name,
+                            **({"filled": sorted(to_store)} if to_store else {})})
                 links = self._advance(conn, contract_id, now)
                 done = not self._remaining(conn, contract_id)
             self._send_invitations(contract, links)
@@ -373,6 +408,48 @@ class ContractsService:
             assert result is not None
             return result
         raise ContractClosed("the document kept changing while signing; try again")
+
+    def _form_values(self, fields: Sequence[Field], party_id: str,
+                     values: Mapping[str, str | bool]) -> tuple[dict[str, str | bool], dict[str, str]]:
+        """The party's values checked against its form fields: what goes into the PDF (empty text
+        and unticked boxes stay as they are) and what is stored (every form field of the party,
+        the date as the day it signs). Any problem: InvalidRequest, before the token works."""
+        by_name = {f.name: f for f in fields}
+        for name in values:
+            field = by_name.get(name)
+            if field is None:
+                raise InvalidRequest(f"the envelope has no field {name!r}")
+            if field.party_id != party_id:
+                raise InvalidRequest(f"field {name!r} is another party's")
+            if field.kind == "signature":
+                raise InvalidRequest(f"field {name!r} is the signature field: it takes the signature, not a value")
+            if field.kind == "date":
+                raise InvalidRequest(f"field {name!r} is filled by the box with the date of signing")
+        to_pdf: dict[str, str | bool] = {}
+        to_store: dict[str, str] = {}
+        for field in (f for f in fields if f.party_id == party_id and f.kind != "signature"):
+            shown = field.label or field.name
+            value = values.get(field.name)
+            if field.kind == "date":
+                to_pdf[field.name] = to_store[field.name] = self._clock().date().isoformat()
+            elif field.kind == "checkbox":
+                if value is not None and not isinstance(value, bool):
+                    raise InvalidRequest(f"field {field.name!r} is a checkbox: its value is true or false")
+                if field.required and value is not True:
+                    raise InvalidRequest(f"tick {shown!r}: it is required")
+                to_store[field.name] = "on" if value else "off"
+                if value:
+                    to_pdf[field.name] = True
+            else:
+                if value is not None and not isinstance(value, str):
+                    raise InvalidRequest(f"field {field.name!r} takes text")
+                text = check_form_value(field.kind, value or "")  # type: ignore[arg-type]  # text or initials
+                if field.required and not text:
+                    raise InvalidRequest(f"fill in {shown!r}: it is required")
+                to_store[field.name] = text
+                if text:
+                    to_pdf[field.name] = text
+        return to_pdf, to_store
 
     def decline(self, contract_id: str, party_id: str, reason: str, ip: str | None) -> Contract:
         reason = " ".join(reason.split())[:500]

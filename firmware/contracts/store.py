@@ -76,6 +76,10 @@ CREATE TABLE IF NOT EXISTS contract_fields (
     name        TEXT NOT NULL,
     page        INTEGER,
     box         TEXT,                  -- JSON [x1, y1, x2, y2] when the box adds the field
+    kind        TEXT,                  -- signature (NULL in rows made before form fields), text, date, …
+    required    INTEGER,
+    label       TEXT,
+    value       TEXT,                  -- what the party filled in, stored when it signed
     PRIMARY KEY (contract_id, name)
 );
 CREATE TABLE IF NOT EXISTS contract_events (
@@ -93,7 +97,9 @@ CREATE INDEX IF NOT EXISTS contract_events_by_contract ON contract_events(contra
 
 
 # Columns added after the first release of a table: (table, column, type).
-_ADDED_COLUMNS = (("contracts", "reminder_days", "INTEGER"), ("contract_parties", "reminded_at", "TEXT"))
+_ADDED_COLUMNS = (("contracts", "reminder_days", "INTEGER"), ("contract_parties", "reminded_at", "TEXT"),
+                  ("contract_fields", "kind", "TEXT"), ("contract_fields", "required", "INTEGER"),
+                  ("contract_fields", "label", "TEXT"), ("contract_fields", "value", "TEXT"))
 
 
 def _iso(moment: datetime) -> str:
@@ -290,15 +296,24 @@ class ContractStore:
 
     @staticmethod
     def add_field(conn: sqlite3.Connection, contract_id: str, field: Field) -> None:
-        conn.execute("INSERT INTO contract_fields(contract_id, party_id, name, page, box) VALUES (?, ?, ?, ?, ?)",
+        conn.execute("INSERT INTO contract_fields(contract_id, party_id, name, page, box, kind, required, label)"
+                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                      (contract_id, field.party_id, field.name, field.page,
-                      json.dumps(list(field.box)) if field.box else None))
+                      json.dumps(list(field.box)) if field.box else None, field.kind, int(field.required), field.label))
 
     @staticmethod
     def fields(conn: sqlite3.Connection, contract_id: str) -> list[Field]:
         rows = conn.execute("SELECT * FROM contract_fields WHERE contract_id = ? ORDER BY rowid", (contract_id,))
-        return [Field(row["party_id"], row["name"], row["page"], tuple(json.loads(row["box"])) if row["box"] else None)
+        return [Field(row["party_id"], row["name"], row["page"], tuple(json.loads(row["box"])) if row["box"] else None,
+                      row["kind"] or "signature", row["required"] is None or bool(row["required"]), row["label"],
+                      row["value"])
                 for row in rows]
+
+    @staticmethod
+    def set_values(conn: sqlite3.Connection, contract_id: str, values: dict[str, str]) -> None:
+        """What a party filled into its form fields, by field name."""
+        conn.executemany("UPDATE contract_fields SET value = ? WHERE contract_id = ? AND name = ?",
+                         [(value, contract_id, name) for name, value in values.items()])
 
     @staticmethod
     def move_fields(conn: sqlite3.Connection, contract_id: str, from_party: str, to_party: str) -> None:

@@ -12,9 +12,11 @@ every signature (the signer CA's own CRL, the box CA's OCSP/CRLs, the TSAs') and
 timestamp covers it all (B-LTA). It validates every signature from the PDF's own data before
 releasing it. Every PDF released, by `sign` and `finish` alike, passes pdf_integrity's check.
 
-Fields come first: a certification signature (DocMDP 2) allows signing existing fields but not
-adding visible ones, so `add_signature_fields` is meant for the document before the organisation
-certifies it.
+Fields come first: a certification signature (DocMDP 2) allows signing existing fields and filling
+form fields but not adding either, so `add_signature_fields` (the parties' signature fields, their
+form fields, and the lock on each signature field naming the form fields its party fills) is
+meant for the document before the organisation certifies it. A party's values are filled in the
+revision of its signature, which thereby covers and, by the lock, freezes them.
 """
 
 from __future__ import annotations
@@ -24,14 +26,21 @@ import io
 import logging
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from asn1crypto import x509
+from pyhanko.pdf_utils.generic import pdf_name
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
-from pyhanko.sign.fields import SigFieldSpec, append_signature_field, enumerate_sig_fields
+from pyhanko.sign.fields import (
+    FieldMDPAction,
+    FieldMDPSpec,
+    SigFieldSpec,
+    append_signature_field,
+    enumerate_sig_fields,
+)
 from pyhanko.sign.signers import PdfTimeStamper
 from pyhanko.sign.timestamps.api import TimeStamper
 from pyhanko.sign.validation import DocumentSecurityStore
@@ -46,6 +55,7 @@ from .clock import ClockWatch
 from .levels import Level
 from .party_ca import PartyIdentity, SignerCa, validation_note
 from .pdf_fields import Stamp
+from .pdf_form_fields import FormField, add_form_fields, fill_form_fields
 from .pdf_integrity import check_earlier_signatures
 from .pdf_signing import PdfSignOptions, build_pdf_signer, check_options, pick_field
 from .pdf_verify import read_pdf, signatures_offline
@@ -77,10 +87,14 @@ def _now() -> datetime:
 
 
 def add_signature_fields(
-    pdf: bytes, fields: Sequence[tuple[str, int, tuple[float, float, float, float]]], max_pdf_bytes: int
+    pdf: bytes, fields: Sequence[tuple[str, int, tuple[float, float, float, float]]], max_pdf_bytes: int,
+    locks: Mapping[str, Sequence[str]] | None = None, form_fields: Sequence[FormField] = (),
 ) -> bytes:
     """``pdf`` with empty visible signature fields (name, page 1-based, box x1,y1,x2,y2 in points)
-    added in one incremental update; before certification, since DocMDP forbids it after."""
+    and ``form_fields`` added in one incremental update; before certification, since DocMDP
+    forbids it after. ``locks``: signature field (new or existing) -> the form fields its
+    signature will lock (a /Lock dictionary, action Include), so a validator sees any later change."""
+    locks = locks or {}
     reader = read_pdf(pdf, max_pdf_bytes)
     taken = {name for name, _, _ in enumerate_sig_fields(reader)}
     pages = int(reader.root["/Pages"]["/Count"])
@@ -92,8 +106,19 @@ def add_signature_fields(
         if page > pages:
             raise InvalidRequest(f"page {page} is out of range; the PDF has {pages} page(s)")
         taken.add(name)
+        lock = FieldMDPSpec(FieldMDPAction.INCLUDE, list(locks[name])) if locks.get(name) else None
         # pyHanko annotates box as ints, but PDF rectangles are reals and it writes them as FloatObjects
-        append_signature_field(writer, SigFieldSpec(name, on_page=page - 1, box=box))  # type: ignore[arg-type]
+        append_signature_field(writer, SigFieldSpec(name, on_page=page - 1, box=box,  # type: ignore[arg-type]
+                                                    field_mdp_spec=lock))
+    placed = {name for name, _, _ in fields}
+    for name, ref in ((n, r) for n, _, r in enumerate_sig_fields(writer) if n not in placed and locks.get(n)):
+        field = ref.get_object()
+        if "/Lock" in field:
+            raise InvalidRequest(f"the PDF's signature field '{name}' has a field lock of its own: the box cannot"
+                                 " lock the party's form fields with it")
+        field[pdf_name("/Lock")] = FieldMDPSpec(FieldMDPAction.INCLUDE, list(locks[name])).as_sig_field_lock()
+        writer.update_container(field)
+    add_form_fields(writer, form_fields)
     output = io.BytesIO()
     writer.write(output)  # type: ignore[no-untyped-call]  # pyHanko leaves it unannotated
     check_earlier_signatures(pdf, output)
@@ -134,14 +159,19 @@ class PartySigner:
         der: bytes = self._ca.crl(self._now()).dump()
         return der
 
-    def sign(self, pdf: bytes, identity: PartyIdentity, mark: PartyMark) -> bytes:
-        """``pdf`` with the party's approval signature (PAdES B-T) in ``mark.field_name``."""
+    def sign(self, pdf: bytes, identity: PartyIdentity, mark: PartyMark,
+             values: Mapping[str, str | bool] | None = None) -> bytes:
+        """``pdf`` with the party's approval signature (PAdES B-T) in ``mark.field_name``, and
+        ``values`` written into their form fields in the same revision: the signature covers them
+        (and its field's lock, set when the fields were added, forbids changing them later)."""
         options = PdfSignOptions(level=Level.B_T, reason=validation_note(identity), field_name=mark.field_name)
         check_options(options)
         reader = read_pdf(pdf, self._max_pdf_bytes)
         field = pick_field(reader, options)
         if field.new:
             raise InvalidRequest(f"the PDF has no empty signature field '{mark.field_name}'")
+        writer = IncrementalPdfFileWriter.from_reader(reader)
+        fill_form_fields(writer, values or {})  # before the key exists: a value refused costs nothing
         look = self._look if mark.image_png is None else replace(self._look, logo=decode_logo(mark.image_png))
         now = self._now()
         label = f"{PARTY_KEY_PREFIX}{int(now.timestamp())}-{secrets.token_hex(8)}"
@@ -150,7 +180,7 @@ class PartySigner:
             certificate = self._ca.issue(key.public_key_info, identity, now)
             signer = TokenSigner(self._token, label, [certificate, *self._ca.chain], clock=self._clock)
             pdf_signer = build_pdf_signer(options, field, signer, timestamper=self._timestamper, look=look)
-            output = asyncio.run(pdf_signer.async_sign_pdf(IncrementalPdfFileWriter.from_reader(reader)))
+            output = asyncio.run(pdf_signer.async_sign_pdf(writer))
         finally:
             self._token.destroy_key(label)
         check_earlier_signatures(pdf, output)

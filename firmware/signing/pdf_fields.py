@@ -25,6 +25,7 @@ from ..errors import InvalidRequest
 
 __all__ = [
     "CertifiedDocument", "CertifiedNoChanges", "FieldChoice", "Stamp", "choose_field", "field_place", "free_field_name",
+    "widget_place",
 ]
 
 
@@ -76,7 +77,11 @@ def field_place(reader: PdfFileReader, field_name: str) -> Stamp | None:
         return None
     field = refs[field_name].get_object()
     assert isinstance(field, generic.DictionaryObject)
-    widget = get_single_field_annot(field)
+    return widget_place(reader, get_single_field_annot(field))
+
+
+def widget_place(reader: PdfFileReader, widget: generic.DictionaryObject) -> Stamp | None:
+    """Where a field's widget sits (any field type): its page and rectangle, as for field_place."""
     x1, y1, x2, y2 = (float(value) for value in widget["/Rect"])
     if x2 - x1 <= 0 or y2 - y1 <= 0:
         return None

@@ -99,15 +99,12 @@ class SigningPage:
         elif party.status == "validated":
             _, pdf, _ = self._service.document(contract.id)
             place = self._service.field_place(contract.id, party.id)
-            pages = []
-            for number, (width, height) in enumerate(page_sizes(pdf), start=1):
-                mark = None
-                if place is not None and place[0] == number:
-                    x1, y1, x2, y2 = place[1]
-                    mark = (round(100 * x1 / width, 2), round(100 * (height - y2) / height, 2),
-                            round(100 * (x2 - x1) / width, 2), round(100 * (y2 - y1) / height, 2))
-                pages.append({"number": number, "mark": mark})
-            self._render(resp, token, "Read and sign", step="sign", pages=pages,
+            form_fields = self._service.form_fields(contract.id, party.id)
+            places = [("signature", place), *(("form", self._service.place_of(contract.id, f)) for f in form_fields)]
+            pages = [{"number": number, "marks": [(kind, _percent(at[1], width, height)) for kind, at in places
+                                                  if at is not None and at[0] == number]}
+                     for number, (width, height) in enumerate(page_sizes(pdf), start=1)]
+            self._render(resp, token, "Read and sign", step="sign", pages=pages, form_fields=form_fields,
                          field_page=place[0] if place is not None else None, **values)
         elif party.status == "signed":
             self._render(resp, token, "Thank you: you have signed", step="done", download=True, final=False,
@@ -130,7 +127,10 @@ class SigningPage:
             if form.get("agree") != "on":
                 raise InvalidRequest("tick the box that you have read the document")
             image = _signature_image(form.get("drawn", ""), form.get("typed", "") or party.name)
-            self._service.sign(contract.id, party.id, image, req.context.client_ip)
+            fields = self._service.form_fields(contract.id, party.id)
+            values: dict[str, str | bool] = {f.name: form.get(f"value.{f.name}") == "on" if f.kind == "checkbox"
+                                             else form.get(f"value.{f.name}", "") for f in fields if f.kind != "date"}
+            self._service.sign(contract.id, party.id, image, req.context.client_ip, values)
 
         self._act(req, resp, token, sign)
 
@@ -229,6 +229,14 @@ class StaticFile:
         resp.content_type = _STATIC[name]
         resp.set_headers({"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"})
         resp.data = (_HERE / "static" / name).read_bytes()
+
+
+def _percent(box: tuple[float, float, float, float], width: float, height: float) -> tuple[float, ...]:
+    """A rectangle in points (origin bottom left) as x, y, width, height in percent of the page
+    (origin top left): the SVG highlight's attributes."""
+    x1, y1, x2, y2 = box
+    return (round(100 * x1 / width, 2), round(100 * (height - y2) / height, 2),
+            round(100 * (x2 - x1) / width, 2), round(100 * (y2 - y1) / height, 2))
 
 
 def _form(req: falcon.Request) -> dict[str, str] | None:
