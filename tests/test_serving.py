@@ -76,7 +76,8 @@ def test_an_idle_flood_from_one_peer_does_not_block_others(box: BoxProcess, api:
         assert _sign_hash(api).status_code == 201
         assert time.monotonic() - started < 3
         still_open = sum(not _closed_by_server(sock) for sock in flood)
-        assert still_open == limits.peer_connection_limit  # the rest were closed as they came
+        # the rest were closed as they came; each worker process holds its share of the limit
+        assert limits.peer_connection_limit // limits.workers <= still_open <= limits.peer_connection_limit
     finally:
         _close_all(flood)
 
