@@ -240,6 +240,10 @@ def _recheck(directory: DirectoryService) -> None:
 
 OPERATOR = "operator"  # the audit actor of every command run here
 RESTART = "restart the service: a running box does not see this change until then"
+# box.toml changes reach a running box's signing API at once (firmware/operations/live.py); the
+# jobs its parent process started with the old configuration keep it until a restart.
+FOLLOWED = ("a running box signs with it from its next request; restart the service so that its background jobs"
+            " (the envelopes' sweep) use it too")
 
 
 def _audit(config: BoxConfig, action: str, details: dict[str, Any]) -> None:
@@ -284,7 +288,7 @@ def _apply_activation(args: argparse.Namespace, rollback: bool) -> None:
     where = f"box.toml generation {done.generation}" if done.generation is not None else "box.toml"
     print(f"key {change.label!r} (certificate serial {change.serial}) is now the signing key in {where}; "
           f"the previous one was {change.previous!r} (`esignbox rollback-key` goes back)")
-    print(RESTART)
+    print(FOLLOWED)
 
 
 def cmd_activate(args: argparse.Namespace) -> None:
