@@ -47,7 +47,7 @@ from .serving import bind, serve
 from .store import audit
 from .store.clients import Client, ClientRegistry
 from .store.db import Database
-from .workers import Supervisor, worker_command
+from .workers import Supervisor
 
 if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them at run time
     from .box import Box
@@ -166,7 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         publishing = Periodic("health reports", PUBLISH_INTERVAL_S, lambda: board.publish(box.health_parts))
         publishing.start()
         running.callback(publishing.stop)
-        Supervisor(worker_command(config.state_dir, sockets), sockets, config.api.workers).run()
+        Supervisor(config.state_dir, sockets, config.api.workers).run()
 
 
 def cmd_serve_worker(args: argparse.Namespace) -> None:

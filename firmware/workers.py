@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .children import dies_with_this_process
 
-__all__ = ["Supervisor", "worker_command"]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,6 @@ STEADY_S = 10.0  # a worker that ran this long before it died was not crash-loop
 MAX_BACKOFF_S = 30.0
 STOP_TIMEOUT_S = 10.0  # requests in flight get this long to finish when the box stops
 _POLL_S = 0.2
-
-
-def worker_command(state_dir: Path, sockets: list[socket.socket]) -> list[str]:
-    """The command line of one worker serving ``sockets`` (passed to it as open descriptors)."""
-    fds = [arg for sock in sockets for arg in ("--listen-fd", str(sock.fileno()))]
-    return [sys.executable, "-m", "firmware", "--state-dir", str(state_dir), "serve-worker", *fds]
 
 
 @dataclass
@@ -63,9 +57,11 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, command: list[str], sockets: list[socket.socket], count: int) -> None:
-        self._command = command
+    def __init__(self, state_dir: Path, sockets: list[socket.socket], count: int) -> None:
+        """``count`` workers for the box in ``state_dir``, serving ``sockets`` (passed as open descriptors)."""
         self._fds = tuple(sock.fileno() for sock in sockets)
+        self._command = [sys.executable, "-m", "firmware", "--state-dir", str(state_dir), "serve-worker",
+                         *(arg for fd in self._fds for arg in ("--listen-fd", str(fd)))]
         self._slots = [_Slot(n) for n in range(1, count + 1)]
         self._stopped = threading.Event()
 

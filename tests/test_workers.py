@@ -259,3 +259,41 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_crash_looping_worker_is_restarted_ever_later_while_the_other_serves_on(box_config: BoxConfig, pki_server,
+                                                                                   tmp_path):
+    state = copy_box(box_config, tmp_path, {"api": {"workers": 2}})
+    box = BoxProcess(state).start()
+    try:
+        _wait_for(lambda: len(box.workers()) == 2, what="two workers")
+        _, key = _signing_key(ClientRegistry(Database(state / "box.db")), "crash-loop")
+        good = (state / "box.toml").read_text()
+        (state / "box.toml").write_text(good + "\n[nonsense]\n")  # a hand edit no worker can start from
+        held = connections_to_each_worker(box, 1)
+        for conns in held.values():  # a running worker cannot follow it: it signs on as it was
+            assert _sign(conns[0], key, b"signed on")[0] == 201
+        assert "could not be reassembled from it" in box.log()
+
+        os.kill(min(held), signal.SIGKILL)
+        _wait_for(lambda: "exited with status 1 after" in box.log() and "restarting it in 2 s" in box.log(),
+                  what="the second restart's longer delay")
+        survivor = max(held)
+        assert survivor in box.workers() and _sign(held[survivor][0], key, b"meanwhile")[0] == 201
+
+        (state / "box.toml").write_text(good)
+        _wait_for(lambda: _every_worker_answers(box), timeout=60, what="the restarted worker")
+    finally:
+        box.stop()
+
+
+def _every_worker_answers(box: BoxProcess) -> bool:
+    if len(box.workers()) != 2:
+        return False
+    try:
+        held = connections_to_each_worker(box, 1, attempts=50)
+    except AssertionError:  # one is still starting
+        return False
+    for conns in held.values():
+        conns[0].close()
+    return True
