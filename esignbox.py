@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from firmware import cli as firmware_cli
 from provisioning import add_commands as add_provisioning_commands
@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them 
 __all__ = ["main", "parser"]
 
 
-def _start_console(box: Box, config: BoxConfig) -> tuple[Callable[..., Any], Callable[[], None]]:
+def _start_console(box: Box, config: BoxConfig) -> Callable[[], None]:
     # optional heavy dependency: webui (Jinja, TLS, nginx control) is needed by `serve` alone, not every command.
     from webui import ConsoleError, start_console
 
@@ -29,7 +29,7 @@ def _start_console(box: Box, config: BoxConfig) -> tuple[Callable[..., Any], Cal
         console = start_console(box, config, out=lambda text: print(text, flush=True))
     except ConsoleError as exc:
         raise firmware_cli.ConsoleFailure(str(exc)) from exc
-    return console.signing_app, console.stop  # key rollover swaps the signing service inside signing_app
+    return console.stop
 
 
 def parser() -> argparse.ArgumentParser:

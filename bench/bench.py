@@ -212,9 +212,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User+system CPU time of another process, from /proc (utime and stime fields)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """User+system CPU time of another process and the processes it started (`esignbox serve`'s
+    API workers), from /proc (utime and stime fields)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # ended meanwhile
+        return 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return own + sum(process_cpu_seconds(int(child)) for child in children.read_text().split())
 
 
 def machine_busy_seconds() -> float:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +27,7 @@ from hsm import KEY_ALGORITHMS, KeyAlgorithm, Token
 from .anchoring import anchor, anchor_and_log
 from .config import BoxConfig, default_value, effective_value
 from .durable import write_durable, write_new
+from .health_board import PUBLISH_INTERVAL_S, HealthBoard
 from .instance import hold_state_dir
 from .lan_tls import tls_files
 from .network import apply as apply_network
@@ -42,10 +43,11 @@ from .operations.keys import (
     rollback_activation,
 )
 from .periodic import Periodic
-from .serving import serve
+from .serving import bind, serve
 from .store import audit
 from .store.clients import Client, ClientRegistry
 from .store.db import Database
+from .workers import Supervisor
 
 if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them at run time
     from .box import Box
@@ -96,10 +98,17 @@ def _dev_client_key(box: Box, state_dir: Path) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    """The supervising parent: the API's listener, the jobs that run once per box, the workers.
+
+    Everything here runs once: the dev PKI and mailbox, the console, the mail and webhook
+    senders, the directory's faces, the contract sweep and audit anchoring. The signing API
+    itself is served by ``[api] workers`` processes (firmware/workers.py) on the sockets bound
+    here, so a port in use is reported before anything else starts.
+    """
     from .box import Box  # optional heavy dependency: the signing services load pyHanko; only `serve` needs them
 
     # systemd and the tests stop the box with SIGTERM; turn it into an orderly exit so the
-    # dev PKI and nginx child processes are stopped too.
+    # workers, the dev PKI and nginx child processes are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.ExitStack() as running:  # whatever was started is stopped, whatever fails
         running.enter_context(hold_state_dir(Path(args.state_dir)))
@@ -120,9 +129,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 running.enter_context(DevMailbox(config.state_dir, config.dev.mailbox_port))
         config = _config(args)
         host, port = args.host or config.api_host, args.port or config.api_port
-        # The listener in force is the one served: what the box derives from it (the signer CA's
-        # CRL address without public_base_url) must name it, not box.toml's.
-        config = dataclasses.replace(config, api=dataclasses.replace(config.api, host=host, port=port))
+        config = config.serving_on(host, port)
+        sockets = bind(host, port)
+        for sock in sockets:
+            running.callback(sock.close)
         box = Box.open(config)
         if pki_server is not None:
             key_file = _dev_client_key(box, config.state_dir)
@@ -133,11 +143,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 f"\"level\":\"B-T\"}}' http://{host}:{port}/v1/signatures\n",
                 flush=True,
             )
-        api_app = box.app()
         if config.console.enabled and not args.no_console and args.console is not None:
             try:
-                api_app, stop_console = args.console(box, config)
-                running.callback(stop_console)
+                running.callback(args.console(box, config))
             except Exception as exc:  # the signing API serves even if the console cannot start
                 log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleFailure))
         mail_sender = box.mail_sender()
@@ -154,7 +162,26 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                  lambda: anchor_and_log(box.db, timestamper))
             anchoring.start()
             running.callback(anchoring.stop)
-        serve(api_app, config.api, host, port)
+        board = HealthBoard(config.state_dir)
+        board.publish(box.health_parts)  # before the workers start: they read which parts there are
+        publishing = Periodic("health reports", PUBLISH_INTERVAL_S, lambda: board.publish(box.health_parts))
+        publishing.start()
+        running.callback(publishing.stop)
+        Supervisor(config.state_dir, sockets, (host, port), config.api.workers).run()
+
+
+def cmd_serve_worker(args: argparse.Namespace) -> None:
+    """One of `serve`'s worker processes (firmware/workers.py), on the listening sockets it inherited."""
+    # optional heavy dependency: the signing services load pyHanko; only the workers need them
+    from .operations.live import SigningService
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the parent's stop: finish what is in flight, exit
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent stops us
+    sockets = [socket.socket(fileno=fd) for fd in args.listen_fd]
+    state_dir = Path(args.state_dir)
+    service = SigningService.open(state_dir, (args.host, args.port))
+    service.box.health_parts.update(HealthBoard(state_dir).reports())
+    serve(service, service.box.config.api, sockets)
 
 
 DIRECTORY_RECHECK_S = 24 * 3600.0  # revoked or expired certificates leave the directory within a day
@@ -214,6 +241,10 @@ def _recheck(directory: DirectoryService) -> None:
 
 OPERATOR = "operator"  # the audit actor of every command run here
 RESTART = "restart the service: a running box does not see this change until then"
+# box.toml changes reach a running box's signing API at once (firmware/operations/live.py); the
+# jobs its parent process started with the old configuration keep it until a restart.
+FOLLOWED = ("a running box signs with it from its next request; restart the service so that its background jobs"
+            " (the envelopes' sweep) use it too")
 
 
 def _audit(config: BoxConfig, action: str, details: dict[str, Any]) -> None:
@@ -258,7 +289,7 @@ def _apply_activation(args: argparse.Namespace, rollback: bool) -> None:
     where = f"box.toml generation {done.generation}" if done.generation is not None else "box.toml"
     print(f"key {change.label!r} (certificate serial {change.serial}) is now the signing key in {where}; "
           f"the previous one was {change.previous!r} (`esignbox rollback-key` goes back)")
-    print(RESTART)
+    print(FOLLOWED)
 
 
 def cmd_activate(args: argparse.Namespace) -> None:
@@ -375,9 +406,10 @@ class ConsoleFailure(RuntimeError):
     """The console said why it could not start (no traceback needed in the log)."""
 
 
-# Starts the admin console for a serving box: returns the WSGI app that now serves the signing
-# API (the console swaps signing services in it) and a function that stops the console.
-ConsoleStarter = Callable[["Box", BoxConfig], tuple[Callable[..., Any], Callable[[], None]]]
+# Starts the admin console for a serving box (in the supervising parent): returns a function that
+# stops it. A change the console makes to box.toml reaches the workers through the file itself
+# (firmware/operations/live.py).
+ConsoleStarter = Callable[["Box", BoxConfig], Callable[[], None]]
 
 
 def parser(console: ConsoleStarter | None = None,
@@ -404,6 +436,12 @@ def parser(console: ConsoleStarter | None = None,
                    " moves to it, links too)")
     s.add_argument("--no-console", action="store_true", help="do not start the admin console ([console] in box.toml)")
     s.set_defaults(func=cmd_serve, log_info=True, console=console)
+
+    s = sub.add_parser("serve-worker", help=argparse.SUPPRESS)  # internal: started by `serve` (firmware/workers.py), not listed
+    s.add_argument("--listen-fd", type=int, action="append", required=True, help="an inherited listening socket")
+    s.add_argument("--host", required=True, help="the address the sockets serve (BoxConfig.serving_on)")
+    s.add_argument("--port", type=int, required=True, help="the port the sockets serve")
+    s.set_defaults(func=cmd_serve_worker, log_info=True)
 
     s = sub.add_parser("pki-serve", help="serve the dev PKI (TSA, OCSP, CRLs) in the foreground")
     s.set_defaults(func=cmd_pki_serve, log_info=True)

@@ -110,7 +110,10 @@ class ApiSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = 8080
-    threads: int = 16  # waitress worker threads
+    # Processes serving the listener (firmware/workers.py): one per core by default, since one
+    # Python process is bound by its GIL well below what the token signs.
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = 16  # waitress threads per worker process
     max_pdf_mb: int = 64
     connection_limit: int = 200  # open connections in all; more wait in the kernel's backlog
     channel_timeout: float = 30.0  # s of silence (between requests, or in a body) before closing
@@ -124,7 +127,7 @@ class ApiSettings(_Section):
 
     def check(self) -> None:
         _port("port", self.port)
-        for key in ("threads", "max_pdf_mb", "connection_limit", "peer_connection_limit", "channel_timeout",
+        for key in ("workers", "threads", "max_pdf_mb", "connection_limit", "peer_connection_limit", "channel_timeout",
                     "header_timeout"):
             _positive(key, getattr(self, key))
         for proxy in self.trusted_proxies:
@@ -793,6 +796,12 @@ class BoxConfig:
     @property
     def api_port(self) -> int:
         return self.api.port
+
+    def serving_on(self, host: str, port: int) -> BoxConfig:
+        """This configuration as served on ``host``:``port`` (``serve --host/--port``): what the box
+        derives from its listener (the signer CA's CRL address without public_base_url) must name
+        the one in force, not box.toml's."""
+        return dataclasses.replace(self, api=dataclasses.replace(self.api, host=host, port=port))
 
     @property
     def max_pdf_bytes(self) -> int:

@@ -58,11 +58,20 @@ def replace_symlink(link: Path, target: str) -> None:
 
 def secret_key(path: Path) -> bytes:
     """A random 32-byte key kept in ``path`` (0600), made on first use: the HMAC keys of one-time and
-    access codes. A box restored without it cannot check the old codes, which only expire."""
+    access codes. A box restored without it cannot check the old codes, which only expire.
+
+    The key is written under a temporary name and linked into place, so that a worker process
+    starting beside another never reads the file between its creation and its write."""
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        write_new(tmp, secrets.token_bytes(32), mode=0o600)
         try:
-            write_new(path, secrets.token_bytes(32), mode=0o600)
+            os.link(tmp, path)
         except FileExistsError:  # another worker process made it first
             pass
+        finally:
+            tmp.unlink()
+        fsync_dir(path.parent)
     return path.read_bytes()

@@ -12,10 +12,17 @@ waitress has neither a header timeout nor a per-peer cap, so this module adds bo
   nginx front, which caps per client on its own, and health checks) are not counted.
 
 Both are checked by the server's maintenance pass, which runs every second.
+
+With several worker processes (firmware/workers.py) the supervising parent binds the listening
+sockets once (`bind`) and every worker serves them (`serve`). The limits stay box-wide: each
+worker enforces its share (`_share`), since the counts of open connections are each process's
+own. A share is rounded down, so a peer whose connections happen to land on one worker is
+refused a little early rather than the box holding more than the setting says.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -32,7 +39,7 @@ from waitress.task import ThreadedTaskDispatcher
 
 from .config import ApiSettings
 
-__all__ = ["ServingError", "serve"]
+__all__ = ["ServingError", "bind", "serve"]
 
 
 class ServingError(RuntimeError):
@@ -101,10 +108,41 @@ class _GuardedServer(TcpWSGIServer):
         self.refused.clear()
 
 
-def serve(app: WSGIApplication, settings: ApiSettings, host: str, port: int) -> None:
-    """Serve ``app`` on host:port with ``settings``' limits until SIGTERM or Ctrl-C."""
+def bind(host: str, port: int) -> list[socket.socket]:
+    """The API's sockets, bound to every address ``host`` resolves to (as waitress would) but not yet
+    listening: the first worker to serve them makes them listen, so that until a worker is ready
+    a client is refused at once instead of waiting in the backlog for a box that is starting."""
+    adj = Adjustments(host=host, port=port)
+    sockets: list[socket.socket] = []
+    try:
+        for family, socktype, proto, address in adj.listen:
+            sock = socket.socket(family, socktype, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServingError(f"port {port} on {host} is in use by another program; free it or set [api] port") from exc
+        raise
+    return sockets
+
+
+def _share(limit: int, workers: int) -> int:
+    return max(1, limit // workers)
+
+
+def serve(app: WSGIApplication, settings: ApiSettings, sockets: list[socket.socket]) -> None:
+    """Serve ``app`` on ``sockets`` (from `bind`, maybe in another process) until SIGTERM or Ctrl-C,
+    as one of ``settings.workers`` processes."""
+    settings = dataclasses.replace(
+        settings, connection_limit=_share(settings.connection_limit, settings.workers),
+        peer_connection_limit=_share(settings.peer_connection_limit, settings.workers))
     adj = Adjustments(
-        host=host, port=port, threads=settings.threads, ident="esignbox",
+        sockets=sockets, threads=settings.threads, ident="esignbox",
         max_request_body_size=settings.max_request_bytes,
         connection_limit=settings.connection_limit, channel_timeout=settings.channel_timeout,
         cleanup_interval=_CLEANUP_INTERVAL_S, asyncore_use_poll=True,  # poll: no FD_SETSIZE ceiling
@@ -115,13 +153,9 @@ def serve(app: WSGIApplication, settings: ApiSettings, host: str, port: int) -> 
     socket_map: dict[int, Any] = {}
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
-    try:
-        servers = [_GuardedServer(app, settings, map=socket_map, dispatcher=dispatcher, adj=adj, sockinfo=info)
-                   for info in adj.listen]
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise ServingError(f"port {port} on {host} is in use by another program; free it or set [api] port") from exc
-        raise
+    servers = [_GuardedServer(app, settings, map=socket_map, dispatcher=dispatcher, adj=adj, _sock=sock,
+                              bind_socket=False, sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
+               for sock in sockets]
     for server in servers:
         log.info("Serving on http://%s:%s", server.effective_host, server.effective_port)  # as waitress says it
     servers[0].run()  # one loop over the shared map serves every listening address

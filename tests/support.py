@@ -1,8 +1,13 @@
-"""Helpers the tests share: free ports, an `esignbox serve` process, an API session, a tiny CA."""
+"""Helpers the tests share: free ports, an `esignbox serve` process and its workers, an API session, a tiny CA."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
+import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from firmware.config import CONFIG_NAME, parse
+from firmware.config import CONFIG_NAME, BoxConfig, parse
 from firmware.devbox import port_changes
 from firmware.operations import configstore
 
@@ -77,6 +82,113 @@ class BoxProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def workers(self) -> set[int]:
+        """The pids of its worker processes now (firmware/workers.py), read from /proc."""
+        assert self.process is not None
+        return {pid for pid in children(self.process.pid) if b"serve-worker" in _cmdline(pid)}
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:  # ended meanwhile
+            continue
+        if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    return found + [d for child in found for d in descendants(child)]
+
+
+def copy_box(box_config: BoxConfig, state: Path, changes: dict[str, dict[str, object]]) -> Path:
+    """A copy of the test box in ``state`` (the same token key, chain and PKI; a new database) whose
+    box.toml has ``changes``: for a test that needs other settings than the session's box."""
+    shared = box_config.state_dir
+    for name in ("tokens", "secrets", "chains"):
+        shutil.copytree(shared / name, state / name)
+    for name in ("box-chain.pem", "trust-roots.pem"):
+        shutil.copy(shared / name, state / name)
+    (state / "softhsm2.conf").write_text(
+        f"directories.tokendir = {state / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    (state / "box.toml").write_text(box_toml_with((shared / "box.toml").read_text(), changes))
+    return state
+
+
+def _server_side_inode(server_port: int, client_port: int) -> str | None:
+    """The socket inode of the box's end of a loopback connection, from /proc/net/tcp."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(address.split(":")[1], 16) for address in fields[1:3])
+        if (local, remote) == (server_port, client_port):
+            return fields[9]
+    return None
+
+
+class WorkerConnection:
+    """One keep-alive HTTP connection to a box, and the worker process that accepted it (the one that
+    holds the box's end of it, found in /proc): evidence of which worker answers, with no help
+    from the box."""
+
+    def __init__(self, box: BoxProcess) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", box.port, timeout=60)
+        assert self.call("GET", "/v1/health")[0] == 200  # a worker has accepted it by now
+        inode = _server_side_inode(box.port, self.conn.sock.getsockname()[1])
+        holders = [pid for pid in box.workers() if f"socket:[{inode}]" in _open_files(pid)]
+        assert len(holders) == 1, (inode, holders)
+        self.pid = holders[0]
+
+    def call(self, method: str, path: str, body: dict | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, dict]:
+        self.conn.request(method, path, body=None if body is None else json.dumps(body),
+                          headers={"Content-Type": "application/json", **(headers or {})})
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, json.loads(data) if data else {}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _open_files(pid: int) -> set[str]:
+    """What the descriptors of ``pid`` point to ("socket:[inode]" for a socket)."""
+    found = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                found.add(os.readlink(fd))
+    except OSError:
+        pass
+    return found
+
+
+def connections_to_each_worker(box: BoxProcess, per_worker: int, attempts: int = 200) -> dict[int, list[WorkerConnection]]:
+    """``per_worker`` connections held open to every worker of ``box``; the kernel picks the worker
+    of each, so connections are opened until every worker has its share."""
+    wanted = box.workers()
+    held: dict[int, list[WorkerConnection]] = {pid: [] for pid in wanted}
+    for _ in range(attempts):
+        if all(len(conns) >= per_worker for conns in held.values()):
+            return held
+        conn = WorkerConnection(box)
+        if len(held.setdefault(conn.pid, [])) < per_worker:
+            held[conn.pid].append(conn)
+        else:
+            conn.close()
+    raise AssertionError(f"after {attempts} connections: {({pid: len(c) for pid, c in held.items()})}")
 
 
 class Api:

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 from firmware.store import audit
 from firmware.store.db import open_connection
@@ -122,25 +123,38 @@ def test_a_failed_signing_attempt_is_not_charged(box, box_config, clients, pki_o
     assert clients.get(client.id).calls_used == 0 and _count(box_config, client.id) == 0
 
 
-def test_concurrent_clients_never_overshoot_the_quota(box, box_config, clients):
-    client, key = clients.add("concurrent-150", calls=150)
+Post = Callable[[dict], int]  # sends one signing request body as one client, returns the status
+
+
+def quota_race(box_config, clients, name: str, senders: list[Callable[[str], Post]]) -> None:
+    """A client that bought 150 calls sends 200 requests from 8 threads at once (25 each, thread
+    ``n`` through ``senders[n](api_key)``): exactly 150 are signed, charged and logged."""
+    client, key = clients.add(name, calls=150)
     statuses: list[int] = []
     lock = threading.Lock()
 
-    def work(worker: int) -> None:
-        api = Api(box.url, key)
+    def work(worker: int, post: Post) -> None:
         for n in range(25):
-            status = api.post("/v1/signatures", json=_body(b"%d-%d" % (worker, n))).status_code
+            status = post(_body(b"%d-%d" % (worker, n)))
             with lock:
                 statuses.append(status)
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    threads = [threading.Thread(target=work, args=(w, sender(key))) for w, sender in enumerate(senders)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert len(statuses) == 200
     assert statuses.count(201) == 150 and statuses.count(402) == 50
     assert _count(box_config, client.id) == 150 == clients.get(client.id).calls_used
+
+
+def test_concurrent_clients_never_overshoot_the_quota(box, box_config, clients):
+    def sender(key: str) -> Post:
+        api = Api(box.url, key)
+        return lambda body: api.post("/v1/signatures", json=body).status_code
+
+    quota_race(box_config, clients, "concurrent-150", [sender] * 8)
 
 
 def test_rotation_and_disabling(box, clients):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -25,7 +24,7 @@ import requests
 from firmware.config import BoxConfig
 from firmware.store.db import Database
 
-from .support import ESIGNBOX, Api, BoxProcess, box_toml_with, free_port
+from .support import ESIGNBOX, Api, BoxProcess, copy_box, free_port
 
 PARTIAL_HEAD = b"POST /v1/signatures HTTP/1.1\r\nHost: box\r\nContent-Type: application/json\r\n"
 ATTACKER = "127.0.0.2"  # another loopback address: a peer other than the honest client's 127.0.0.1
@@ -76,7 +75,8 @@ def test_an_idle_flood_from_one_peer_does_not_block_others(box: BoxProcess, api:
         assert _sign_hash(api).status_code == 201
         assert time.monotonic() - started < 3
         still_open = sum(not _closed_by_server(sock) for sock in flood)
-        assert still_open == limits.peer_connection_limit  # the rest were closed as they came
+        # the rest were closed as they came; each worker process holds its share of the limit
+        assert limits.peer_connection_limit // limits.workers <= still_open <= limits.peer_connection_limit
     finally:
         _close_all(flood)
 
@@ -84,16 +84,8 @@ def test_an_idle_flood_from_one_peer_does_not_block_others(box: BoxProcess, api:
 @pytest.fixture(scope="module")
 def tight_box(box_config: BoxConfig, pki_server, tmp_path_factory) -> Iterator[BoxProcess]:
     """A copy of the test box (same token key, chain and PKI) whose [api] limits are small."""
-    state = tmp_path_factory.mktemp("tight-box")
-    shared = box_config.state_dir
-    for name in ("tokens", "secrets", "chains"):
-        shutil.copytree(shared / name, state / name)
-    for name in ("box-chain.pem", "trust-roots.pem"):
-        shutil.copy(shared / name, state / name)
-    (state / "softhsm2.conf").write_text(
-        f"directories.tokendir = {state / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    toml = (shared / "box.toml").read_text()
-    (state / "box.toml").write_text(box_toml_with(toml, {"api": {"connection_limit": 40, "header_timeout": 2}}))
+    state = copy_box(box_config, tmp_path_factory.mktemp("tight-box"),
+                     {"api": {"connection_limit": 40, "header_timeout": 2}})
     process = BoxProcess(state).start()
     yield process
     process.stop()

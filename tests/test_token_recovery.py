@@ -99,8 +99,10 @@ def _sign(api: Api) -> requests.Response:
     return api.session.post(f"{api.base_url}/v1/signatures", json=body, timeout=REQUEST_TIMEOUT_S)
 
 
-def _health(box: OwnBox) -> requests.Response:
-    return requests.get(f"{box.process.url}/v1/health", timeout=REQUEST_TIMEOUT_S)
+def _health(api: Api) -> requests.Response:
+    """/v1/health on the signing requests' own connection: each worker process knows its own token
+    connection, and this is the worker that saw the token go."""
+    return api.session.get(f"{api.base_url}/v1/health", timeout=REQUEST_TIMEOUT_S)
 
 
 def test_signing_resumes_by_itself_when_the_token_comes_back(own_box: OwnBox):
@@ -115,7 +117,7 @@ def test_signing_resumes_by_itself_when_the_token_comes_back(own_box: OwnBox):
             response = _sign(api)
             assert (response.status_code, response.json()["error"]) == (503, "token_unavailable"), response.text
             assert time.monotonic() - started < FAIL_FAST_S
-        health = _health(own_box)
+        health = _health(api)
         assert health.status_code == 503
         body = health.json()
         assert body["status"] == "token_unavailable" and body["token_present"] is False
@@ -130,7 +132,7 @@ def test_signing_resumes_by_itself_when_the_token_comes_back(own_box: OwnBox):
     assert response.status_code == 201, response.text
     print(f"\nfirst signature {recovery_s:.3f} s after the token came back")
 
-    health = _health(own_box)
+    health = _health(api)
     assert health.status_code == 200
     assert health.json()["status"] == "ok" and health.json()["token"]["state"] == "ok"
 

@@ -108,7 +108,8 @@ class _Page:
             settings = DirectorySettings(enabled=True, trust_roots_file=roots)
             self.directory = DirectoryService(self.console.db, RevocationService(
                 [asn1_x509.Certificate.load(dev_pki.root_cert())]), settings, self.proofs)
-        self.console.signing = SimpleNamespace(box=SimpleNamespace(directory=self.directory))
+        box = SimpleNamespace(directory=self.directory)
+        self.console.signing = SimpleNamespace(box=box, current=lambda: box)  # a SigningService's face
         self.client = TestClient(create_app(self.console))
         session = self.console.sessions.create("192.168.1.77", admin="root")
         self.cookies, self.csrf = {COOKIE: session.cookie}, session.csrf

@@ -36,7 +36,7 @@ class _Page:
         self.console = make_console(tmp_path)
         if isinstance(box, Box):
             self.console.db = box.db  # the console reports from the box's own database, as when it runs
-        self.console.signing = SimpleNamespace(box=box)
+        self.console.signing = SimpleNamespace(box=box, current=lambda: box)  # a SigningService's face
         self.client = TestClient(create_app(self.console))
         session = self.console.sessions.create("192.168.1.77", admin="root")
         self.cookies, self.csrf = {COOKIE: session.cookie}, session.csrf

@@ -61,9 +61,10 @@ class Console:
 
     @property
     def box(self) -> Box:
-        """The box being served: only a running console (never a unit test's) has pages that ask for it."""
+        """The box being served, as box.toml says now: only a running console (never a unit test's) has
+        pages that ask for it."""
         assert self.signing is not None, "this console serves no box"
-        return self.signing.box
+        return self.signing.current()
 
     @property
     def state_dir(self) -> Path:

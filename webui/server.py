@@ -1,12 +1,13 @@
 """Starting the console inside `esignbox serve`: tables, TLS, waitress on 127.0.0.1, nginx in front.
 
-    signing API  ── waitress (its own listener, [api] host/port, as before)
+    signing API  ── [api] workers processes on its own listener ([api] host/port, firmware/workers.py)
     console      ── nginx :8443 on the LAN-facing addresses + 127.0.0.1 (TLS)
-                      └─ waitress 127.0.0.1:<internal> in a thread of the same process
+                      └─ waitress 127.0.0.1:<internal> in a thread of the supervising parent
                          (X-Forwarded-For trusted from 127.0.0.1 only)
 
-The signing API's app becomes a firmware.operations.live.SigningService, so that a key rollover or a
-settings change restarts the signing service in the process.
+The console's pages work on the parent's Box through a firmware.operations.live.SigningService:
+a key rollover or a settings change assembles and test-signs the new Box before box.toml is
+written, and swaps it in here; each worker follows box.toml itself before its next request.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Listener(Protocol):
 @dataclass
 class ConsoleRuntime:
     console: Console
-    signing_app: SigningService
+    signing: SigningService
     server: Listener
     thread: threading.Thread
     nginx: NginxFront
