@@ -61,16 +61,18 @@ def business_key(clients) -> str:
 
 @pytest.fixture
 def trusting_box(box_config: BoxConfig, pki_server, session_box_stopped) -> Iterator[BoxProcess]:
-    """The session's box started with [api] trusted_proxies = ["127.0.0.1"] (the test is the proxy)."""
+    """The session's box started with [api] trusted_proxies = ["127.0.0.1"] (the test is the proxy).
+
+    box.toml keeps the setting while the box runs: its workers serve box.toml as it is now."""
     path = box_config.state_dir / "box.toml"
     original = path.read_text()
     path.write_text(box_toml_with(original, {"api": {"trusted_proxies": ["127.0.0.1"]}}))
     try:
         process = BoxProcess(box_config.state_dir).start()
+        yield process
+        process.stop()
     finally:
         path.write_text(original)
-    yield process
-    process.stop()
 
 
 def _walk(box: BoxProcess, key: str, forwarded_for: str) -> str:

@@ -24,7 +24,7 @@ FLOOD = 2000
 
 @contextlib.contextmanager
 def audit_settings(state_dir: Path, **settings: object) -> Iterator[None]:
-    """box.toml's [audit] section with ``settings`` while the block runs (read when a box starts)."""
+    """box.toml's [audit] section with ``settings`` while the block runs (a serving box follows box.toml)."""
     path = state_dir / "box.toml"
     original = path.read_text()
     path.write_text(box_toml_with(original, {"audit": settings}))
@@ -70,25 +70,25 @@ def _refusals_counted(entries: list[dict], error: str) -> int:
 def test_a_flood_of_bad_keys_becomes_a_few_summary_entries(box_config, pki_server, session_box_stopped):
     with audit_settings(box_config.state_dir, refusal_window_seconds=1):
         flooded = BoxProcess(box_config.state_dir).start()
-    try:
-        conn = open_connection(box_config.database)
-        before, _ = audit.head(conn)
-        flood_began = time.time()  # wall clock, as the windows are
-        started = time.monotonic()
-        statuses = _flood(flooded.url, FLOOD)
-        elapsed = time.monotonic() - started
-        assert statuses == [401] * FLOOD
-        time.sleep(1.2)  # the last window closes; the next write of the box summarises it
-        assert Api(flooded.url, None).post("/v1/signatures", json={}).status_code == 401
-        # Earlier tests' refusals (other windows) are summarised by the same commits: not this flood's.
-        entries = [e for e in audit.export(conn, before) if e["action"] != "refusal.summary"
-                   or datetime.fromisoformat(e["details"]["window_end"]).timestamp() > flood_began]
-        windows = int(elapsed) + 2
-        assert len(entries) <= 2 * windows + 1, [(e["action"], e["at"], e["details"].get("window_start"),
-                                                   e["details"].get("refusals")) for e in entries]
-        assert _refusals_counted(entries, "invalid_api_key") == FLOOD
-        summary = next(e["details"] for e in entries if e["action"] == "refusal.summary")
-        assert summary["first_at"] <= summary["last_at"] and summary["status"] == 401
-        assert audit.verify(conn).ok
-    finally:
-        flooded.stop()
+        try:
+            conn = open_connection(box_config.database)
+            before, _ = audit.head(conn)
+            flood_began = time.time()  # wall clock, as the windows are
+            started = time.monotonic()
+            statuses = _flood(flooded.url, FLOOD)
+            elapsed = time.monotonic() - started
+            assert statuses == [401] * FLOOD
+            time.sleep(1.2)  # the last window closes; the next write of the box summarises it
+            assert Api(flooded.url, None).post("/v1/signatures", json={}).status_code == 401
+            # Earlier tests' refusals (other windows) are summarised by the same commits: not this flood's.
+            entries = [e for e in audit.export(conn, before) if e["action"] != "refusal.summary"
+                       or datetime.fromisoformat(e["details"]["window_end"]).timestamp() > flood_began]
+            windows = int(elapsed) + 2
+            assert len(entries) <= 2 * windows + 1, [(e["action"], e["at"], e["details"].get("window_start"),
+                                                       e["details"].get("refusals")) for e in entries]
+            assert _refusals_counted(entries, "invalid_api_key") == FLOOD
+            summary = next(e["details"] for e in entries if e["action"] == "refusal.summary")
+            assert summary["first_at"] <= summary["last_at"] and summary["status"] == 401
+            assert audit.verify(conn).ok
+        finally:
+            flooded.stop()
