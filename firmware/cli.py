@@ -31,7 +31,7 @@ from .health_board import PUBLISH_INTERVAL_S, HealthBoard
 from .instance import hold_state_dir
 from .lan_tls import tls_files
 from .network import apply as apply_network
-from .operations import configstore, reports, setup
+from .operations import box_state, configstore, reports, setup
 from .operations.keys import (
     activation,
     build_csr,
@@ -430,6 +430,11 @@ def cmd_network(args: argparse.Namespace) -> None:
         print(done)
 
 
+def cmd_status(args: argparse.Namespace) -> None:
+    state = box_state.box_state(Path(args.state_dir))
+    print(box_state.screen_text(state) if args.screen else state.state)
+
+
 class ConsoleFailure(RuntimeError):
     """The console said why it could not start (no traceback needed in the log)."""
 
@@ -558,6 +563,11 @@ def parser(console: ConsoleStarter | None = None,
     c = nsub.add_parser("apply", help="write the systemd-networkd/timesyncd files and set the host name")
     c.add_argument("--run-dir", default="/run", help="where systemd reads the files from (default /run)")
     s.set_defaults(func=cmd_network)
+
+    s = sub.add_parser("status", help="the box's state: not set up, ready, token missing, clock not synchronised")
+    s.add_argument("--screen", action="store_true", help="the text for the box's screen (/etc/issue): state, console"
+                   " addresses, its CA fingerprint, the one-time set-up code (firmware/operations/box_state.py)")
+    s.set_defaults(func=cmd_status)
 
     for extend in extensions:
         extend(sub)

@@ -93,6 +93,11 @@ class SetupBox:
                 self.process.kill()
                 self.process.wait()
 
+    def screen(self) -> list[str]:
+        done = subprocess.run([ESIGNBOX, "--state-dir", str(self.state_dir), "status", "--screen"],
+                              capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout.splitlines()
+
     def https(self) -> requests.Session:
         session = requests.Session()
         session.trust_env = False  # else REQUESTS_CA_BUNDLE overrides verify
@@ -218,10 +223,18 @@ def test_set_up_over_http_resumes_where_it_stopped_and_starts_signing(setup_box:
     box = setup_box.start()
     with pytest.raises(requests.ConnectionError):  # set-up mode: the API does not answer yet
         requests.get(box.api_url + "/v1/health", timeout=2)
+    screen = box.screen()  # what the box's screen shows (the image writes it to /etc/issue)
+    assert screen[0] == "E-signature Box" and "State: not set up" in screen
+    assert f"Console: {box.url}/" in screen and f"Set-up code: {box.code}" in screen
+    fingerprint = re.search(r"CA SHA-256 fingerprint: ([0-9A-F:]+)", box.log()).group(1)
+    assert f"Console CA SHA-256: {fingerprint}" in screen
+    code_file = box.state_dir / "console" / "setup-code"
+    assert code_file.stat().st_mode & 0o777 == 0o600
     web = Browserless(box)
     assert web.get("/").url.endswith("/setup")
     web.post("/setup", {"code": box.code})
     answer = web.post("/setup/password", {"name": ADMIN, "password": PASSWORD, "confirm": PASSWORD})
+    assert not code_file.exists() and not [line for line in box.screen() if line.startswith("Set-up code")]
     assert answer.url.endswith("/setup/token")  # the dashboard waits: the box is not set up
     assert "No PKCS#11 module" not in answer.text and "SoftHSM2" in answer.text
     assert web.get("/keys").url.endswith("/setup/token")  # every other page leads to the set-up
@@ -267,6 +280,7 @@ def test_set_up_over_http_resumes_where_it_stopped_and_starts_signing(setup_box:
 
     signed = sign_hash(box.api_url, api_key, b"first signature")
     assert signed["level"] == "B-T"
+    assert box.screen()[1] in ("State: ready", "State: clock not synchronised")  # the latter where NTP has not synced
     certificate = requests.get(box.api_url + "/v1/certificate", timeout=10).json()
     assert BOX_SUBJECT in certificate["subject"]
     assert web.get("/").url == box.url + "/"  # the dashboard now

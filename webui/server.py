@@ -22,7 +22,7 @@ import waitress
 
 from firmware.box import Box
 from firmware.config import BoxConfig
-from firmware.operations import Accounts, SetUp, SigningService
+from firmware.operations import Accounts, SetUp, SigningService, box_state
 from firmware.store import Database
 
 from . import tls
@@ -109,6 +109,7 @@ def start_console(config: BoxConfig, box: Box | None, out: Callable[[str], None]
     runtime = ConsoleRuntime(console, server, thread, nginx)
     if box is not None:
         runtime.serving(box)
+    box_state.publish_console(config.state_dir, console.urls, console_cert.ca_fingerprint or "")
     code = accounts.ensure_setup_code()
     lines = [f"Admin console (HTTPS): {'  '.join(console.urls)}",
              f"  answers peers in: {lan.describe()}"]
