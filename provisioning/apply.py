@@ -36,7 +36,16 @@ from firmware.certificates import check_chain, check_issuers, load_certificates
 from firmware.config import BoxConfig, ConfigError, parse
 from firmware.durable import write_durable, write_new
 from firmware.errors import InvalidRequest
-from firmware.operations import Generations, RolledBack, accounts, build_csr, configstore, generate, parse_subject
+from firmware.operations import (
+    Generations,
+    RolledBack,
+    accounts,
+    build_csr,
+    configstore,
+    generate,
+    parse_subject,
+    trust,
+)
 from firmware.store import DEFAULT_SCOPES, audit, immediate
 from firmware.store import clients as client_store
 from hsm import KeyNotFound, Token, TokenError
@@ -126,7 +135,11 @@ def post_commit(state: Generations, generation: int) -> list[str]:
 
 
 def recover(state: ProvisioningState) -> str | None:
-    return state.recover(post_commit=post_commit)
+    """Finish what a crash interrupted: a configuration switch, or a trusted key's file after its commit."""
+    done = state.recover(post_commit=post_commit)
+    if trust.write_files(state.state_dir, state.database):
+        done = "; ".join(filter(None, [done, "trusted.pub written from the committed enrolment"]))
+    return done
 
 
 # -- token work ---------------------------------------------------------------------------------------

@@ -17,12 +17,12 @@ from typing import Any
 import pyudev
 
 from firmware.durable import write_new
-from firmware.store import audit, immediate
 from hsm import KEY_ALGORITHMS
 
 from . import bundle as bundle_mod
 from . import keys as pkeys
 from .apply import TokenAccess, recover, rollback
+from .enrol import ENROL_DIR, write_enrolment
 from .errors import ProvisioningRefused
 from .manifest import FORMAT
 from .report import write_report
@@ -165,6 +165,15 @@ def cmd_sign_bundle(args: argparse.Namespace) -> None:
         print(f"copy the directory to the root of a stick labelled ESIGNBOX as {bundle_mod.BUNDLE_DIR}/")
 
 
+def cmd_make_enrolment(args: argparse.Namespace) -> None:
+    try:
+        target = write_enrolment(Path(args.out), Path(args.key).read_bytes(), args.code)
+    except ValueError as exc:
+        raise SystemExit(f"{args.key}: {exc}") from exc
+    print(f"enrolment written to {target}: copy {ENROL_DIR}/ to the root of a stick labelled ESIGNBOX and put it into"
+          " the box while its screen shows that set-up code (it works once, on a box that trusts no key yet)")
+
+
 # -- on the box -------------------------------------------------------------------------------------------
 
 def _print_report(outcome: Outcome) -> None:
@@ -172,13 +181,7 @@ def _print_report(outcome: Outcome) -> None:
 
 
 def cmd_enroll(args: argparse.Namespace) -> None:
-    state_dir = Path(args.state_dir)
-    key_id, changed = pkeys.enroll(state_dir, Path(args.public_key).read_bytes(), replace=args.replace)
-    if changed:
-        conn = ProvisioningState(state_dir).connect()
-        with immediate(conn):
-            audit.append(conn, [audit.AuditEntry("operator", "provision.enroll", None,
-                                                 {"key_id": key_id, "replace": bool(args.replace)})])
+    key_id, changed = pkeys.enroll(Path(args.state_dir), Path(args.public_key).read_bytes(), replace=args.replace)
     print(f"provisioning key {key_id} {'enrolled' if changed else 'was already enrolled'}")
 
 
@@ -324,6 +327,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     c.add_argument("--passphrase-file", help="file holding the private key's passphrase")
     c.add_argument("--tar", help="also write the signed bundle as one tar file")
     c.set_defaults(func=cmd_sign_bundle)
+
+    c = psub.add_parser("make-enrolment", help="(admin PC) write an enrolment stick: public key + the box's set-up code")
+    c.add_argument("--key", required=True, help="the PREFIX.pub file `provision keygen` wrote")
+    c.add_argument("--code", required=True, help="the one-time set-up code the box's screen shows")
+    c.add_argument("out", help="the stick's root (or a directory to copy there): esignbox-enrol/ is written in it")
+    c.set_defaults(func=cmd_make_enrolment)
 
     c = psub.add_parser("enroll", help="(box) trust this provisioning public key; the first one wins")
     c.add_argument("public_key", help="the PREFIX.pub file `provision keygen` wrote")

@@ -9,7 +9,7 @@ policy-bound keys.
 
 from __future__ import annotations
 
-import hashlib
+import sqlite3
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from firmware.durable import write_durable
+from firmware.operations import trust
+from firmware.store import Database, immediate
 
 from .errors import ProvisioningRefused
 
 ALGORITHMS = ("ed25519", "ecdsa-p256")
-TRUSTED_KEY_NAME = "trusted.pub"
 _NOT_A_PROVISIONING_KEY = "a provisioning key must be Ed25519 or ECDSA P-256"
 
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
@@ -84,9 +84,8 @@ def algorithm(key: PublicKey) -> str:
 
 
 def key_id(key: PublicKey) -> str:
-    """SHA-256 of the SubjectPublicKeyInfo DER, hex: names the key in signatures and reports."""
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
+    """SHA-256 of the SubjectPublicKeyInfo DER, hex (firmware.operations.trust.key_id): names the key everywhere."""
+    return trust.key_id(_spki(key))
 
 
 def sign(key: PrivateKey, data: bytes) -> bytes:
@@ -109,14 +108,15 @@ def verify(key: PublicKey, signature: bytes, data: bytes) -> bool:
 # -- the box side: the one trusted key -------------------------------------------------------------
 
 def trusted_key_path(state_dir: Path) -> Path:
-    return state_dir / "provisioning" / TRUSTED_KEY_NAME
+    return trust.trusted_key_path(state_dir)
 
 
 def trusted_key(state_dir: Path) -> PublicKey:
     path = trusted_key_path(state_dir)
     if not path.exists():
         raise ProvisioningRefused(
-            "no-trusted-key", "this box has no provisioning key enrolled (build it in or run `esignbox provision enroll`)"
+            "no-trusted-key", "this box has no provisioning key enrolled (an enrolment stick with the set-up code"
+            " on the box's screen, `esignbox provision enroll`, or one built into the image)"
         )
     try:
         return load_public(path.read_bytes())
@@ -124,11 +124,21 @@ def trusted_key(state_dir: Path) -> PublicKey:
         raise ProvisioningRefused("no-trusted-key", f"{path} is unusable: {exc}") from exc
 
 
-def enroll(state_dir: Path, public_key_pem: bytes, replace: bool = False) -> tuple[str, bool]:
-    """Trust ``public_key_pem`` for provisioning. Returns (key id, changed).
+def _spki(key: PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
-    The first enrolment wins: a different key is refused unless ``replace`` is given (an operator
-    with a shell on the box). Enrolling the same key again is a no-op.
+
+def record_trust(conn: sqlite3.Connection, key: PublicKey, how: str, actor: str,
+                 details: dict[str, object]) -> trust.Trusted:
+    """Trust ``key`` in the caller's transaction (firmware.operations.trust); the files follow the commit."""
+    return trust.record(conn, public_pem(key), _spki(key), how, actor, details)
+
+
+def enroll(state_dir: Path, public_key_pem: bytes, replace: bool = False) -> tuple[str, bool]:
+    """Trust ``public_key_pem`` for provisioning (an operator with a shell). Returns (key id, changed).
+
+    The first enrolment wins: a different key is refused unless ``replace`` is given. Enrolling
+    the same key again is a no-op. Recorded and audited in box.db, then written to trusted.pub.
     """
     key = load_public(public_key_pem)
     path = trusted_key_path(state_dir)
@@ -141,6 +151,8 @@ def enroll(state_dir: Path, public_key_pem: bytes, replace: bool = False) -> tup
                 "untrusted-signer",
                 f"a different provisioning key ({key_id(current)[:16]}…) is already enrolled; use --replace to change it",
             )
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_durable(path, public_pem(key), mode=0o644)
+    db = Database(Path(state_dir) / "box.db")
+    with immediate(db.connect()) as conn:
+        record_trust(conn, key, "operator", "operator", {"replace": replace})
+    trust.write_files(Path(state_dir), db)
     return key_id(key), True

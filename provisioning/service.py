@@ -34,6 +34,7 @@ from hsm import Token
 from . import keys as pkeys
 from .apply import ACTOR, TokenAccess, apply_bundle, recover
 from .bundle import DEFAULT_LIMITS, Limits, RawBundle, read_source
+from .enrol import EnrolmentRequest, enrol_first_key, read_enrolment
 from .errors import ProvisioningRefused
 from .report import Report
 from .state import ProvisioningState
@@ -54,6 +55,7 @@ class ProvisionOptions(TypedDict, total=False):
 
     now: datetime | None
     token_factory: Callable[[], Token] | None
+    enrolment: Callable[[], EnrolmentRequest | None] | None
 
 
 def provision_copied(state_dir: Path, source: Path, *, limits: Limits = DEFAULT_LIMITS,
@@ -64,11 +66,23 @@ def provision_copied(state_dir: Path, source: Path, *, limits: Limits = DEFAULT_
         copied = read_source(Path(source), limits)
     except ProvisioningRefused as exc:
         copied = exc
+    enrolment_copied: EnrolmentRequest | ProvisioningRefused | None
+    try:
+        enrolment_copied = read_enrolment(Path(source))
+    except ProvisioningRefused as exc:
+        enrolment_copied = exc
 
     def copy() -> RawBundle:
         if isinstance(copied, ProvisioningRefused):
             raise copied
         return copied
+
+    def enrolment() -> EnrolmentRequest | None:
+        if isinstance(enrolment_copied, ProvisioningRefused):
+            raise enrolment_copied
+        return enrolment_copied
+
+    kwargs["enrolment"] = enrolment
 
     owner = os.stat(state_dir)
     if os.geteuid() != 0 or owner.st_uid == 0:
@@ -119,24 +133,47 @@ def provision(
     now: datetime | None = None,
     token_factory: Callable[[], Token] | None = None,
     copy: Callable[[], RawBundle] | None = None,
+    enrolment: Callable[[], EnrolmentRequest | None] | None = None,
 ) -> Outcome:
-    """Provision the box in ``state_dir`` from the bundle at ``source`` (directory, tar, or stick root)."""
+    """Provision the box in ``state_dir`` from the stick (or bundle directory, or tar) at ``source``.
+
+    A stick may carry an enrolment request (provisioning/enrol.py) besides, or instead of, a
+    bundle: the key is enrolled first, so one stick can enrol the key and apply a bundle it signed.
+    """
     state = ProvisioningState(Path(state_dir))
     tokens = TokenAccess(state.state_dir, token_factory)
     with state.locked():
         try:
             recover(state)
-            return _attempt(state, tokens, source, limits, now, copy)
+            return _attempt(state, tokens, source, limits, now, copy,
+                            enrolment or (lambda: read_enrolment(Path(source))))
         finally:
             tokens.close()
 
 
+def _enrol(state: ProvisioningState, request: EnrolmentRequest | None, report: Report) -> bool:
+    """Enrol the stick's key if it carries one; whether it did (a refusal raises)."""
+    if request is None:
+        return False
+    key_id, changed = enrol_first_key(state, request)
+    report.trusted_key_id = key_id
+    report.actions.append(
+        f"provisioning key {key_id[:16]}… enrolled: trusted on first use, with the set-up code on the box's screen;"
+        " from now on the box applies only bundles signed by it" if changed else
+        f"provisioning key {key_id[:16]}… was already the trusted key")
+    if changed:
+        log.warning("provisioning: key %s enrolled from a stick (trust on first use, set-up code checked)", key_id)
+    return changed
+
+
 def _attempt(state: ProvisioningState, tokens: TokenAccess, source: Path, limits: Limits, now: datetime | None,
-             copy: Callable[[], RawBundle] | None) -> Outcome:
+             copy: Callable[[], RawBundle] | None, enrolment: Callable[[], EnrolmentRequest | None]) -> Outcome:
     report = Report(result="error", message="")
     raw: RawBundle | None = None
+    enrolled = False
     try:
         try:
+            enrolled = _enrol(state, enrolment(), report)
             trusted = pkeys.trusted_key(state.state_dir)
             report.trusted_key_id = pkeys.key_id(trusted)
             # The copy: from here on only these bytes are looked at, whatever happens on the stick.
@@ -152,6 +189,9 @@ def _attempt(state: ProvisioningState, tokens: TokenAccess, source: Path, limits
             log.info("provisioning: %s (%s)", exc.reason, source)
             return _finish(state, tokens, report, {})
         except ProvisioningRefused as exc:
+            if exc.code == "no-bundle" and enrolled:
+                report.result, report.message = "enrolled", "provisioning key enrolled (the stick carries no bundle)"
+                return _finish(state, tokens, report, {})
             report.result = "no-bundle" if exc.code == "no-bundle" else "refused"
             report.code, report.message = exc.code, exc.reason
             if exc.code == "no-bundle":
@@ -167,7 +207,7 @@ def _attempt(state: ProvisioningState, tokens: TokenAccess, source: Path, limits
         return _finish(state, tokens, report, {})
     report.result, report.generation = "applied", result.generation
     report.message = f"bundle applied as configuration generation {result.generation}"
-    report.actions = result.actions
+    report.actions += result.actions
     report.files = sorted(result.files)
     return _finish(state, tokens, report, result.files)
 

@@ -187,8 +187,9 @@ def test_good_bundle_applies_everything_atomically(pbox: ProvBox, tmp_path: Path
 
     # audit: client change and the apply itself, by "provisioning", and the chain is intact
     actions = pbox.audit_actions()
-    assert [a[:2] for a in actions] == [("provisioning", "client.add"), ("provisioning", "provision.apply")]
-    assert actions[1][2]["counter"] == 7 and actions[1][2]["bundle"] == report.bundle_digest
+    assert [a[:2] for a in actions] == [("operator", "provision.enroll"),  # the fixture's enrolment
+                                        ("provisioning", "client.add"), ("provisioning", "provision.apply")]
+    assert actions[2][2]["counter"] == 7 and actions[2][2]["bundle"] == report.bundle_digest
     assert audit.verify(Database(pbox.state_dir / "box.db").connect()).ok
 
     # the report on the stick
@@ -382,9 +383,12 @@ def test_bundle_created_in_the_future_is_refused(pbox: ProvBox, tmp_path: Path):
     assert pbox.provision(make_bundle(tmp_path / "skew", pbox.key, 1, created_in=timedelta(minutes=3))).result == "applied"
 
 
-def test_no_trusted_key_refuses_everything(pbox: ProvBox, tmp_path: Path):
-    pkeys.trusted_key_path(pbox.state_dir).unlink()
-    refused(pbox, make_bundle(tmp_path / "b", pbox.key, 1, box_name="x"), "no-trusted-key")
+def test_no_trusted_key_refuses_everything(box_config: BoxConfig, tmp_path: Path, admin_key):
+    state_dir = tmp_path / "unenrolled"
+    state_dir.mkdir()
+    write_box_toml(state_dir, box_config, api={"port": 18080}, signing={"tsa_urls": ["http://old-tsa.example/tsr"]})
+    (state_dir / "box-id").write_text(BOX_ID)
+    refused(ProvBox(state_dir, admin_key), make_bundle(tmp_path / "b", admin_key, 1, box_name="x"), "no-trusted-key")
 
 
 def test_enrolment_first_key_wins(pbox: ProvBox):

@@ -392,16 +392,27 @@ class Accounts:
         return attempt if attempt.ok or attempt.message else Attempt(False, "Wrong name or password.")
 
     # -- first set-up ---------------------------------------------------------------------------
-    def check_setup_code(self, code: str, peer: str) -> tuple[Attempt, str | None]:
-        """Step 1 of the first set-up: returns a nonce naming the accepted code, for step 2."""
+    def check_setup_code(self, code: str, peer: str, on_success: Callable[[sqlite3.Connection], object] | None = None,
+                         ) -> tuple[Attempt, str | None]:
+        """Step 1 of the first set-up: returns a nonce naming the accepted code, for step 2.
+
+        ``on_success`` runs in the transaction that accepts the code: a provisioning stick proving
+        it is in the room with the code on the screen has its key trusted in that same commit
+        (provisioning/enrol.py). Either way every attempt counts against the same lockout.
+        """
         if self.admin_exists():
             return Attempt(False, "This box already has an administrator: sign in instead."), None
         row = self._db.connect().execute("SELECT * FROM console_setup_code").fetchone()
+
+        def accepted(conn: sqlite3.Connection) -> None:
+            append_audit(conn, "anonymous", "admin.setup_code_accepted", {"peer": peer})
+            if on_success is not None:
+                on_success(conn)
+
         attempt = self._attempt(
             SETUP_ACCOUNT, peer,
             lambda: row is not None and check_secret(normalise_code(code), row["code_hash"], row["salt"], row["kdf"]),
-            "anonymous", "wrong set-up code",
-            lambda conn: append_audit(conn, "anonymous", "admin.setup_code_accepted", {"peer": peer}))
+            "anonymous", "wrong set-up code", accepted)
         if attempt.ok:
             return attempt, row["code_hash"].hex()[:32]
         if attempt.message:

@@ -9,12 +9,14 @@ The interface with the image (a systemd unit runs the command as root and writes
     Detail: …                         why, when there is more to say (the token's error)
     Console: https://192.168.1.20:8443/   one line per address the admin console answers on
     Console CA SHA-256: 4D:03:E0:…    the box-local CA the console's certificate chains to
+    Provisioning key: 3f2a…  (enrolled from a stick at …)   or "none — …" (firmware/operations/trust.py)
     Set-up code: 9Q6H-G9AK-DYV8       the one-time code, while no administrator exists
     Clock: synchronised               synchronised / NOT synchronised / unknown
 
 What it reads, all under the state directory: box.toml (set up or not, firmware/operations/
 setup.py), ``console/setup-code`` (0600: the plain code the box made, removed once an
-administrator exists; firmware/operations/accounts.py), ``console/screen.json`` (the console's
+administrator exists; firmware/operations/accounts.py), ``provisioning/trusted.pub`` and
+``trusted.json`` (the provisioning key, firmware/operations/trust.py), ``console/screen.json`` (the console's
 addresses and CA fingerprint, written by the console when it starts: `publish_console`), and the
 running signing API's /v1/health on loopback (the token); never box.db, which root must not
 open (it would leave journal files the service cannot write). The clock is systemd-timesyncd's
@@ -35,6 +37,7 @@ from pathlib import Path
 
 from ..config import BoxConfig, ConfigError
 from ..durable import write_durable
+from . import trust
 from .accounts import shown_setup_code
 from .setup import current_config, is_set_up
 
@@ -56,6 +59,7 @@ class BoxState:
     console_urls: list[str] = field(default_factory=list)
     console_ca: str = ""
     setup_code: str | None = None
+    provisioning_key: str = ""
 
 
 def publish_console(state_dir: Path, urls: list[str], ca_fingerprint: str) -> None:
@@ -105,7 +109,7 @@ def box_state(state_dir: Path) -> BoxState:
         facts = {}
     code = shown_setup_code(state_dir)
     shown = BoxState(NOT_SET_UP, "open the admin console to set the box up", clock, list(facts.get("urls", [])),
-                     str(facts.get("ca_fingerprint") or ""), code)
+                     str(facts.get("ca_fingerprint") or ""), code, trust.screen_line(state_dir, code is not None))
     if not is_set_up(state_dir):
         return shown
     try:
@@ -125,6 +129,8 @@ def screen_text(state: BoxState) -> str:
     lines += [f"Console: {url}" for url in state.console_urls]
     if state.console_ca:
         lines.append(f"Console CA SHA-256: {state.console_ca}")
+    if state.provisioning_key:
+        lines.append(f"Provisioning key: {state.provisioning_key}")
     if state.setup_code:
         lines.append(f"Set-up code: {state.setup_code}")
     lines.append(f"Clock: {state.clock}")

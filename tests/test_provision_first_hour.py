@@ -1,0 +1,171 @@
+"""The first hour with a box (issue 14): enrolling the provisioning key from a stick with the code on
+the box's screen (trust on first use), a bundle on a box the image left without box.toml, and a
+signed factory reset.
+
+Real parts throughout: stick directories written by the `esignbox provision` commands, reports
+written back onto them, box.db and its audit log, `esignbox status --screen` as the image runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from firmware.config import BoxConfig
+from firmware.operations import accounts, trust
+from firmware.store import audit, immediate
+from firmware.store.db import Database
+from provisioning import keys as pkeys
+from provisioning.bundle import BUNDLE_DIR
+from provisioning.report import REPORT_DIR, write_report
+from provisioning.service import provision_copied
+
+from .support import ESIGNBOX
+from .test_provisioning import BOX_ID, make_bundle, write_box_toml
+
+
+def esignbox(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([ESIGNBOX, *args], capture_output=True, text=True, timeout=120, check=check)
+
+
+def audit_log(state_dir: Path) -> list[dict]:
+    return list(audit.export(Database(state_dir / "box.db").connect()))
+
+
+def screen(state_dir: Path) -> list[str]:
+    return esignbox("--state-dir", str(state_dir), "status", "--screen").stdout.splitlines()
+
+
+def put_in(state_dir: Path, stick: Path) -> dict:
+    """What the box does with a stick: copy, verify, apply, write the report back; the report as the stick has it."""
+    outcome = provision_copied(state_dir, stick)
+    write_report(stick, outcome.report, outcome.files)
+    return json.loads((stick / REPORT_DIR / "report.json").read_text())
+
+
+def enrolment_stick(tmp_path: Path, name: str, public_key: Path, code: str) -> Path:
+    stick = tmp_path / name
+    stick.mkdir()
+    esignbox("provision", "make-enrolment", "--key", str(public_key), "--code", code, str(stick))
+    return stick
+
+
+@pytest.fixture
+def fresh_box(box_config: BoxConfig, tmp_path: Path) -> tuple[Path, str]:
+    """A box that trusts no provisioning key and shows a one-time set-up code (as `serve` leaves it)."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    write_box_toml(state_dir, box_config, api={"port": 18081})
+    (state_dir / "box-id").write_text(BOX_ID + "\n")
+    code = accounts.Accounts(Database(state_dir / "box.db")).ensure_setup_code()
+    assert code is not None and accounts.shown_setup_code(state_dir) == code
+    return state_dir, code
+
+
+@pytest.fixture
+def admin_keys(tmp_path: Path) -> tuple[pkeys.PrivateKey, Path]:
+    esignbox("provision", "keygen", "--out", str(tmp_path / "admin"))
+    private = pkeys.load_private((tmp_path / "admin.key").read_bytes(), None)
+    return private, tmp_path / "admin.pub"
+
+
+# -- trust on first use ------------------------------------------------------------------------------
+
+def test_the_first_stick_with_the_screen_code_enrols_its_key_once(fresh_box, admin_keys, tmp_path: Path):
+    state_dir, code = fresh_box
+    private, public = admin_keys
+    key_id = pkeys.key_id(private.public_key())
+    assert "Provisioning key: none — a stick with the administrator's public key and the set-up code below enrols it" \
+        in screen(state_dir)
+
+    report = put_in(state_dir, enrolment_stick(tmp_path, "stick1", public, code))
+    assert report["result"] == "enrolled" and report["trusted_key_id"] == key_id, report
+    assert any("trusted on first use, with the set-up code" in action for action in report["actions"])
+    assert "ENROLLED" in (tmp_path / "stick1" / REPORT_DIR / "report.txt").read_text()
+    assert pkeys.key_id(pkeys.trusted_key(state_dir)) == key_id
+    entries = audit_log(state_dir)
+    enrolled = [e for e in entries if e["action"] == "provision.enroll"]
+    assert len(enrolled) == 1 and enrolled[0]["details"]["key_id"] == key_id
+    assert enrolled[0]["details"]["how"] == "stick" and enrolled[0]["actor"] == "provisioning"
+    accepted = entries.index(next(e for e in entries if e["action"] == "admin.setup_code_accepted"))
+    assert entries[accepted + 1]["action"] == "provision.enroll"  # one transaction: code accepted, key trusted
+    lines = screen(state_dir)
+    assert any(line.startswith(f"Provisioning key: {key_id[:16]}… (enrolled from a stick at ") for line in lines), lines
+    assert accounts.shown_setup_code(state_dir) == code  # not consumed: it still creates the administrator
+
+    # From now on only bundles signed by that key; a second "first" stick is refused and changes nothing.
+    other = pkeys.generate()
+    (tmp_path / "other.pub").write_bytes(pkeys.public_pem(other.public_key()))
+    report = put_in(state_dir, enrolment_stick(tmp_path, "stick2", tmp_path / "other.pub", code))
+    assert report["result"] == "refused" and report["code"] == "already-enrolled", report
+    assert "already trusts provisioning key" in (tmp_path / "stick2" / REPORT_DIR / "report.txt").read_text()
+    assert pkeys.key_id(pkeys.trusted_key(state_dir)) == key_id
+    assert [e["details"]["code"] for e in audit_log(state_dir) if e["action"] == "provision.refused"] == \
+        ["already-enrolled"]
+
+    stick = tmp_path / "stick3"
+    make_bundle(stick / BUNDLE_DIR, private, 1, box_name="enrolled-box")
+    assert put_in(state_dir, stick)["result"] == "applied"
+    assert BoxConfig.load(state_dir).box.name == "enrolled-box"
+
+
+def test_one_stick_enrols_the_key_and_applies_the_bundle_it_signed(fresh_box, admin_keys, tmp_path: Path):
+    state_dir, code = fresh_box
+    private, public = admin_keys
+    stick = enrolment_stick(tmp_path, "stick", public, code)
+    make_bundle(stick / BUNDLE_DIR, private, 1, box_name="one-stick")
+    report = put_in(state_dir, stick)
+    assert report["result"] == "applied", report
+    assert "enrolled" in report["actions"][0] and BoxConfig.load(state_dir).box.name == "one-stick"
+
+
+def test_a_wrong_code_is_refused_and_counts_towards_the_lockout(fresh_box, admin_keys, tmp_path: Path):
+    state_dir, code = fresh_box
+    _, public = admin_keys
+    for attempt in range(5):
+        report = put_in(state_dir, enrolment_stick(tmp_path, f"wrong{attempt}", public, "AAAA-BBBB-CCCC"))
+        assert report["result"] == "refused" and report["code"] == "wrong-code", report
+    assert "locked" in report["message"]
+    assert not pkeys.trusted_key_path(state_dir).exists()
+    # Locked now: even the right code is not checked (the console's own lockout, shared with sticks).
+    report = put_in(state_dir, enrolment_stick(tmp_path, "right", public, code))
+    assert report["result"] == "refused" and report["code"] == "wrong-code" and "locked" in report["message"]
+    assert not pkeys.trusted_key_path(state_dir).exists()
+    entries = audit_log(state_dir)
+    failed = [e for e in entries if e["action"] == "admin.login_failed"]
+    assert len(failed) == 5 and {e["details"]["peer"] for e in failed} == {"usb-stick"}
+    assert [e for e in entries if e["action"] == "admin.lockout"]
+    assert not [e for e in entries if e["action"] == "provision.enroll"]
+
+
+def test_no_stick_enrols_a_key_once_an_administrator_exists(fresh_box, admin_keys, tmp_path: Path):
+    state_dir, code = fresh_box
+    _, public = admin_keys
+    db = Database(state_dir / "box.db")
+    console = accounts.Accounts(db)
+    attempt, nonce = console.check_setup_code(code, "192.0.2.7")
+    assert attempt.ok and nonce
+    console.create_admin(nonce, "alice", "correct horse battery", "correct horse battery", "192.0.2.7")
+    report = put_in(state_dir, enrolment_stick(tmp_path, "stick", public, code))
+    assert report["result"] == "refused" and report["code"] == "no-setup-code", report
+    assert not pkeys.trusted_key_path(state_dir).exists()
+    assert "Provisioning key: none — sticks are refused; a key must be built into the image or enrolled by an operator" \
+        in screen(state_dir)
+
+
+def test_an_enrolment_committed_before_a_crash_gets_its_file(fresh_box, admin_keys, tmp_path: Path):
+    """The row and its audit entry are the commit; trusted.pub follows, and the next stick finishes it."""
+    state_dir, _ = fresh_box
+    private, _ = admin_keys
+    db = Database(state_dir / "box.db")
+    with immediate(db.connect()) as conn:  # what enrol_first_key commits before writing the file
+        pkeys.record_trust(conn, private.public_key(), "stick", "provisioning", {})
+    assert not pkeys.trusted_key_path(state_dir).exists()
+    stick = tmp_path / "stick"
+    make_bundle(stick / BUNDLE_DIR, private, 1, box_name="recovered")
+    assert put_in(state_dir, stick)["result"] == "applied"
+    assert pkeys.key_id(pkeys.trusted_key(state_dir)) == pkeys.key_id(private.public_key())
+    assert trust.trusted(db) is not None
