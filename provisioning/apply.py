@@ -44,6 +44,7 @@ from firmware.operations import (
     configstore,
     generate,
     parse_subject,
+    setup,
     trust,
 )
 from firmware.store import DEFAULT_SCOPES, audit, immediate
@@ -140,6 +141,29 @@ def recover(state: ProvisioningState) -> str | None:
     if trust.write_files(state.state_dir, state.database):
         done = "; ".join(filter(None, [done, "trusted.pub written from the committed enrolment"]))
     return done
+
+
+# -- a box the image left without box.toml ------------------------------------------------------------
+
+def _first_box_toml(state: ProvisioningState, m: Manifest) -> list[str]:
+    """Write the box.toml the console's set-up starts with, through the set-up's own changes.
+
+    A bundle that needs the token (a key request or a chain) gets the box's own SoftHSM2 token,
+    the set-up's TOKEN step without a choice: a stick carries no token PIN, so a box meant for a
+    YubiHSM2 picks it in the console first. Any other bundle leaves the token to the console.
+    Either way box.toml switches the console on, as the set-up does. This step stays even if the
+    bundle is then refused (as the console's token step would).
+    """
+    details: dict[str, object] = {}
+    if m.key_request is None and m.signing_chain is None:
+        changes, action = dict(setup.FIRST_SETTINGS), "setup.console"
+        said = "box.toml written (the image has none): the admin console is on; the token is chosen there"
+    else:
+        changes, details = setup.own_token(state.state_dir)
+        action = "setup.token"
+        said = "box.toml written (the image has none) with the box's own SoftHSM2 token, made now"
+    configstore.update_locked(state, changes, actor=ACTOR, action=action, details=details)
+    return [said]
 
 
 # -- token work ---------------------------------------------------------------------------------------
@@ -319,8 +343,7 @@ def _apply_clients(conn: sqlite3.Connection, clients: tuple[ClientSpec, ...], fr
 def apply_bundle(state: ProvisioningState, verified: VerifiedBundle, tokens: TokenAccess, source: str = "") -> ApplyResult:
     """Apply a verified bundle (the caller holds `state.locked()` and ran `state.recover()`)."""
     m, raw = verified.manifest, verified.raw
-    if not state.box_toml.exists():
-        raise ProvisioningRefused("invalid-content", f"{state.box_toml} not found: the box image must provide one")
+    first = [] if state.box_toml.exists() else _first_box_toml(state, m)
     base_text = state.box_toml.read_text()
     try:
         base = parse(base_text, state.box_toml)
@@ -332,7 +355,7 @@ def apply_bundle(state: ProvisioningState, verified: VerifiedBundle, tokens: Tok
 
     linked = state.config_is_linked()
     current = state.current_generation()
-    result = ApplyResult(generation=0, previous=current if linked else None)
+    result = ApplyResult(generation=0, previous=current if linked else None, actions=first)
     if m.key_request is not None:
         _key_request(tokens, m, state, result)
     if m.signing_chain is not None:

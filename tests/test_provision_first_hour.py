@@ -169,3 +169,45 @@ def test_an_enrolment_committed_before_a_crash_gets_its_file(fresh_box, admin_ke
     assert put_in(state_dir, stick)["result"] == "applied"
     assert pkeys.key_id(pkeys.trusted_key(state_dir)) == pkeys.key_id(private.public_key())
     assert trust.trusted(db) is not None
+
+
+# -- a bundle on a box the image left without box.toml --------------------------------------------------
+
+@pytest.fixture
+def imaged_box(tmp_path: Path, admin_keys) -> Path:
+    """A freshly written image's state directory: a box id and a trusted key, no box.toml."""
+    state_dir = tmp_path / "imaged"
+    state_dir.mkdir()
+    (state_dir / "box-id").write_text(BOX_ID + "\n")
+    pkeys.enroll(state_dir, admin_keys[1].read_bytes())
+    return state_dir
+
+
+def test_a_bundle_on_a_box_without_box_toml_writes_a_complete_one(imaged_box: Path, admin_keys, tmp_path: Path):
+    """Its key request needs a token: the box makes its own, as the console's set-up does (SoftHSM2)."""
+    stick = tmp_path / "stick"
+    make_bundle(stick / BUNDLE_DIR, admin_keys[0], 1, box_name="from-a-stick",
+                services={"tsa_urls": ["http://tsa.example/tsr"]},
+                key_request={"label": "box-2027", "algorithm": "ec-p256", "subject": "CN=Stick Box,O=Example,C=BE"})
+    done = esignbox("--state-dir", str(imaged_box), "provision", "apply", str(stick), "--report-dir", str(stick),
+                    check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    config = BoxConfig.load(imaged_box)
+    assert config.box.name == "from-a-stick" and config.tsa_urls == ["http://tsa.example/tsr"]
+    assert config.token is not None and config.token.label == "esignbox" and config.console.enabled
+    assert (imaged_box / "tokens").is_dir() and (stick / REPORT_DIR / "box-2027.csr").exists()
+    actions = [(e["actor"], e["action"]) for e in audit_log(imaged_box)]
+    assert ("provisioning", "setup.token") in actions and actions[-1] == ("provisioning", "provision.apply")
+    status = esignbox("--state-dir", str(imaged_box), "status").stdout.strip()
+    assert status == "not set up"  # no chain yet: the console's set-up goes on at the chain
+
+
+def test_a_bundle_without_key_work_on_a_box_without_box_toml_leaves_the_token_to_the_console(
+        imaged_box: Path, admin_keys, tmp_path: Path):
+    stick = tmp_path / "stick"
+    make_bundle(stick / BUNDLE_DIR, admin_keys[0], 1, box_name="named", services={"tsa_urls": ["http://tsa.example/tsr"]})
+    report = put_in(imaged_box, stick)
+    assert report["result"] == "applied", report
+    config = BoxConfig.load(imaged_box)
+    assert config.box.name == "named" and config.console.enabled and config.token is None
+    assert not (imaged_box / "tokens").exists()

@@ -34,7 +34,8 @@ from ..store import audit
 from ..store.db import Database
 from .generations import Generations
 
-__all__ = ["SERVICE_SECTIONS", "ConfigChange", "differences", "header", "merged", "render", "service_changes", "update"]
+__all__ = ["SERVICE_SECTIONS", "ConfigChange", "differences", "header", "merged", "render", "service_changes", "update",
+           "update_locked"]
 
 _SHOWN_CHARS = 60  # a value longer than this is shortened in the descriptions of a change
 
@@ -125,19 +126,25 @@ def update(state_dir: Path, changes: dict[str, dict[str, Any]], *, actor: str, a
         generations.use_database(db)
     with generations.locked():
         generations.recover()  # a change a crash interrupted is finished or undone first
-        # No box.toml yet: a box being set up (firmware/operations/setup.py) starts from the defaults.
-        old = parse(generations.box_toml.read_text(), generations.box_toml) if generations.box_toml.exists() else {}
-        new = merged(old, changes)
-        said = differences(old, new)
-        text = render(new, f"{actor} ({action})")
-        proposed = BoxConfig.from_text(generations.state_dir, text)
-        if check is not None:
-            check(proposed)
-        details = {**details, "changes": said}
-        if generations.config_is_linked():
-            number = generations.add(text, actor, action, details)
-        else:
-            number = None
-            write_durable(generations.box_toml, text.encode())
-            audit.record(generations.connect(), audit.AuditEntry(actor, action, None, details))
+        return update_locked(generations, changes, actor=actor, action=action, details=details, check=check)
+
+
+def update_locked(generations: Generations, changes: dict[str, dict[str, Any]], *, actor: str, action: str,
+                  details: dict[str, Any], check: Callable[[BoxConfig], None] | None = None) -> ConfigChange:
+    """`update` for a caller that holds ``generations.locked()`` already (provisioning, applying a bundle)."""
+    # No box.toml yet: a box being set up (firmware/operations/setup.py) starts from the defaults.
+    old = parse(generations.box_toml.read_text(), generations.box_toml) if generations.box_toml.exists() else {}
+    new = merged(old, changes)
+    said = differences(old, new)
+    text = render(new, f"{actor} ({action})")
+    proposed = BoxConfig.from_text(generations.state_dir, text)
+    if check is not None:
+        check(proposed)
+    details = {**details, "changes": said}
+    if generations.config_is_linked():
+        number = generations.add(text, actor, action, details)
+    else:
+        number = None
+        write_durable(generations.box_toml, text.encode())
+        audit.record(generations.connect(), audit.AuditEntry(actor, action, None, details))
     return ConfigChange(BoxConfig.load(generations.state_dir), said, number)

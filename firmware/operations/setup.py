@@ -47,7 +47,7 @@ from .accounts import admins
 from .keys import activation, build_csr, chain_details, chain_path, chain_pem, generate, install_chain, parse_subject
 from .tokens import BOX_TOKEN_LABEL, ModuleKind, find_tokens, init_softhsm, softhsm_settings, token_settings
 
-__all__ = ["Progress", "SetUp", "Step", "current_config", "is_set_up"]
+__all__ = ["FIRST_SETTINGS", "Progress", "SetUp", "Step", "current_config", "is_set_up", "own_token", "token_changes"]
 
 
 class Step(enum.Enum):
@@ -150,17 +150,14 @@ class SetUp:
 
     def use_softhsm(self, actor: str) -> configstore.ConfigChange:
         """Make the box's own SoftHSM2 token (software) and name it in box.toml."""
-        init_softhsm(self.state_dir, BOX_TOKEN_LABEL)
-        return self._set_token(softhsm_settings(BOX_TOKEN_LABEL), actor, "SoftHSM2")
+        changes, details = own_token(self.state_dir)
+        return configstore.update(self.state_dir, changes, actor=actor, action="setup.token", details=details,
+                                  db=self.db)
 
     def use_token(self, kind: ModuleKind, label: str, pin: str, actor: str) -> configstore.ConfigChange:
         """Name a found token (a YubiHSM2) in box.toml, once a login with ``pin`` worked."""
-        return self._set_token(token_settings(self.state_dir, kind, label, pin), actor, kind.name)
-
-    def _set_token(self, settings: dict[str, object], actor: str, kind: str) -> configstore.ConfigChange:
-        # The console is switched on in the same change: a box set up from the browser keeps it.
-        return configstore.update(self.state_dir, {"token": settings, "console": {"enabled": True}}, actor=actor,
-                                  action="setup.token", details={"kind": kind, "label": settings["label"]},
+        changes, details = token_changes(token_settings(self.state_dir, kind, label, pin), kind.name)
+        return configstore.update(self.state_dir, changes, actor=actor, action="setup.token", details=details,
                                   db=self.db)
 
     # -- KEY, CSR, CHAIN ----------------------------------------------------------------------
@@ -220,6 +217,22 @@ class SetUp:
 
     def _record(self, actor: str, action: str, details: dict[str, object]) -> None:
         audit.record(self.db.connect(), audit.AuditEntry(actor, action, None, details))
+
+
+# What every box set up here has besides its token: the console, switched on in the token's change
+# (a box set up from the browser, or from a stick on a box without box.toml, keeps it).
+FIRST_SETTINGS: dict[str, dict[str, object]] = {"console": {"enabled": True}}
+
+
+def token_changes(settings: dict[str, object], kind: str) -> tuple[dict[str, dict[str, object]], dict[str, object]]:
+    """The set-up's TOKEN step as a change to box.toml, and its audit details."""
+    return {"token": settings, **FIRST_SETTINGS}, {"kind": kind, "label": settings["label"]}
+
+
+def own_token(state_dir: Path) -> tuple[dict[str, dict[str, object]], dict[str, object]]:
+    """The box's own SoftHSM2 token, made now if it is not there yet, as the TOKEN step's change."""
+    init_softhsm(state_dir, BOX_TOKEN_LABEL)
+    return token_changes(softhsm_settings(BOX_TOKEN_LABEL), "SoftHSM2")
 
 
 def _own_root(chain: list[x509.Certificate]) -> list[x509.Certificate]:
