@@ -100,6 +100,10 @@ class TokenAccess:
                 self._serial = str(self.token().info()["serial"]).strip()
         return self._serial
 
+    def forget(self) -> None:
+        """The token was closed by its last user (a factory reset): do not close it again."""
+        self._token = None
+
     def close(self) -> None:
         if self._token is not None:
             self._token.close()

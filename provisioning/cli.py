@@ -149,6 +149,17 @@ def cmd_make_bundle(args: argparse.Namespace) -> None:
         print("\n".join(lines))
 
 
+def cmd_make_reset(args: argparse.Namespace) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    manifest = {"format": FORMAT, "counter": args.counter if args.counter is not None else int(time.time()),
+                "created_at": now.isoformat(), "expires_at": (now + timedelta(days=args.valid_days)).isoformat(),
+                "box_serial": args.box_serial, "factory_reset": True}
+    bundle_mod.write_dir(Path(args.out), manifest, {})
+    print(f"unsigned reset bundle for box {args.box_serial} written to {args.out}; sign it with"
+          f" `esignbox provision sign-bundle {args.out} --key …`. The box it is for destroys its keys and forgets"
+          " everything but its serial, the provisioning key and its resets.log")
+
+
 def cmd_sign_bundle(args: argparse.Namespace) -> None:
     passphrase = _read_secret_file(args.passphrase_file)
     data = Path(args.key).read_bytes()
@@ -320,6 +331,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="algorithm of the key the box generates (default ec-p256)")
     c.add_argument("--subject", help="CSR subject, e.g. 'CN=Signing Box,O=Example Ltd,C=BE'")
     c.set_defaults(func=cmd_make_bundle)
+
+    c = psub.add_parser("make-reset", help="(admin PC) write an unsigned factory-reset bundle for one box")
+    c.add_argument("--out", required=True, help="bundle directory to write")
+    c.add_argument("--box-serial", required=True, help="the box to reset (a reset is never for any box)")
+    c.add_argument("--counter", type=int, help="replay counter, above the last one applied (default: Unix time)")
+    c.add_argument("--valid-days", type=float, default=1, help="the reset bundle expires after this (default 1)")
+    c.set_defaults(func=cmd_make_reset)
 
     c = psub.add_parser("sign-bundle", help="(admin PC) sign a bundle directory with the provisioning key")
     c.add_argument("bundle", help="the bundle directory make-bundle wrote")

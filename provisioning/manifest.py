@@ -106,9 +106,11 @@ class Manifest:
     trust_roots: str | None
     signing_chain: ChainSpec | None
     key_request: KeyRequest | None
+    factory_reset: bool = False  # wipe the box back to "not set up" (firmware/operations/reset.py); nothing else
 
     def sections(self) -> list[str]:
         present = {
+            "factory_reset": self.factory_reset,
             "box_name": self.box_name is not None, "network": self.network is not None,
             "admin": self.admin_setup_code is not None, "services": bool(self.services),
             "clients": bool(self.clients), "trust_roots": self.trust_roots is not None,
@@ -286,7 +288,7 @@ def parse(data: bytes, files: set[str]) -> Manifest:
 
 def _parse(data: bytes, files: set[str]) -> Manifest:
     top = {"format", "counter", "created_at", "expires_at", "box_serial", "any_box", "box_name", "network", "admin",
-           "services", "clients", "trust_roots", "signing_chain", "key_request"}
+           "services", "clients", "trust_roots", "signing_chain", "key_request", "factory_reset"}
     m = _object(_strict_json(data), "manifest", top, {"format", "counter", "created_at", "expires_at"})
     if m["format"] != FORMAT:
         _fail("format", f"must be {FORMAT!r}")
@@ -304,6 +306,16 @@ def _parse(data: bytes, files: set[str]) -> Manifest:
     if box_serial is not None and any_box:
         _fail("any_box", "give box_serial or any_box: true, not both")
     used: set[str] = set()
+    factory_reset = m.get("factory_reset", False)
+    if not isinstance(factory_reset, bool):
+        _fail("factory_reset", "must be true or false")
+    if factory_reset:
+        # A reset is alone on its stick and for one box: a lost reset stick must not wipe every box.
+        others = set(m) - {"format", "counter", "created_at", "expires_at", "box_serial", "factory_reset"}
+        if others:
+            _fail("factory_reset", f"a reset bundle holds nothing else (found {', '.join(sorted(others))})")
+        if box_serial is None:
+            _fail("factory_reset", "a reset names the box it wipes (box_serial); any_box is not allowed")
 
     setup_code, admin_reset = None, False
     if "admin" in m:
@@ -358,5 +370,5 @@ def _parse(data: bytes, files: set[str]) -> Manifest:
         box_name=_text(m["box_name"], "box_name", 64) if "box_name" in m else None,
         network=_network(m["network"]) if "network" in m else None,
         admin_setup_code=setup_code, admin_reset=admin_reset, services=services, clients=clients,
-        trust_roots=trust_roots, signing_chain=chain, key_request=request,
+        trust_roots=trust_roots, signing_chain=chain, key_request=request, factory_reset=factory_reset,
     )

@@ -18,7 +18,7 @@ from .bundle import valid_name
 from .fsutil import open_dir_nofollow
 
 REPORT_DIR = "esignbox-report"
-RESULTS = ("applied", "already-applied", "enrolled", "refused", "no-bundle", "error")
+RESULTS = ("applied", "already-applied", "enrolled", "reset", "refused", "no-bundle", "error")
 
 
 def _now() -> str:
@@ -44,7 +44,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return self.result in ("applied", "already-applied", "enrolled")
+        return self.result in ("applied", "already-applied", "enrolled", "reset")
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"

@@ -28,6 +28,7 @@ from typing import TypedDict, Unpack
 
 from firmware.config import BoxConfig, ConfigError
 from firmware.durable import write_durable
+from firmware.operations import reset
 from firmware.store import audit, immediate
 from hsm import Token
 
@@ -38,7 +39,7 @@ from .enrol import EnrolmentRequest, enrol_first_key, read_enrolment
 from .errors import ProvisioningRefused
 from .report import Report
 from .state import ProvisioningState
-from .verify import AlreadyApplied, verify
+from .verify import AlreadyApplied, VerifiedBundle, verify
 
 log = logging.getLogger("esignbox.provisioning")
 _KEEP_REPORTS = 50
@@ -183,6 +184,8 @@ def _attempt(state: ProvisioningState, tokens: TokenAccess, source: Path, limits
             report.last_counter = last.counter if last else None
             verified = verify(raw, trusted, last, tokens.serial, now)
             report.counter, report.any_box = verified.manifest.counter, verified.manifest.any_box
+            if verified.manifest.factory_reset:
+                return _reset(state, tokens, verified, report, str(source))
             result = apply_bundle(state, verified, tokens, str(source))
         except AlreadyApplied as exc:
             report.result, report.code, report.message = "already-applied", exc.code, exc.reason
@@ -210,6 +213,25 @@ def _attempt(state: ProvisioningState, tokens: TokenAccess, source: Path, limits
     report.actions += result.actions
     report.files = sorted(result.files)
     return _finish(state, tokens, report, result.files)
+
+
+def _reset(state: ProvisioningState, tokens: TokenAccess, verified: VerifiedBundle, report: Report,
+           source: str) -> Outcome:
+    """A verified reset bundle: firmware.operations.reset wipes the box; the report says what went."""
+    try:
+        config: BoxConfig | None = BoxConfig.load(state.state_dir)
+    except (ConfigError, FileNotFoundError):
+        config = None
+    token = tokens.token() if config is not None and config.token is not None else None
+    serial = tokens.serial()  # before the wipe: the report names the box that was reset
+    request = reset.ResetRequest(verified.key_id, verified.raw.digest, verified.manifest.counter, source)
+    report.actions += reset.factory_reset(state.state_dir, state.database, config, token, request)
+    tokens.forget()
+    state.forget_database()
+    log.warning("provisioning: box reset to factory state by key %s (bundle %s)", verified.key_id, verified.raw.digest)
+    report.result, report.box_serial = "reset", serial
+    report.message = "the box was reset: keys destroyed, state wiped, set-up starts over (see resets.log)"
+    return _finish(state, tokens, report, {})
 
 
 def _audit_refusal(state: ProvisioningState, exc: ProvisioningRefused, raw: RawBundle | None, source: str) -> None:

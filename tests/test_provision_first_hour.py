@@ -211,3 +211,74 @@ def test_a_bundle_without_key_work_on_a_box_without_box_toml_leaves_the_token_to
     config = BoxConfig.load(imaged_box)
     assert config.box.name == "named" and config.console.enabled and config.token is None
     assert not (imaged_box / "tokens").exists()
+
+
+# -- factory reset -----------------------------------------------------------------------------------
+
+def token_labels(state_dir: Path) -> list[str]:
+    """The key labels on the box's token, asked in a process of its own (its SoftHSM2 configuration)."""
+    code = ("import sys; from pathlib import Path; from firmware.config import BoxConfig; from hsm import Token; "
+            "t = Token(BoxConfig.load(Path(sys.argv[1])).token_config()); print(*sorted(k.label for k in t.keys()))")
+    done = subprocess.run([str(Path(ESIGNBOX).parent / "python"), "-c", code, str(state_dir)], capture_output=True,
+                          text=True, check=True, timeout=60)
+    return done.stdout.split()
+
+
+def reset_stick(tmp_path: Path, name: str, key_file: Path | None, serial: str = BOX_ID, counter: int = 100) -> Path:
+    stick = tmp_path / name
+    esignbox("provision", "make-reset", "--box-serial", serial, "--counter", str(counter),
+             "--out", str(stick / BUNDLE_DIR))
+    if key_file is not None:
+        esignbox("provision", "sign-bundle", str(stick / BUNDLE_DIR), "--key", str(key_file))
+    return stick
+
+
+def apply_stick(state_dir: Path, stick: Path) -> dict:
+    esignbox("--state-dir", str(state_dir), "provision", "apply", str(stick), "--report-dir", str(stick), check=False)
+    return json.loads((stick / REPORT_DIR / "report.json").read_text())
+
+
+def test_a_signed_reset_returns_the_box_to_not_set_up_and_says_so(imaged_box: Path, admin_keys, tmp_path: Path):
+    state_dir = imaged_box
+    stick = tmp_path / "setup-stick"
+    make_bundle(stick / BUNDLE_DIR, admin_keys[0], 1, box_name="before-reset",
+                key_request={"label": "box-2027", "algorithm": "ec-p256", "subject": "CN=Reset Box,O=Example,C=BE"})
+    assert apply_stick(state_dir, stick)["result"] == "applied"
+    assert token_labels(state_dir) == ["box-2027"]
+    before = (state_dir / "box.toml").read_text()
+
+    # Refused, and nothing changes: unsigned, signed by a stranger, for another box.
+    (tmp_path / "stranger").mkdir()
+    esignbox("provision", "keygen", "--out", str(tmp_path / "stranger" / "k"))
+    for name, key_file, serial, code in (("unsigned", None, BOX_ID, "unsigned"),
+                                         ("foreign", tmp_path / "stranger" / "k.key", BOX_ID, "untrusted-signer"),
+                                         ("other-box", tmp_path / "admin.key", "BOX-OTHER", "wrong-box")):
+        report = apply_stick(state_dir, reset_stick(tmp_path, name, key_file, serial))
+        assert (report["result"], report["code"]) == ("refused", code), report
+        assert (state_dir / "box.toml").read_text() == before and token_labels(state_dir) == ["box-2027"]
+        assert not (state_dir / "resets.log").exists()
+
+    good = reset_stick(tmp_path, "reset", tmp_path / "admin.key")
+    report = apply_stick(state_dir, good)
+    assert report["result"] == "reset" and report["box_serial"] == BOX_ID, report
+    assert any("box-2027" in action for action in report["actions"])
+    assert "RESET" in (good / REPORT_DIR / "report.txt").read_text()
+    assert esignbox("--state-dir", str(state_dir), "status").stdout.strip() == "not set up"
+    assert not (state_dir / "box.toml").exists() and not (state_dir / "tokens").exists()
+    assert pkeys.key_id(pkeys.trusted_key(state_dir)) == pkeys.key_id(admin_keys[0].public_key())
+    entries = audit_log(state_dir)
+    assert entries[0]["action"] == "box.reset" and entries[0]["details"]["keys_destroyed"] == ["box-2027"]
+    assert entries[0]["details"]["bundle"] == report["bundle_digest"]
+    assert audit.verify(Database(state_dir / "box.db").connect()).ok
+    log = [json.loads(line) for line in (state_dir / "resets.log").read_text().splitlines()]
+    assert [line["event"] for line in log] == ["started", "done"] and "box-2027" in log[0]["labels"]
+
+    # The same stick again, or an older bundle, changes nothing on the fresh box.
+    assert apply_stick(state_dir, good)["result"] == "already-applied"
+    assert apply_stick(state_dir, stick)["code"] == "replay"
+    assert len((state_dir / "resets.log").read_text().splitlines()) == 2
+    # The same administrator provisions the box again.
+    again = tmp_path / "again"
+    make_bundle(again / BUNDLE_DIR, admin_keys[0], 101, box_name="after-reset")
+    assert apply_stick(state_dir, again)["result"] == "applied"
+    assert BoxConfig.load(state_dir).box.name == "after-reset"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..lazy import lazy_exports
-from . import accounts, box_state, configstore, keys, reports, setup, tokens, trust
+from . import accounts, box_state, configstore, keys, reports, reset, setup, tokens, trust
 from .accounts import AccountError, Accounts
 from .configstore import ConfigChange
 from .generations import HOOK_ENV, Generations, Record, RolledBack, test_hook
@@ -47,7 +47,7 @@ __all__ = [
     "Generations", "KeyExists", "KeyNotFound", "Progress", "Record", "RolledBack", "SetUp", "SigningService", "Step",
     "TokenError", "UsageRow", "accounts", "activation", "box_state", "build_csr", "chain_details", "chain_path", "configstore",
     "current_config", "generate", "install_chain", "inventory", "is_set_up", "keys", "parse_subject", "reassemble",
-    "reports", "rollback_activation", "setup", "test_hook", "token_presence", "tokens", "trust",
+    "reports", "reset", "rollback_activation", "setup", "test_hook", "token_presence", "tokens", "trust",
 ]
 
 _HEAVY = {"SigningService": "live", "reassemble": "live", "FAULTS": "errors", "Face": "errors", "Fault": "errors"}

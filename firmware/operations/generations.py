@@ -150,6 +150,10 @@ class Generations:
         self._db = db
         db.connect().executescript(_SCHEMA)
 
+    def forget_database(self) -> None:
+        """box.db was replaced (a factory reset): the next use opens the new one."""
+        self._db = None
+
     def connect(self) -> sqlite3.Connection:
         return self.database.connect()
 

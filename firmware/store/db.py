@@ -171,6 +171,13 @@ class Database:
         _ensure_view(conn, "metered_calls", METERED_CALLS)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    def close(self) -> None:
+        """Close this thread's connection (a factory reset removes the file under it)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            conn.close()
+
     def connect(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
         conn = getattr(self._local, "conn", None)
