@@ -11,10 +11,12 @@ back to the stick.
 Modules, in the order a bundle meets them:
 
 - `keys`      the provisioning key pair (Ed25519 or ECDSA P-256) and the box's trusted key
+- `enrol`     the first key from a stick, with the set-up code on the box's screen (trust on first use)
 - `bundle`    the format, the digest list the signature covers, copying off a stick with limits
 - `manifest`  the declarative content, validated field by field
 - `verify`    signature, binding to this box, replay counter, expiry
 - `apply`     token work (key + CSR, chain check), then an atomic switch of configuration generations
+              (a reset bundle goes to firmware/operations/reset.py instead)
 - `state`     generations, the commit record in box.db, the journal and crash recovery
 - `report`    the report written to the stick
 - `usb`       the pyudev watcher and the read-only, nosuid/nodev/noexec mount
