@@ -51,6 +51,11 @@ class PkiServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The Animator's process while it runs (`make bench` reads the TSA's CPU time from it)."""
+        return None if self._process is None else self._process.pid
+
     def start(self) -> None:
         """Start the Animator and return once it serves the root CRL."""
         if self._process is not None:
