@@ -101,10 +101,13 @@ def set_workers(box: DevBox, workers: int) -> None:
                            details={})
 
 
-def start_pki(box: DevBox, stack: contextlib.ExitStack) -> PkiServer:
+def start_pki(box: DevBox, stack: contextlib.ExitStack, processes: int) -> PkiServer:
+    """The box's dev PKI, answering ``processes`` requests at once (one would make its TSA, not
+    the box, the ceiling of every timestamped step)."""
     config = box.config
     assert config.pki_port is not None
-    server = PkiServer(DevPki(config.state_dir / "pki", f"http://127.0.0.1:{config.pki_port}"), config.pki_port)
+    server = PkiServer(DevPki(config.state_dir / "pki", f"http://127.0.0.1:{config.pki_port}"), config.pki_port,
+                       processes=processes)
     server.start()
     stack.callback(server.stop)
     return server

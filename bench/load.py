@@ -155,7 +155,8 @@ class Wrk:
         watch = _Watch(server, seconds)
         server0 = [cpu_times(pid) for pid in pids]
         workers0 = [cpu_seconds(pid) for pid in workers]
-        pki0 = cpu_seconds(pki_pid) if pki_pid else 0.0
+        pki_pids = tree(pki_pid) if pki_pid else []  # the dev PKI's processes
+        pki0 = sum(cpu_seconds(pid) for pid in pki_pids)
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped meanwhile
         busy0, start = machine_busy_seconds(), time.monotonic()
         watch.start()
@@ -168,7 +169,7 @@ class Wrk:
         server_user = sum(user for user, _ in server1) - sum(user for user, _ in server0)
         server_s = server_user + sum(system for _, system in server1) - sum(system for _, system in server0)
         wrk_s = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
-        pki_s = cpu_seconds(pki_pid) - pki0 if pki_pid else 0.0
+        pki_s = sum(cpu_seconds(pid) for pid in pki_pids) - pki0
         figures = parse_wrk(out)
         return {
             "name": body.name,
