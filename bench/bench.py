@@ -31,6 +31,7 @@ from typing import Any
 from boxes import (
     DevBox,
     Server,
+    cpu_seconds,
     memory_kb,
     prepare_box,
     progress,
@@ -47,6 +48,7 @@ from report import report
 from hsm import KeyAlgorithm, SignatureScheme
 
 BATCH_SIZE = 100
+_SETTLE_S, _IDLE_CORES = 0.5, 0.1  # a box using under a tenth of a core for half a second is idle
 REPORT_FILE = Path(__file__).with_name("last-report.md")
 CORES = os.cpu_count() or 1
 
@@ -100,6 +102,17 @@ def memory(server: Server) -> dict[str, Any]:
             "rss_kb": parent[0] + sum(rss for rss, _ in workers), "pss_kb": parent[1] + sum(pss for _, pss in workers)}
 
 
+def settle(server: Server, timeout_s: float = 60.0) -> None:
+    """Wait until the box is idle: wrk stops sending at the end of a step, but the box still
+    answers what it had accepted (32 B-LT requests take seconds), which the next step would pay."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = sum(cpu_seconds(pid) for pid in tree(server.pid))
+        time.sleep(_SETTLE_S)
+        if sum(cpu_seconds(pid) for pid in tree(server.pid)) - before < _IDLE_CORES * _SETTLE_S:
+            return
+
+
 class Bench:
     def __init__(self, options: Options, stack: contextlib.ExitStack) -> None:
         self.options = options
@@ -111,6 +124,7 @@ class Bench:
              basis: str = "") -> dict[str, Any]:
         """A measured step against ``server``, after an unmeasured one the first time each kind of
         body reaches this server. ``basis`` names the rate the step is compared with in the report."""
+        settle(server)
         if (server.pid, body.name) not in self._warmed:
             self.wrk.warm(server.url, body, box.api_key, max(connections, 2 * server.workers))
             self._warmed.add((server.pid, body.name))

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from asn1crypto import algos, cms, core, parser
+from asn1crypto import algos, cms, parser
 from pyhanko.sign.general import as_signing_certificate_v2
 
 from .levels import Profile
@@ -44,8 +44,17 @@ def _implicit(tag: int, encoded: bytes) -> bytes:
     return bytes(parser.emit(_CONTEXT, _CONSTRUCTED, tag, parser.parse(encoded)[4]))
 
 
-def _attribute(attribute_type: str, *values: bytes) -> bytes:
-    return _sequence(cms.CMSAttributeType(attribute_type).dump(), _set_of(values))
+def _attribute(attribute_type: bytes, *values: bytes) -> bytes:
+    return _sequence(attribute_type, _set_of(values))
+
+
+def _octets(value: bytes) -> bytes:
+    return bytes(parser.emit(_UNIVERSAL, _PRIMITIVE, 4, value))
+
+
+_MESSAGE_DIGEST, _SIGNING_TIME, _TIMESTAMP_TOKEN = (
+    cms.CMSAttributeType(name).dump() for name in ("message_digest", "signing_time", "signature_time_stamp_token")
+)
 
 
 _VERSION_1 = cms.CMSVersion("v1").dump()
@@ -62,7 +71,7 @@ class DetachedCmsTemplate:
             value={"issuer": cert.issuer, "serial_number": cert.serial_number},
         ).dump()
         self._certificates = _implicit(0, _set_of(c.dump() for c in signer.cert_registry))
-        self._content_type = _attribute("content_type", cms.ContentType("data").dump())
+        self._content_type = _attribute(cms.CMSAttributeType("content_type").dump(), cms.ContentType("data").dump())
         self._by_digest: dict[str, tuple[bytes, bytes, bytes]] = {}
         self._signing_certificate = cms.CMSAttribute({
             "type": "signing_certificate_v2", "values": [as_signing_certificate_v2(cert)]}).dump()
@@ -84,12 +93,12 @@ class DetachedCmsTemplate:
     def signed_attributes(self, digest: bytes, digest_algorithm: str, profile: Profile) -> cms.CMSAttributes:
         attrs = [
             self._content_type,
-            _attribute("message_digest", core.OctetString(digest).dump()),
+            _attribute(_MESSAGE_DIGEST, _octets(digest)),
             self._signing_certificate,
         ]
         if profile is Profile.CADES:  # PAdES forbids signing-time (the PDF's /M carries it)
             now = datetime.now(UTC).replace(microsecond=0)
-            attrs.append(_attribute("signing_time", cms.Time(name="utc_time", value=now).dump()))
+            attrs.append(_attribute(_SIGNING_TIME, cms.Time(name="utc_time", value=now).dump()))
             attrs.append(self._algorithms(digest_algorithm)[2])
         return cms.CMSAttributes.load(_set_of(attrs))
 
@@ -103,10 +112,10 @@ class DetachedCmsTemplate:
         digest, signature_algorithm, _ = self._algorithms(digest_algorithm)
         signer_info = [
             _VERSION_1, self._sid, digest, _implicit(0, signed_attrs.dump()), signature_algorithm,
-            core.OctetString(signature).dump(),
+            _octets(signature),
         ]
         if timestamp_token is not None:
-            signer_info.append(_implicit(1, _set_of([_attribute("signature_time_stamp_token", timestamp_token.dump())])))
+            signer_info.append(_implicit(1, _set_of([_attribute(_TIMESTAMP_TOKEN, timestamp_token.dump())])))
         signed_data = _sequence(
             _VERSION_1, _set_of([digest]), _ENCAP_DATA, self._certificates, _set_of([_sequence(*signer_info)]),
         )
