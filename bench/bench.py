@@ -102,14 +102,17 @@ def memory(server: Server) -> dict[str, Any]:
             "rss_kb": parent[0] + sum(rss for rss, _ in workers), "pss_kb": parent[1] + sum(pss for _, pss in workers)}
 
 
-def settle(server: Server, timeout_s: float = 60.0) -> None:
-    """Wait until the box is idle: wrk stops sending at the end of a step, but the box still
-    answers what it had accepted (32 B-LT requests take seconds), which the next step would pay."""
+def settle(roots: list[int], timeout_s: float = 120.0) -> None:
+    """Wait until the box and the dev PKI (the processes below ``roots``) are idle: wrk stops
+    sending at the end of a step, but the box still answers what it had accepted — 32 B-LT
+    requests whose revocation data is being fetched hold every waitress thread for seconds —
+    which the next step would pay."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        before = sum(cpu_seconds(pid) for pid in tree(server.pid))
+        pids = [pid for root in roots for pid in tree(root)]
+        before = sum(cpu_seconds(pid) for pid in pids)
         time.sleep(_SETTLE_S)
-        if sum(cpu_seconds(pid) for pid in tree(server.pid)) - before < _IDLE_CORES * _SETTLE_S:
+        if sum(cpu_seconds(pid) for pid in pids) - before < _IDLE_CORES * _SETTLE_S:
             return
 
 
@@ -119,12 +122,13 @@ class Bench:
         self.stack = stack
         self.wrk = Wrk(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="esignbox-wrk-"))))
         self._warmed: set[tuple[int, str]] = set()
+        self.pki_pid: int | None = None  # the dev PKI, once started
 
     def step(self, server: Server, box: DevBox, body: Body, connections: int, pki_pid: int | None = None,
              basis: str = "") -> dict[str, Any]:
         """A measured step against ``server``, after an unmeasured one the first time each kind of
         body reaches this server. ``basis`` names the rate the step is compared with in the report."""
-        settle(server)
+        settle([server.pid, *([self.pki_pid] if self.pki_pid else [])])
         if (server.pid, body.name) not in self._warmed:
             self.wrk.warm(server.url, body, box.api_key, max(connections, 2 * server.workers))
             self._warmed.add((server.pid, body.name))
@@ -236,7 +240,7 @@ def run(options: Options) -> dict[str, Any]:
         p256 = prepare_box(None, KeyAlgorithm.EC_P256, stack)
         figures["raw"] = {"rsa": bench.raw(rsa, SignatureScheme.RSA_PKCS1V15), "p256": bench.raw(p256, SignatureScheme.ECDSA)}
         progress(f"starting the dev PKI, {CORES} processes")
-        pki_pid = start_pki(rsa, stack, CORES).pid
+        pki_pid = bench.pki_pid = start_pki(rsa, stack, CORES).pid
         assert pki_pid is not None
         figures["tsa"] = bench.tsa_alone(rsa, pki_pid)
         progress(f"starting esignbox serve, {CORES} workers")
