@@ -45,6 +45,7 @@ from pyspy import find_pyspy, record, summarise
 from raw_token import raw_sign_rate
 from report import report
 
+from firmware.store import Database
 from hsm import KeyAlgorithm, SignatureScheme
 
 BATCH_SIZE = 100
@@ -120,12 +121,12 @@ class Bench:
     def __init__(self, options: Options, stack: contextlib.ExitStack) -> None:
         self.options = options
         self.stack = stack
-        self.wrk = Wrk(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="esignbox-wrk-"))))
+        self.workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="esignbox-bench-")))
+        self.wrk = Wrk(self.workdir)
         self._warmed: set[tuple[int, str]] = set()
         self.pki_pid: int | None = None  # the dev PKI, once started
 
-    def step(self, server: Server, box: DevBox, body: Body, connections: int, pki_pid: int | None = None,
-             basis: str = "") -> dict[str, Any]:
+    def step(self, server: Server, box: DevBox, body: Body, connections: int, basis: str) -> dict[str, Any]:
         """A measured step against ``server``, after an unmeasured one the first time each kind of
         body reaches this server. ``basis`` names the rate the step is compared with in the report."""
         settle([server.pid, *([self.pki_pid] if self.pki_pid else [])])
@@ -133,7 +134,7 @@ class Bench:
             self.wrk.warm(server.url, body, box.api_key, max(connections, 2 * server.workers))
             self._warmed.add((server.pid, body.name))
         progress(f"{body.name}, {connections} connection(s), {server.workers} worker(s), {self.options.seconds} s")
-        result = self.wrk.step(server.url, body, box.api_key, connections, self.options.seconds, server, pki_pid)
+        result = self.wrk.step(server.url, body, box.api_key, connections, self.options.seconds, server, self.pki_pid)
         return {**result, "workers": server.workers, "basis": basis}
 
     def raw(self, box: DevBox, scheme: SignatureScheme) -> dict[str, Any]:
@@ -143,7 +144,7 @@ class Bench:
             figures[str(processes)] = raw_sign_rate(box.config, scheme, processes, self.options.raw_seconds)
         return figures
 
-    def tsa_alone(self, box: DevBox, pki_pid: int) -> list[dict[str, Any]]:
+    def tsa_alone(self, box: DevBox) -> list[dict[str, Any]]:
         """The dev TSA's own rate: wrk posting timestamp requests straight to it."""
         url, _, path = box.config.tsa_urls[0].partition("://")[2].partition("/")
         base, body = f"http://{url}", tsa_body("/" + path)
@@ -151,16 +152,16 @@ class Bench:
         steps = []
         for connections in (1, 32):
             progress(f"TSA alone, {connections} connection(s)")
-            step = self.wrk.step(base, body, None, connections, self.options.seconds, pki_pid=pki_pid)
+            step = self.wrk.step(base, body, None, connections, self.options.seconds, pki_pid=self.pki_pid)
             steps.append({**step, "workers": 0, "basis": "tsa"})
         return steps
 
-    def api(self, box: DevBox, server: Server, pki_pid: int) -> list[dict[str, Any]]:
+    def api(self, box: DevBox, server: Server) -> list[dict[str, Any]]:
         single = hash_body("B-B")
         batch = hash_body("B-B", BATCH_SIZE)
         steps = [self.step(server, box, single, c, basis="rsa") for c in (1, 8, 32)]
         steps += [self.step(server, box, batch, c, basis="rsa") for c in sorted({1, CORES})]
-        steps += [self.step(server, box, hash_body(level), 32, pki_pid, basis="tsa") for level in ("B-T", "B-LT")]
+        steps += [self.step(server, box, hash_body(level), 32, basis="tsa") for level in ("B-T", "B-LT")]
         return steps
 
     def metering_overhead(self, box: DevBox, server: Server) -> dict[str, Any]:
@@ -200,7 +201,7 @@ class Bench:
         body = hash_body("B-B")
         self.wrk.warm(server.url, body, box.api_key, 8)
         seconds = max(3, self.options.seconds)
-        stacks = Path(tempfile.mkdtemp(prefix="esignbox-pyspy-")) / "stacks.txt"
+        stacks = self.workdir / "stacks.txt"
         progress(f"profile: py-spy on the worker, B-B at 8 connections, {seconds} s")
         load = subprocess.Popen(["wrk", "-t1", "-c8", f"-d{seconds + 2}s", "-s", str(self.wrk.script(body, box.api_key)),
                                  server.url + body.path], stdout=subprocess.PIPE, text=True)
@@ -216,8 +217,6 @@ class Bench:
     @staticmethod
     def _audit_count(box: DevBox) -> int:
         """Signatures recorded so far: what the profiled worker answered, counted exactly."""
-        from firmware.store import Database
-
         row = Database(box.config.database).connect().execute("SELECT max(seq) FROM audit_log").fetchone()
         return int(row[0] or 0)
 
@@ -240,13 +239,12 @@ def run(options: Options) -> dict[str, Any]:
         p256 = prepare_box(None, KeyAlgorithm.EC_P256, stack)
         figures["raw"] = {"rsa": bench.raw(rsa, SignatureScheme.RSA_PKCS1V15), "p256": bench.raw(p256, SignatureScheme.ECDSA)}
         progress(f"starting the dev PKI, {CORES} processes")
-        pki_pid = bench.pki_pid = start_pki(rsa, stack, CORES).pid
-        assert pki_pid is not None
-        figures["tsa"] = bench.tsa_alone(rsa, pki_pid)
+        bench.pki_pid = start_pki(rsa, stack, CORES).pid
+        figures["tsa"] = bench.tsa_alone(rsa)
         progress(f"starting esignbox serve, {CORES} workers")
         server = start_server(rsa, CORES, stack)
         started = memory(server)
-        figures["api"] = bench.api(rsa, server, pki_pid)
+        figures["api"] = bench.api(rsa, server)
         figures["memory"] = {"started": started, "after_load": memory(server),
                              "peak_rss_kb": max(s["peak_rss_kb"] for s in figures["api"]),
                              "peak_pss_kb": max(s["peak_pss_kb"] for s in figures["api"]),

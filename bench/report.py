@@ -166,8 +166,9 @@ def _sections(figures: dict[str, Any]) -> list[list[str]]:
     ]]
     sections.append([
         f"## 2. Through the API: wrk, {cores} workers, PAdES profile (batch rows: hashes/s)", "",
-        "*token share*: the share of the box's CPU that signing on the token took (signatures × the token's"
-        " single-process time); *ratio*: the rate over the raw token's in N processes (B-T/B-LT: over the dev"
+        "*token share*: the share of the box's CPU that signing on the token took, estimated as signatures ×"
+        " the token's time per signature in one process (section 1; over 100 % when the machine was busier then"
+        " than during the step); *ratio*: the rate over the raw token's in N processes (B-T/B-LT: over the dev"
         " TSA's own rate, measured alone).", "",
         *_table(_STEP_HEADER, _step_rows(figures["api"] + figures["p256"] + figures["tsa"], bases)),
     ])
