@@ -24,7 +24,9 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-## Print signing throughput, latency percentiles and PDF timings (not a test).
+## Print signing throughput, latency, CPU and memory beside the token's and the TSA's own rates (not a
+## test; ~5 min; also written to bench/last-report.md). BENCH_ARGS=--quick checks it works in ~2 min;
+## --profile adds where a worker's Python time goes per request.
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
@@ -39,7 +41,7 @@ system-deps:
 $(VENV)/.installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
 clean:

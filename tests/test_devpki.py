@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,3 +241,25 @@ def test_server_failure_reports_certomancer_output(tmp_path: Path) -> None:
     never_ensured = DevPki(tmp_path, "http://127.0.0.1:1")
     with pytest.raises(PkiServerError, match=r"certomancer\.yml"):
         PkiServer(never_ensured, _free_port()).start()
+
+
+def test_a_server_of_two_processes_answers_while_one_is_held(tmp_path: Path, box_key) -> None:
+    """One process is held by a client that never ends its request's head; the other still
+    stamps (one `certomancer animate` would wait for the rest). Stopped, none is left on the port."""
+    port = _free_port()
+    pki = DevPki(tmp_path, f"http://127.0.0.1:{port}")
+    pki.ensure(_spki(box_key))
+    server = PkiServer(pki, port, processes=2)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as held:
+            held.sendall(b"POST /never HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            time.sleep(0.5)  # a process has taken it and waits for the rest of the head
+            digest = hashlib.sha256(b"while one is held").digest()
+            token = asyncio.run(HTTPTimeStamper(pki.tsa_url(), timeout=10).async_timestamp(digest, "sha256"))
+            assert token["content"]["encap_content_info"]["content"].parsed["message_imprint"]["hashed_message"].native \
+                == digest
+    finally:
+        server.stop()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # every process has exited: the port is free

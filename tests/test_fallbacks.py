@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 from asn1crypto import x509
 
 from firmware.certificates import load_certificates
@@ -33,6 +37,50 @@ def test_all_tsas_down_is_an_error(box_config, pki_outage):
     stamper = FallbackTimeStamper(box_config.tsa_urls, timeout_s=2)
     with pytest.raises(TimestampUnavailable, match="no TSA answered"):
         asyncio.run(stamper.async_timestamp(hashlib.sha256(b"x").digest(), "sha256"))
+
+
+@pytest.fixture
+def keep_alive_tsa(box_config, pki_server) -> Iterator[tuple[str, list[int]]]:
+    """The dev TSA behind an HTTP/1.1 front that keeps connections open, as a real TSA's server
+    does (the dev one closes each): its URL, and the number of connections it accepted so far."""
+    connections = [0]
+    upstream = box_config.tsa_urls[0]
+
+    class Front(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            connections[0] += 1
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            answer = requests.post(upstream, data=body, timeout=30, headers={"Content-Type": self.headers["Content-Type"]})
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers["Content-Type"])
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/tsa", connections
+    server.shutdown()
+    server.server_close()
+
+
+def test_timestamps_reuse_the_connection_to_the_tsa(keep_alive_tsa):
+    """One signature after another (an event loop each, as the hash-signing service runs them):
+    one TCP connection, not a connection and an HTTP client set-up per timestamp."""
+    url, connections = keep_alive_tsa
+    stamper = FallbackTimeStamper([url], timeout_s=5)
+    for n in range(3):
+        token = asyncio.run(stamper.async_timestamp(hashlib.sha256(b"%d" % n).digest(), "sha256"))
+        assert token["content"]["encap_content_info"]["content_type"].native == "tst_info"
+    assert connections[0] == 1
 
 
 def _box_path(box_config) -> list[tuple[x509.Certificate, list[x509.Certificate]]]:

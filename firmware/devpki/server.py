@@ -1,10 +1,11 @@
 """Serve the dev PKI's TSA, OCSP responder, CRLs and certificates over HTTP.
 
-Runs ``certomancer animate`` as a subprocess rather than in-process: the
-Animator is a blocking Werkzeug development server, and a separate process is
-what the box meets in practice (a PKI it reaches over the network). The
-subprocess dies with the process that started it, even on ``kill -9``, so that
-its port is free for the next start.
+Runs certomancer's Animator (firmware/devpki/animate.py) as a subprocess rather
+than in-process: it is a blocking Werkzeug development server, and a separate
+process is what the box meets in practice (a PKI it reaches over the network).
+The subprocess dies with the process that started it, even on ``kill -9``, so
+that its port is free for the next start. One process answers one request at a
+time, as `certomancer animate` does; ``processes`` more answer that many at once.
 """
 
 from __future__ import annotations
@@ -33,17 +34,18 @@ class PkiServerError(RuntimeError):
 
 
 class PkiServer:
-    """``certomancer animate`` for ``pki`` on 127.0.0.1:``port``.
+    """certomancer's Animator for ``pki`` on 127.0.0.1:``port``, in ``processes`` processes.
 
     Certomancer always binds 127.0.0.1. The URLs inside the certificates come
     from the PKI's url_prefix, so it must name this port (or a proxy to it).
     Requests are logged to ``animator.log`` in the PKI directory.
     """
 
-    def __init__(self, pki: DevPki, port: int, startup_timeout: float = 60.0) -> None:
+    def __init__(self, pki: DevPki, port: int, startup_timeout: float = 60.0, processes: int = 1) -> None:
         self.pki = pki
         self.port = port
         self.startup_timeout = startup_timeout
+        self.processes = processes
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -51,21 +53,21 @@ class PkiServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The Animator's (first) process while it runs; the others are its children (`make bench`
+        reads the TSA's CPU time from them)."""
+        return None if self._process is None else self._process.pid
+
     def start(self) -> None:
         """Start the Animator and return once it serves the root CRL."""
         if self._process is not None:
             raise PkiServerError("PKI server already started")
-        executable = Path(sys.executable).parent / "certomancer"
-        if not executable.exists():
-            raise PkiServerError(f"certomancer not installed next to {sys.executable}")
         self._check_port_free()
         log_path = self.pki.directory / LOG_FILE
         self._log = log_path.open("wb")
-        command = [
-            str(executable),
-            "--config", str(self.pki.config_path),
-            "animate", "--port", str(self.port), "--no-web-ui",
-        ]  # fmt: skip
+        command = [sys.executable, "-m", "firmware.devpki.animate", str(self.pki.config_path), str(self.port),
+                   str(self.processes)]
         self._process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             preexec_fn=dies_with_this_process(),
@@ -123,5 +125,5 @@ class PkiServer:
         self.stop()
         tail = log_path.read_bytes()[-_LOG_TAIL_BYTES:].decode(errors="replace")
         raise PkiServerError(
-            f"certomancer animate on port {self.port} {reason}; its output:\n{tail}"
+            f"the dev PKI's Animator on port {self.port} {reason}; its output:\n{tail}"
         )
