@@ -1,55 +1,167 @@
 #!/usr/bin/env bash
-# Boot the x86-64 disk image in QEMU with UEFI firmware (OVMF) and watch its serial console:
-# GRUB picks slot A, the read-only root comes up, esignbox-tls makes the box certificate and
-# esignbox-health marks the slot good through RAUC. Uses KVM when /dev/kvm works, else TCG.
-#   image/boot-test.sh            (after image/make-disk.sh amd64)
-# Runs on a copy of the disk (the built image stays pristine). The VM has no network device.
+# Boot a disk image in QEMU as a person would a box fresh from the image, and check what they
+# would see:
+#   1. the slot A root comes up read-only, esignbox-tls makes the box certificate and
+#      esignbox-health marks slot A good through RAUC (on a box not set up yet);
+#   2. the screen (the serial console here; tty1 shows the same) shows the box's address (QEMU's
+#      user network gives it 10.0.2.15 by DHCP), its .local name, its state, the fingerprints of
+#      the certificates it made and, with a firmware that has the set-up mode, the console's
+#      address and the one-time set-up code;
+#   3. after a clean power-off, the fingerprints and the code on the screen are those of the
+#      files on the box's data partition (read from the disk with debugfs).
+#
+#   image/boot-test.sh [amd64]   the x86-64 disk: q35 + OVMF, GRUB's A/B choice, as a PC boots it.
+#                                KVM when a guest really runs under it (x86_accel in lib.sh), else TCG.
+#   image/boot-test.sh arm64     the Raspberry Pi disk's userspace: QEMU `virt` (Cortex-A72, as in
+#                                the Pi 4) with UEFI (AAVMF), booting the kernel, initrd and
+#                                cmdline.txt from the disk's boot-a partition (handed to AAVMF by
+#                                QEMU's -kernel; console ttyAMA0 instead of the Pi's serial0).
+#                                The Pi's own boot firmware cannot run in QEMU: its part
+#                                (autoboot.txt, config.txt) is not tested here. Always TCG: slow.
+# Runs on a copy of the disk (the built image stays pristine). The VM's console port and
+# HTTPS port are forwarded to 127.0.0.1 (printed), nothing else reaches it.
 source "$(dirname "$0")/lib.sh"
 # The whole script is one function, parsed before it runs: editing the file meanwhile is safe.
 main() {
-OUT=$BUILD_DIR/amd64
-DISK=$OUT/esignbox-amd64.img
-[ -f "$DISK" ] || die "no $DISK: run image/make-disk.sh amd64 first"
-host_packages qemu-system-x86 ovmf
-TIMEOUT=${BOOT_TIMEOUT:-600}
+need_root
+ARCH=${1:-amd64}
+check_arch "$ARCH"
+OUT=$BUILD_DIR/$ARCH
+DISK=$OUT/$([ "$ARCH" = amd64 ] && echo esignbox-amd64.img || echo esignbox-rpi-arm64.img)
+[ -f "$DISK" ] || die "no $DISK: run image/make-disk.sh $ARCH first"
 RUN=$OUT/boot-test
 rm -rf "$RUN"; mkdir -p "$RUN"
 cp --sparse=always "$DISK" "$RUN/disk.img"
-cp /usr/share/OVMF/OVMF_VARS_4M.fd "$RUN/vars.fd"
-# KVM when it works here (a paused VM that stays up for 3 s), else software emulation.
-accel=(-accel tcg -cpu max)
-if [ -w /dev/kvm ]; then
-    rc=0
-    timeout 3 qemu-system-x86_64 -accel kvm -cpu host -machine q35 -S -nographic -monitor none -serial none \
-        -display none </dev/null >/dev/null 2>&1 || rc=$?
-    [ $rc -eq 124 ] && accel=(-accel kvm -cpu host)
-fi
+read -r CONSOLE_PORT API_PORT MONITOR_PORT < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
 SERIAL=$RUN/serial.log
-log "boot test: qemu-system-x86_64 ${accel[*]}, OVMF, serial log $SERIAL"
+# Byte offset of the disk's partition number $1.
+part_offset() {
+    sfdisk -J "$RUN/disk.img" | python3 -c '
+import json, sys
+table = json.load(sys.stdin)["partitiontable"]
+print(next(p["start"] for p in table["partitions"] if p["node"].endswith(sys.argv[1])) * table.get("sectorsize", 512))' "$1"
+}
+case $ARCH in
+amd64)
+    host_packages qemu-system-x86 ovmf e2fsprogs fdisk
+    TIMEOUT=${BOOT_TIMEOUT:-600}
+    DATA_PART=4
+    cp /usr/share/OVMF/OVMF_VARS_4M.fd "$RUN/vars.fd"
+    x86_accel
+    # shellcheck disable=SC2054  # the commas are QEMU's
+    QEMU_CMD=(qemu-system-x86_64 "${QEMU_ACCEL[@]}" -machine q35 -smp 2 -m 1536
+        -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd
+        -drive if=pflash,format=raw,unit=1,file="$RUN/vars.fd"
+        -device i6300esb)
+    ;;
+arm64)
+    host_packages qemu-system-arm qemu-efi-aarch64 e2fsprogs fdisk mtools
+    TIMEOUT=${BOOT_TIMEOUT:-1800}
+    DATA_PART=7
+    QEMU_ACCEL_NOTE="TCG (arm64 on $(uname -m))"
+    boot="$RUN/disk.img@@$(part_offset 2)"
+    MTOOLS_SKIP_CHECK=1 mcopy -n -i "$boot" ::vmlinuz ::initrd.img ::cmdline.txt "$RUN/" \
+        || die "no vmlinuz, initrd.img, cmdline.txt on the boot-a partition"
+    cmdline=$(sed -e 's/console=serial0,[0-9]*/console=ttyAMA0,115200/' -e 's/console=tty1 //' "$RUN/cmdline.txt")
+    cp /usr/share/AAVMF/AAVMF_VARS.fd "$RUN/vars.fd"
+    # shellcheck disable=SC2054
+    QEMU_CMD=(qemu-system-aarch64 -accel tcg -machine virt -cpu cortex-a72 -smp 2 -m 1536
+        -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd
+        -drive if=pflash,format=raw,unit=1,file="$RUN/vars.fd"
+        -kernel "$RUN/vmlinuz" -initrd "$RUN/initrd.img" -append "$cmdline")
+    ;;
+esac
+log "boot test $ARCH: ${QEMU_CMD[0]}, $QEMU_ACCEL_NOTE; serial log $SERIAL"
+log "boot test $ARCH: the VM's console (8443) on https://127.0.0.1:$CONSOLE_PORT/, its API (443) on https://127.0.0.1:$API_PORT/"
 start=$SECONDS
-qemu-system-x86_64 "${accel[@]}" -machine q35 -smp 2 -m 1536 -nographic -no-reboot \
-    -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
-    -drive if=pflash,format=raw,unit=1,file="$RUN/vars.fd" \
+"${QEMU_CMD[@]}" -display none -no-reboot \
     -drive file="$RUN/disk.img",format=raw,if=virtio \
-    -device i6300esb -nic none \
-    -serial file:"$SERIAL" -monitor none </dev/null >/dev/null 2>&1 &
+    -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:"$CONSOLE_PORT"-:8443,hostfwd=tcp:127.0.0.1:"$API_PORT"-:443 \
+    -serial file:"$SERIAL" -monitor tcp:127.0.0.1:"$MONITOR_PORT",server,nowait </dev/null >"$RUN/qemu.log" 2>&1 &
 QEMU=$!
 trap 'kill $QEMU 2>/dev/null || true' EXIT
-result=1
-while [ $((SECONDS - start)) -lt "$TIMEOUT" ]; do
-    if grep -q 'esignbox-health: slot A marked good' "$SERIAL" 2>/dev/null; then result=0; break; fi
-    kill -0 $QEMU 2>/dev/null || break
-    sleep 2
-done
-kill $QEMU 2>/dev/null || true
-wait $QEMU 2>/dev/null || true
-elapsed=$((SECONDS - start))
-tr -d '\r' < "$SERIAL" | grep -aE 'esignbox|Reached target|FAILED|Kernel panic|Emergency|rauc' | sed 's/\x1b\[[0-9;]*m//g' | tail -30
-if [ $result -eq 0 ]; then
-    log "boot test passed: slot A booted and marked good after $elapsed s"
-else
-    tail -40 "$SERIAL" >&2
-    die "boot test failed after $elapsed s (serial log: $SERIAL)"
+
+# The last screen agetty printed: from its last heading on, without escape sequences.
+screen() {
+    tr -d '\r' < "$SERIAL" | sed 's/\x1b\[[0-9;?=]*[A-Za-z]//g' \
+        | awk '/^E-signature Box [^ ,]+ +\(image / { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }'
+}
+screen_has() { screen | grep -qE "$1"; }
+until_seen() {  # until_seen WHAT COMMAND...: wait (up to the time limit) until COMMAND succeeds
+    local what=$1; shift
+    until "$@"; do
+        [ $((SECONDS - start)) -lt "$TIMEOUT" ] || { tail -40 "$SERIAL" >&2; die "no $what after $((SECONDS - start)) s (serial log: $SERIAL)"; }
+        kill -0 $QEMU 2>/dev/null || { tail -40 "$SERIAL" >&2; die "QEMU stopped before $what (serial log: $SERIAL)"; }
+        sleep 2
+    done
+}
+until_seen "'slot A marked good'" grep -q 'esignbox-health: slot A marked good' "$SERIAL"
+good_s=$((SECONDS - start))
+log "boot test: slot A marked good after $good_s s"
+until_seen "screen with the box's address" screen_has '^  Addresses +10\.0\.2\.15'
+screen_s=$((SECONDS - start))
+
+# With the set-up mode the console answers on the forwarded port before the box is switched off.
+setup_mode=no
+in_root "$OUT/rootfs" /opt/esignbox/venv/bin/esignbox status --help >/dev/null 2>&1 && setup_mode=yes
+console_status=-
+if [ $setup_mode = yes ]; then
+    until_seen "set-up code on the screen" screen_has '^  Set-up code'
+    console_status=$(curl -s -k -o /dev/null -w '%{http_code}' --max-time 20 "https://127.0.0.1:$CONSOLE_PORT/" || true)
 fi
+SCREEN=$(screen)
+
+log "boot test: powering the VM off (ACPI) to read its data partition"
+exec 3<>/dev/tcp/127.0.0.1/"$MONITOR_PORT" && printf 'system_powerdown\n' >&3
+for _ in $(seq 1 90); do kill -0 $QEMU 2>/dev/null || break; sleep 2; done
+kill -0 $QEMU 2>/dev/null && { kill $QEMU; die "the VM did not power off within 180 s"; }
+exec 3>&-
+wait $QEMU 2>/dev/null || true
+off_s=$((SECONDS - start))
+
+offset=$(part_offset "$DATA_PART")     # the data partition: /var/lib/esignbox
+data_file() { debugfs -R "cat $1" "$RUN/disk.img?offset=$offset" 2>/dev/null; }
+fingerprint() { openssl x509 -noout -fingerprint -sha256 | cut -d= -f2; }
+
+passed=0; failed=0
+ok() { passed=$((passed + 1)); printf '  ok    %s\n' "$*"; }
+bad() { failed=$((failed + 1)); printf '  FAIL  %s\n' "$*"; }
+shows() { local what=$1; shift; if grep -qE "$@" <<<"$SCREEN"; then ok "screen shows $what"; else bad "screen shows $what"; fi; }
+shows_fingerprint() {  # shows_fingerprint WHAT PEM: both halves of its SHA-256 fingerprint
+    local fp
+    fp=$(fingerprint <<<"$2")
+    if [ -n "$fp" ] && grep -qF "SHA-256 ${fp:0:47}" <<<"$SCREEN" && grep -qxE " +${fp:48}" <<<"$SCREEN"; then
+        ok "screen shows the fingerprint of $1 ($fp)"
+    else
+        bad "screen shows the fingerprint of $1 (${fp:-no certificate on the disk})"
+    fi
+}
+echo
+while IFS= read -r line; do printf "    | %s\n" "$line"; done <<<"$SCREEN"
+echo
+shows "the address QEMU's DHCP gave the box" '^  Addresses +10\.0\.2\.15( |$)'
+shows "its mDNS name" '^  Name +esignbox\.local '
+shows "its state" '^  State +[a-z]'
+shows "the signing API's address" '^  Signing API +https://esignbox\.local/'
+shows_fingerprint "the box's TLS certificate (tls/box.crt)" "$(data_file /tls/box.crt)"
+if [ $setup_mode = yes ]; then
+    shows "the console's address" 'https://(esignbox\.local|10\.0\.2\.15):8443/'
+    shows_fingerprint "the console CA (box/console/tls/ca.pem)" "$(data_file /box/console/tls/ca.pem)"
+    code=$(data_file /box/console/setup-code | tr -d '[:space:]')
+    if [ -n "$code" ] && grep -qE "^  Set-up code +$code\$" <<<"$SCREEN"; then ok "screen shows the set-up code in box/console/setup-code"
+    else bad "screen shows the set-up code in box/console/setup-code (${code:-no file})"; fi
+    if [[ $console_status == [234]?? ]]; then ok "the console answers through the forwarded port ($console_status)"
+    else bad "the console answers through the forwarded port ($console_status)"; fi
+else
+    shows "a box without the set-up mode: the provisioning stick" '^  State +not set up: insert a provisioning stick'
+fi
+echo
+log "boot test $ARCH ($QEMU_ACCEL_NOTE): marked good after $good_s s, screen with address after $screen_s s, off after $off_s s"
+echo "boot test: $passed passed, $failed failed"
+[ $failed -eq 0 ] || die "boot test failed (serial log: $SERIAL)"
 }
 main "$@"
