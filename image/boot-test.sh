@@ -19,7 +19,10 @@
 #                                The Pi's own boot firmware cannot run in QEMU: its part
 #                                (autoboot.txt, config.txt) is not tested here. Always TCG: slow.
 # Runs on a copy of the disk (the built image stays pristine). The VM's console port and
-# HTTPS port are forwarded to 127.0.0.1 (printed), nothing else reaches it.
+# HTTPS port are forwarded to 127.0.0.1 (printed). A second network card sits on a tap device
+# of the host (address 169.254.213.1, no DHCP): the box gives itself a link-local address there,
+# and the host asks for esignbox.local over mDNS on it (mdns-query.py), which QEMU's user
+# network cannot carry (no multicast).
 source "$(dirname "$0")/lib.sh"
 # The whole script is one function, parsed before it runs: editing the file meanwhile is safe.
 main() {
@@ -75,15 +78,26 @@ arm64)
         -kernel "$RUN/vmlinuz" -initrd "$RUN/initrd.img" -append "$cmdline")
     ;;
 esac
+TAP=esbt$$
+HOST_LL=169.254.213.1
+if ! { ip tuntap add dev "$TAP" mode tap && ip addr add "$HOST_LL/16" dev "$TAP" && ip link set "$TAP" up; }; then
+    die "cannot make the tap device $TAP"
+fi
+QEMU=""
+cleanup() {  # (set -e holds in traps too: nothing here may fail)
+    [ -z "$QEMU" ] || kill "$QEMU" 2>/dev/null || true
+    ip link del "$TAP" 2>/dev/null || true
+}
+trap cleanup EXIT
 log "boot test $ARCH: ${QEMU_CMD[0]}, $QEMU_ACCEL_NOTE; serial log $SERIAL"
 log "boot test $ARCH: the VM's console (8443) on https://127.0.0.1:$CONSOLE_PORT/, its API (443) on https://127.0.0.1:$API_PORT/"
 start=$SECONDS
 "${QEMU_CMD[@]}" -display none -no-reboot \
     -drive file="$RUN/disk.img",format=raw,if=virtio \
     -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:"$CONSOLE_PORT"-:8443,hostfwd=tcp:127.0.0.1:"$API_PORT"-:443 \
+    -nic tap,ifname="$TAP",script=no,downscript=no,model=virtio-net-pci \
     -serial file:"$SERIAL" -monitor tcp:127.0.0.1:"$MONITOR_PORT",server,nowait </dev/null >"$RUN/qemu.log" 2>&1 &
 QEMU=$!
-trap 'kill $QEMU 2>/dev/null || true' EXIT
 
 # The last screen agetty printed: from its last heading on, without escape sequences.
 screen() {
@@ -99,7 +113,7 @@ until_seen() {  # until_seen WHAT COMMAND...: wait (up to the time limit) until 
         sleep 2
     done
 }
-until_seen "'slot A marked good'" grep -q 'esignbox-health: slot A marked good' "$SERIAL"
+until_seen "'slot A marked good'" grep -qs 'esignbox-health: slot A marked good' "$SERIAL"
 good_s=$((SECONDS - start))
 log "boot test: slot A marked good after $good_s s"
 until_seen "screen with the box's address" screen_has '^  Addresses +10\.0\.2\.15'
@@ -114,6 +128,7 @@ if [ $setup_mode = yes ]; then
     console_status=$(curl -s -k -o /dev/null -w '%{http_code}' --max-time 20 "https://127.0.0.1:$CONSOLE_PORT/" || true)
 fi
 SCREEN=$(screen)
+mdns_address=$(python3 "$IMAGE_DIR/mdns-query.py" esignbox.local "$HOST_LL" 120 2>&1) || mdns_address=""
 
 log "boot test: powering the VM off (ACPI) to read its data partition"
 exec 3<>/dev/tcp/127.0.0.1/"$MONITOR_PORT" && printf 'system_powerdown\n' >&3
@@ -145,6 +160,8 @@ while IFS= read -r line; do printf "    | %s\n" "$line"; done <<<"$SCREEN"
 echo
 shows "the address QEMU's DHCP gave the box" '^  Addresses +10\.0\.2\.15( |$)'
 shows "its mDNS name" '^  Name +esignbox\.local '
+if [[ $mdns_address == 169.254.* ]]; then ok "the box answers esignbox.local over mDNS on the LAN ($mdns_address)"
+else bad "the box answers esignbox.local over mDNS on the LAN (${mdns_address:-no answer in 120 s})"; fi
 shows "its state" '^  State +[a-z]'
 shows "the signing API's address" '^  Signing API +https://esignbox\.local/'
 shows_fingerprint "the box's TLS certificate (tls/box.crt)" "$(data_file /tls/box.crt)"
