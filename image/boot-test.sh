@@ -95,7 +95,7 @@ start=$SECONDS
 "${QEMU_CMD[@]}" -display none -no-reboot \
     -drive file="$RUN/disk.img",format=raw,if=virtio \
     -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:"$CONSOLE_PORT"-:8443,hostfwd=tcp:127.0.0.1:"$API_PORT"-:443 \
-    -nic tap,ifname="$TAP",script=no,downscript=no,model=virtio-net-pci \
+    -netdev tap,id=lan,ifname="$TAP",script=no,downscript=no -device virtio-net-pci,netdev=lan \
     -serial file:"$SERIAL" -monitor tcp:127.0.0.1:"$MONITOR_PORT",server,nowait </dev/null >"$RUN/qemu.log" 2>&1 &
 QEMU=$!
 
@@ -105,6 +105,7 @@ screen() {
         | awk '/^E-signature Box [^ ,]+ +\(image / { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }'
 }
 screen_has() { screen | grep -qE "$1"; }
+not_on_screen() { screen | grep -q '^  Addresses' && ! screen | grep -qF "$1"; }
 until_seen() {  # until_seen WHAT COMMAND...: wait (up to the time limit) until COMMAND succeeds
     local what=$1; shift
     until "$@"; do
@@ -129,6 +130,17 @@ if [ $setup_mode = yes ]; then
 fi
 SCREEN=$(screen)
 mdns_address=$(python3 "$IMAGE_DIR/mdns-query.py" esignbox.local "$HOST_LL" 120 2>&1) || mdns_address=""
+
+# The screen follows the addresses: the LAN cable out (QEMU's set_link), then in again.
+monitor() { exec 3<>/dev/tcp/127.0.0.1/"$MONITOR_PORT" && printf '%s\n' "$1" >&3 && sleep 1; exec 3>&-; }
+follows=no
+if [[ $mdns_address == 169.254.* ]]; then
+    monitor 'set_link lan off'
+    until_seen "screen without $mdns_address (cable out)" not_on_screen "$mdns_address"
+    monitor 'set_link lan on'
+    until_seen "screen with a 169.254 address again (cable in)" screen_has '^  Addresses .*169\.254\.'
+    follows=yes
+fi
 
 log "boot test: powering the VM off (ACPI) to read its data partition"
 exec 3<>/dev/tcp/127.0.0.1/"$MONITOR_PORT" && printf 'system_powerdown\n' >&3
@@ -163,6 +175,8 @@ shows "its mDNS name" '^  Name +esignbox\.local '
 if [[ $mdns_address == 169.254.* ]]; then ok "the box answers esignbox.local over mDNS on the LAN ($mdns_address)"
 else bad "the box answers esignbox.local over mDNS on the LAN (${mdns_address:-no answer in 120 s})"; fi
 shows "its state" '^  State +[a-z]'
+if [ $follows = yes ]; then ok "screen follows the link-local address as the LAN cable goes out and in"
+else bad "screen follows the link-local address as the LAN cable goes out and in"; fi
 shows "the signing API's address" '^  Signing API +https://esignbox\.local/'
 shows_fingerprint "the box's TLS certificate (tls/box.crt)" "$(data_file /tls/box.crt)"
 if [ $setup_mode = yes ]; then
