@@ -158,6 +158,8 @@ check "fstab: state partition on /var/lib/esignbox" grep -qE '^LABEL=esignbox-da
 for m in /tmp /var/log /var/lib/nginx /var/lib/systemd; do
     check "fstab: tmpfs on $m" grep -qE "^tmpfs[[:space:]]+${m}[[:space:]]" "$ROOT/etc/fstab"
 done
+check "slapd for [ldap] present, Debian's own slapd.service masked" \
+    bash -c "test -x '$ROOT/usr/sbin/slapd' && test -f '$ROOT/usr/lib/ldap/back_sock.so' && [ \"\$(readlink '$ROOT/etc/systemd/system/slapd.service')\" = /dev/null ]"
 for m in apt-daily.timer apt-daily-upgrade.timer systemd-networkd-wait-online.service; do
     check "$m masked" test "$(readlink "$ROOT/etc/systemd/system/$m")" = /dev/null
 done
