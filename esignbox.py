@@ -8,7 +8,6 @@ hands `serve` the function that starts the admin console (webui/).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from firmware import cli as firmware_cli
@@ -21,15 +20,14 @@ if TYPE_CHECKING:  # the signing services load pyHanko: only `serve` needs them 
 __all__ = ["main", "parser"]
 
 
-def _start_console(box: Box, config: BoxConfig) -> Callable[[], None]:
+def _start_console(config: BoxConfig, box: Box | None) -> firmware_cli.ConsoleHandle:
     # optional heavy dependency: webui (Jinja, TLS, nginx control) is needed by `serve` alone, not every command.
     from webui import ConsoleError, start_console
 
     try:
-        console = start_console(box, config, out=lambda text: print(text, flush=True))
+        return start_console(config, box, out=lambda text: print(text, flush=True))
     except ConsoleError as exc:
         raise firmware_cli.ConsoleFailure(str(exc)) from exc
-    return console.stop
 
 
 def parser() -> argparse.ArgumentParser:

@@ -53,6 +53,7 @@ from .signing.timestamps import FallbackTimeStamper
 from .signing.token_signer import TokenSigner
 from .signpage import add_signing_page_routes
 from .store.clients import ClientRegistry
+from .store.clock_readings import ClockReadings
 from .store.db import Database
 from .store.ledger import SignatureLedger
 
@@ -110,7 +111,7 @@ class Box:
                 f"{config.chain_file}: {exc}; install the chain issued for this key (esignbox import-chain)"
                 " or switch [signing] key_label back to the key it was issued for"
             ) from exc
-        clock = ClockWatch(config.max_clock_skew_s)
+        clock = ClockWatch(config.max_clock_skew_s, shared=ClockReadings(db))
         signer = TokenSigner(token, config.key_label, chain, prefer_pss=config.prefer_pss, clock=clock)
         timestamper = FallbackTimeStamper(config.tsa_urls, clock=clock) if config.tsa_urls else None
         if timestamper is not None:

@@ -14,13 +14,15 @@ from pathlib import Path
 
 from asn1crypto import keys, pem, x509
 from cryptography import x509 as pyca_x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from hsm import Token
 
 from .config import ConfigError
 from .errors import InvalidRequest
 
-__all__ = ["CertificateError", "as_pyca", "check_chain", "load_certificates", "read_certificates"]
+__all__ = ["CertificateError", "as_pyca", "check_chain", "check_issuers", "issued_by", "load_certificates",
+           "read_certificates"]
 
 
 class CertificateError(ValueError):
@@ -82,3 +84,26 @@ def check_chain(token: Token, key_label: str, chain: list[x509.Certificate]) -> 
             raise InvalidRequest(
                 f"certificate {child.subject.human_friendly!r} is not issued by {parent.subject.human_friendly!r}"
             )
+
+
+def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    """Whether ``parent``'s key made the signature on ``child``."""
+    try:
+        as_pyca(child).verify_directly_issued_by(as_pyca(parent))
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def check_issuers(chain: list[x509.Certificate], roots: list[x509.Certificate]) -> None:
+    """Refuse a chain (leaf first) whose signatures do not verify link by link, or that ends at a
+    certificate no trust root is or issued: what a provisioning stick and the console's set-up
+    both check before a chain is kept."""
+    for child, parent in itertools.pairwise(chain):
+        if not issued_by(child, parent):
+            raise InvalidRequest(f"the signature on {child.subject.human_friendly!r} does not verify with its issuer")
+    if not roots:
+        raise InvalidRequest("no trust roots to check the chain against")
+    top = chain[-1]
+    if not any(top.dump() == root.dump() or (top.issuer == root.subject and issued_by(top, root)) for root in roots):
+        raise InvalidRequest(f"the chain ends at {top.subject.human_friendly!r}, which no trust root issued")

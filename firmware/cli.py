@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from asn1crypto import pem
 
@@ -31,7 +31,7 @@ from .health_board import PUBLISH_INTERVAL_S, HealthBoard
 from .instance import hold_state_dir
 from .lan_tls import tls_files
 from .network import apply as apply_network
-from .operations import configstore, reports
+from .operations import box_state, configstore, reports, setup
 from .operations.keys import (
     activation,
     build_csr,
@@ -127,12 +127,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
             running.callback(pki_server.stop)
             if config.dev.mailbox_port is not None:  # the dev box's mail relay: messages kept in var/dev-mail/
                 running.enter_context(DevMailbox(config.state_dir, config.dev.mailbox_port))
-        config = _config(args)
+        state_dir = Path(args.state_dir)
+        config = setup.current_config(state_dir)
         host, port = args.host or config.api_host, args.port or config.api_port
-        config = config.serving_on(host, port)
-        sockets = bind(host, port)
+        sockets = bind(host, port)  # a port in use is reported now, not after a set-up
         for sock in sockets:
             running.callback(sock.close)
+        console = None
+        if not setup.is_set_up(state_dir):
+            console = _set_up(args, config, running)
+        config = _config(args).serving_on(host, port)
         box = Box.open(config)
         if pki_server is not None:
             key_file = _dev_client_key(box, config.state_dir)
@@ -143,9 +147,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 f"\"level\":\"B-T\"}}' http://{host}:{port}/v1/signatures\n",
                 flush=True,
             )
-        if config.console.enabled and not args.no_console and args.console is not None:
+        if console is not None:
+            console.serving(box)
+        elif config.console.enabled and not args.no_console and args.console is not None:
             try:
-                running.callback(args.console(box, config))
+                running.callback(args.console(config, box).stop)
             except Exception as exc:  # the signing API serves even if the console cannot start
                 log.error("admin console NOT started: %s", exc, exc_info=not isinstance(exc, ConsoleFailure))
         mail_sender = box.mail_sender()
@@ -168,6 +174,28 @@ def cmd_serve(args: argparse.Namespace) -> None:
         publishing.start()
         running.callback(publishing.stop)
         Supervisor(config.state_dir, sockets, (host, port), config.api.workers).run()
+
+
+SET_UP_POLL_S = 0.5  # how soon the signing service starts once the set-up (or a stick) finished it
+
+
+def _set_up(args: argparse.Namespace, config: BoxConfig, running: contextlib.ExitStack) -> ConsoleHandle:
+    """Set-up mode: the console alone, until the box is set up (firmware/operations/setup.py).
+
+    Whatever finishes the set-up (the console's last step, a provisioning stick) ends the wait:
+    the signing service then starts in this process, nobody restarts it by hand.
+    """
+    if args.no_console or args.console is None:
+        raise SystemExit(f"{config.state_dir} is not set up (no signing key with its certificate chain): set it up"
+                         " in the admin console (serve without --no-console) or with a provisioning stick")
+    starter: ConsoleStarter = args.console
+    console = starter(config, None)
+    running.callback(console.stop)
+    log.info("set-up mode: waiting for the set-up to finish")
+    while not setup.is_set_up(config.state_dir):
+        time.sleep(SET_UP_POLL_S)
+    log.info("the box is set up: starting the signing service")
+    return console
 
 
 def cmd_serve_worker(args: argparse.Namespace) -> None:
@@ -402,14 +430,28 @@ def cmd_network(args: argparse.Namespace) -> None:
         print(done)
 
 
+def cmd_status(args: argparse.Namespace) -> None:
+    state = box_state.box_state(Path(args.state_dir))
+    print(box_state.screen_text(state) if args.screen else state.state)
+
+
 class ConsoleFailure(RuntimeError):
     """The console said why it could not start (no traceback needed in the log)."""
 
 
-# Starts the admin console for a serving box (in the supervising parent): returns a function that
-# stops it. A change the console makes to box.toml reaches the workers through the file itself
-# (firmware/operations/live.py).
-ConsoleStarter = Callable[["Box", BoxConfig], Callable[[], None]]
+class ConsoleHandle(Protocol):
+    """The admin console running in the supervising parent."""
+
+    def serving(self, box: Box) -> None:
+        """The box is set up: the console works on its signing service from now on."""
+
+    def stop(self) -> None: ...
+
+
+# Starts the admin console (in the supervising parent) for a serving box, or with None in set-up
+# mode (firmware/operations/setup.py). A change the console makes to box.toml reaches the workers
+# through the file itself (firmware/operations/live.py).
+ConsoleStarter = Callable[[BoxConfig, "Box | None"], ConsoleHandle]
 
 
 def parser(console: ConsoleStarter | None = None,
@@ -521,6 +563,11 @@ def parser(console: ConsoleStarter | None = None,
     c = nsub.add_parser("apply", help="write the systemd-networkd/timesyncd files and set the host name")
     c.add_argument("--run-dir", default="/run", help="where systemd reads the files from (default /run)")
     s.set_defaults(func=cmd_network)
+
+    s = sub.add_parser("status", help="the box's state: not set up, ready, token missing, clock not synchronised")
+    s.add_argument("--screen", action="store_true", help="the text for the box's screen (/etc/issue): state, console"
+                   " addresses, its CA fingerprint, the one-time set-up code (firmware/operations/box_state.py)")
+    s.set_defaults(func=cmd_status)
 
     for extend in extensions:
         extend(sub)

@@ -33,7 +33,7 @@ from .signing.levels import DEFAULT_LEVEL, Level
 from .store.storage import MB, StorageBudget
 
 __all__ = [
-    "CONFIG_NAME", "SECTIONS", "STAMP_LOGO_NAME", "ApiSettings", "AuditSettings", "BoxConfig", "BoxSettings",
+    "CONFIG_NAME", "SECTIONS", "STAMP_LOGO_NAME", "UNTIL_SET_UP", "ApiSettings", "AuditSettings", "BoxConfig", "BoxSettings",
     "ConfigError", "ConsoleSettings", "ContractsSettings", "DevSettings", "DirectorySettings", "InboundSettings", "LdapSettings", "MailSettings", "MeteringSettings", "NetworkSettings", "OutboundSettings",
     "ProvisionedSettings", "RevocationSettings", "SigningSettings", "TokenSettings", "WebhookSettings", "check_http_url",
     "check_proxy_url", "default_value", "effective_value", "is_hostname", "parse", "redacted_url",
@@ -567,6 +567,10 @@ class ProvisionedSettings(_Section):
     applied_at: str | None = None
 
 
+# Sections a box.toml may leave out while the box is not set up (firmware/operations/setup.py): the
+# token is chosen in the console's set-up; once the section is there, its settings are required.
+UNTIL_SET_UP = frozenset({"token"})
+
 SECTIONS: dict[str, type] = {
     "api": ApiSettings, "token": TokenSettings, "signing": SigningSettings, "metering": MeteringSettings,
     "audit": AuditSettings, "dev": DevSettings, "console": ConsoleSettings, "outbound": OutboundSettings,
@@ -683,6 +687,9 @@ def _sections(path: Path, text: str, state_dir: Path) -> Iterator[tuple[str, Any
             where = f", line {line}" if line else ""
             raise ConfigError(f"{path}{where}: [{name}]: unknown section (known: {', '.join(SECTIONS)})")
     for name, cls in SECTIONS.items():
+        if name in UNTIL_SET_UP and name not in raw:
+            yield name, None
+            continue
         values = raw.get(name, {})
         try:
             if not isinstance(values, dict):
@@ -702,7 +709,7 @@ class BoxConfig:
 
     state_dir: Path
     api: ApiSettings
-    token: TokenSettings
+    token: TokenSettings | None  # None: no [token] yet, the box is not set up
     signing: SigningSettings
     metering: MeteringSettings
     audit: AuditSettings
@@ -814,6 +821,9 @@ class BoxConfig:
     def token_config(self) -> TokenConfig:
         # Module-specific settings (SOFTHSM2_CONF, YUBIHSM_PKCS11_CONF) are read by the module
         # from the environment, so they must be set before the module is loaded.
+        if self.token is None:
+            raise ConfigError(f"{self.state_dir / CONFIG_NAME} names no token ([token]): the box is not set up yet;"
+                              " finish the set-up in the admin console or with a provisioning stick")
         os.environ.update(self.token.environment)
         return TokenConfig(self.token.module, self.token.label, self.token.read_pin(), self.token.sessions)
 
@@ -865,4 +875,5 @@ def effective_value(state_dir: Path, key: str) -> Any:
     _, section, name = _split(key)
     if not (state_dir / CONFIG_NAME).exists():
         return default_value(key, state_dir)
-    return getattr(getattr(BoxConfig.load(state_dir), section), name)
+    settings = getattr(BoxConfig.load(state_dir), section)
+    return default_value(key, state_dir) if settings is None else getattr(settings, name)

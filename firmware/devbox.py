@@ -7,11 +7,6 @@ from the provisioning path instead.
 
 from __future__ import annotations
 
-import os
-import re
-import secrets
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +16,9 @@ from hsm import KeyAlgorithm, KeyInfo, KeyNotFound, Token, TokenConfig
 
 from .config import CONFIG_NAME, BoxConfig, default_value, parse
 from .devpki import BOX_MAIL_ADDRESS, MAIL_USERS, DevPki
-from .durable import write_durable, write_new
+from .durable import write_durable
 from .operations import chain_path, configstore
+from .operations.tokens import init_softhsm, softhsm_settings
 
 DEV_TOKEN_LABEL = "esignbox-dev"
 DEV_KEY_LABEL = "box-signing"
@@ -33,24 +29,6 @@ DEFAULT_API_PORT = 8080
 # The directory and mail of `make run`: the dev mailbox (relay), the inbound listener, LDAP.
 DEV_MAILBOX_PORT, DEV_INBOUND_PORT, DEV_LDAP_PORT = 1025, 2525, 1389
 DEV_DIRECTORY_ADDRESS = "certificates@esignbox.dev"
-SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-                   "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so")
-
-
-def softhsm_module() -> str:
-    for path in SOFTHSM_MODULES:
-        if Path(path).exists():
-            return path
-    raise FileNotFoundError("SoftHSM2 is not installed (Debian package softhsm2)")
-
-
-def _secret_file(path: Path, length: int) -> str:
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_new(path, secrets.token_hex(length).encode(), mode=0o600)
-    return path.read_text().strip()
-
-
 def _local_url(port: int) -> str:
     """Where a development box's links point: its own API listener."""
     return f"http://127.0.0.1:{port}"
@@ -98,8 +76,7 @@ def _write_config(state_dir: Path, pki_port: int, api_port: int | None, tsa_url:
     api_port = api_port or DEFAULT_API_PORT
     settings = {
         "api": {"port": api_port},
-        "token": {"module": softhsm_module(), "label": DEV_TOKEN_LABEL, "pin_file": "secrets/user.pin",
-                  "environment_files": {"SOFTHSM2_CONF": "softhsm2.conf"}},
+        "token": softhsm_settings(DEV_TOKEN_LABEL),
         "signing": {"key_label": DEV_KEY_LABEL, "tsa_urls": [tsa_url]},
         "console": {"enabled": console},
         "contracts": contracts,
@@ -118,24 +95,8 @@ def _write_config(state_dir: Path, pki_port: int, api_port: int | None, tsa_url:
 
 
 def _init_softhsm(state_dir: Path) -> TokenConfig:
-    """A SoftHSM2 token for this state directory; returns how to log in to it."""
-    tokens = state_dir / "tokens"
-    tokens.mkdir(mode=0o700, parents=True, exist_ok=True)
-    conf = state_dir / "softhsm2.conf"
-    write_durable(conf, f"directories.tokendir = {tokens.resolve()}\nobjectstore.backend = file\nlog.level = ERROR\n".encode())
-    os.environ["SOFTHSM2_CONF"] = str(conf.resolve())
-    user_pin = _secret_file(state_dir / "secrets" / "user.pin", 8)
-    so_pin = _secret_file(state_dir / "secrets" / "so.pin", 8)
-    util = shutil.which("softhsm2-util")
-    if util is None:
-        raise FileNotFoundError("softhsm2-util not found (Debian package softhsm2)")
-    listing = subprocess.run([util, "--show-slots"], capture_output=True, text=True, check=True)
-    if not re.search(rf"^\s*Label:\s+{re.escape(DEV_TOKEN_LABEL)}\s*$", listing.stdout, re.MULTILINE):
-        subprocess.run(
-            [util, "--init-token", "--free", "--label", DEV_TOKEN_LABEL, "--pin", user_pin, "--so-pin", so_pin],
-            check=True, capture_output=True,
-        )
-    return TokenConfig(softhsm_module(), DEV_TOKEN_LABEL, user_pin, sessions=1)
+    """The development token for this state directory; returns how to log in to it."""
+    return init_softhsm(state_dir, DEV_TOKEN_LABEL)
 
 
 def init_dev(

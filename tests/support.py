@@ -175,20 +175,23 @@ def _open_files(pid: int) -> set[str]:
     return found
 
 
-def connections_to_each_worker(box: BoxProcess, per_worker: int, attempts: int = 200) -> dict[int, list[WorkerConnection]]:
+def connections_to_each_worker(box: BoxProcess, per_worker: int, timeout: float = 30.0) -> dict[int, list[WorkerConnection]]:
     """``per_worker`` connections held open to every worker of ``box``; the kernel picks the worker
-    of each, so connections are opened until every worker has its share."""
+    of each, so connections are opened until every worker has its share. A worker that has only
+    just started (still importing) accepts nothing yet: hence a time limit, not a count."""
     wanted = box.workers()
     held: dict[int, list[WorkerConnection]] = {pid: [] for pid in wanted}
-    for _ in range(attempts):
-        if all(len(conns) >= per_worker for conns in held.values()):
-            return held
+    deadline = time.monotonic() + timeout
+    while not all(len(conns) >= per_worker for conns in held.values()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout} s: {({pid: len(c) for pid, c in held.items()})}")
         conn = WorkerConnection(box)
         if len(held.setdefault(conn.pid, [])) < per_worker:
             held[conn.pid].append(conn)
         else:
             conn.close()
-    raise AssertionError(f"after {attempts} connections: {({pid: len(c) for pid, c in held.items()})}")
+            time.sleep(0.02)  # give a starting worker the chance to reach its accept loop
+    return held
 
 
 class Api:

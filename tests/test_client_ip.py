@@ -116,3 +116,19 @@ def test_behind_a_trusted_proxy_the_trail_records_the_forwarded_client(trusting_
     contract_id = _walk(trusting_box, business_key, "198.51.100.1, 203.0.113.7")
     trail = _trail(box_config, contract_id)
     assert trail["created"] == "203.0.113.7" and trail["validated"] == "203.0.113.7", trail
+
+
+
+def test_a_refused_caller_is_audited_by_its_own_address(trusting_box, box_config):
+    """Refusals of callers without a key are logged once per peer and window: behind the proxy
+    every caller would be that one peer, and the first of them would hide all others."""
+    refused = requests.post(trusting_box.url + "/v1/signatures", timeout=30,
+                            headers={"Authorization": "Bearer not-a-key", "X-Forwarded-For": "203.0.113.9"})
+    assert refused.status_code == 401, refused.text
+    conn = open_connection(box_config.database)
+    try:
+        rows = conn.execute("SELECT details FROM audit_log WHERE action = 'refusal' ORDER BY seq DESC LIMIT 1")
+        latest = json.loads(rows.fetchone()[0])
+    finally:
+        conn.close()
+    assert (latest["path"], latest["peer"]) == ("/v1/signatures", "203.0.113.9"), latest

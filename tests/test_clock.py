@@ -29,7 +29,7 @@ from firmware.devpki.pki import ARCH, ROOT_CRL_REPO
 from firmware.store.clients import ClientRegistry
 from firmware.store.db import Database
 
-from .support import Api, BoxProcess, free_port
+from .support import Api, BoxProcess, WorkerConnection, connections_to_each_worker, free_port
 from .test_provisioning import write_box_toml
 
 
@@ -70,26 +70,35 @@ def _sign(api: Api, level: str) -> requests.Response:
     return api.post("/v1/signatures", json={"hash_algorithm": "sha256", "hash": digest, "level": level})
 
 
+def _sign_on(conn: WorkerConnection, key: str, level: str) -> tuple[int, dict]:
+    digest = base64.b64encode(hashlib.sha256(level.encode()).digest()).decode()
+    return conn.call("POST", "/v1/signatures", {"hash_algorithm": "sha256", "hash": digest, "level": level},
+                     {"Authorization": f"Bearer {key}"})
+
+
 def test_a_box_whose_clock_disagrees_with_its_tsa_refuses_to_sign(
     tmp_path: Path, box_config: BoxConfig, pki_server, future_tsa: str,
 ):
+    """What one worker learnt from the TSA, every worker knows: the other refuses at once too."""
     state_dir = tmp_path / "skewed"
     state_dir.mkdir()
-    write_box_toml(state_dir, box_config, signing={"tsa_urls": [future_tsa], "max_clock_skew_seconds": 60})
+    write_box_toml(state_dir, box_config, api={"workers": 2},
+                   signing={"tsa_urls": [future_tsa], "max_clock_skew_seconds": 60})
     _, key = ClientRegistry(Database(state_dir / "box.db")).add("skewed")
     box = BoxProcess(state_dir).start()
     try:
-        api = Api(box.url, key)
-        stamped = _sign(api, "B-T")
-        assert stamped.status_code == 503, stamped.text
-        body = stamped.json()
+        held = connections_to_each_worker(box, 1)
+        first, second = (conns[0] for conns in held.values())
+        status, body = _sign_on(first, key, "B-T")
+        assert status == 503, body
         assert body["error"] == "clock_skewed" and "TSA" in body["message"] and "7200" in body["message"].replace(",", "")
-        plain = _sign(api, "B-B")  # no TSA involved, but the signing time would be just as wrong
-        assert plain.status_code == 503 and plain.json()["error"] == "clock_skewed"
-        health = requests.get(f"{box.url}/v1/health", timeout=10)
-        assert health.status_code == 503 and health.json()["status"] == "clock_skewed"
-        clock = health.json()["clock"]
-        assert clock["ok"] is False and -7300 < clock["skew_seconds"] < -7100 and clock["max_skew_seconds"] == 60
+        for conn in (first, second):  # no TSA involved, but the signing time would be just as wrong
+            status, body = _sign_on(conn, key, "B-B")
+            assert status == 503 and body["error"] == "clock_skewed", (conn.pid, body)
+            status, health = conn.call("GET", "/v1/health")
+            assert status == 503 and health["status"] == "clock_skewed", (conn.pid, health)
+            clock = health["clock"]
+            assert clock["ok"] is False and -7300 < clock["skew_seconds"] < -7100 and clock["max_skew_seconds"] == 60
         conn = Database(state_dir / "box.db").connect()
         assert conn.execute("SELECT COUNT(*) FROM signatures").fetchone()[0] == 0
     finally:

@@ -291,7 +291,7 @@ def _every_worker_answers(box: BoxProcess) -> bool:
     if len(box.workers()) != 2:
         return False
     try:
-        held = connections_to_each_worker(box, 1, attempts=50)
+        held = connections_to_each_worker(box, 1, timeout=5)
     except AssertionError:  # one is still starting
         return False
     for conns in held.values():

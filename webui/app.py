@@ -9,7 +9,8 @@ Order of the checks, for every request including static files:
    defence against DNS rebinding and cross-site posts). The refusals are 403 pages that say why.
 3. SessionGuard: loads the session; every POST must carry the session's CSRF token (403
    otherwise); pages other than login/set-up need a signed-in administrator; while the box has
-   no administrator every page leads to the first set-up.
+   no administrator every page leads to the first set-up; while the box is not set up (set-up
+   mode) every administrator's page leads to the box's set-up (webui/pages/setup.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import falcon
 
 from .console import Console
 from .forms import Form, read_form
-from .pages import audit, auth, clients, dashboard, directory, envelopes, keys, settings
+from .pages import audit, auth, clients, dashboard, directory, envelopes, keys, settings, setup
 from .sessions import COOKIE
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ class SessionGuard:
             if not c.accounts.admin_exists():
                 raise falcon.HTTPSeeOther("/setup")
             raise falcon.HTTPSeeOther("/login?expired=1" if expired else "/login")
+        if c.setting_up and not getattr(resource, "during_setup", False):
+            raise falcon.HTTPSeeOther("/setup/box")  # the box's set-up first (webui/pages/setup.py)
 
 
 def create_app(console: Console) -> falcon.App[falcon.Request, falcon.Response]:
@@ -155,6 +158,6 @@ def create_app(console: Console) -> falcon.App[falcon.Request, falcon.Response]:
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, internal_error)
     app.add_static_route("/static", str(HERE / "static"))
-    for module in (auth, dashboard, keys, clients, directory, envelopes, audit, settings):
+    for module in (auth, setup, dashboard, keys, clients, directory, envelopes, audit, settings):
         module.add_routes(app, console)
     return app

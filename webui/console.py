@@ -17,7 +17,7 @@ import jinja2
 
 from firmware.box import Box
 from firmware.config import BoxConfig
-from firmware.operations import Accounts, ConfigChange, SigningService, configstore, reassemble
+from firmware.operations import Accounts, ConfigChange, SetUp, SigningService, configstore, reassemble
 from firmware.store import Database
 
 from . import templating
@@ -45,7 +45,8 @@ class Console:
     sessions: SessionStore
     lan: LanPolicy
     hosts: set[str]
-    signing: SigningService | None = None
+    signing: SigningService | None = None  # None until the box is set up (and in unit tests)
+    setup: SetUp | None = None  # the box's set-up, while `serve` waits for it (set-up mode)
     tls: ConsoleTls | None = None  # None in unit tests
     nginx: NginxFront | None = None  # None in unit tests
     prober: Prober = field(default_factory=Prober)
@@ -58,6 +59,11 @@ class Console:
     def is_console(self, host_port: tuple[str, int] | None) -> bool:
         """Whether a parsed Host or Origin names this console: one of the box's names, on its port."""
         return host_port is not None and host_port[0] in self.hosts and host_port[1] == self.port
+
+    @property
+    def setting_up(self) -> bool:
+        """Set-up mode: the box is not set up, only the set-up's pages are served."""
+        return self.setup is not None and self.signing is None
 
     @property
     def box(self) -> Box:

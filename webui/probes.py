@@ -80,18 +80,23 @@ def _crl(url: str, timeout: float) -> str:
 Probe = tuple[str, str, Callable[[], str]]  # kind, url, the request (returns what the service answered)
 
 
-def probe_plan(chain: list[x509.Certificate], tsa_urls: list[str], timeout: float) -> list[Probe]:
-    """(kind, url, zero-argument callable) for every service the signing path depends on."""
+def probe_plan(chain: list[x509.Certificate], tsa_urls: list[str], timeout: float,
+               ocsp_urls: tuple[str, ...] = (), crl_urls: tuple[str, ...] = ()) -> list[Probe]:
+    """(kind, url, zero-argument callable) for every service the signing path depends on.
+
+    ``ocsp_urls``/``crl_urls`` are box.toml's [revocation]: set, the signing service asks them
+    instead of the responders and CRLs the certificates name, so they are what is probed, each
+    OCSP responder with a request for the box's own certificate.
+    """
     plan: list[Probe] = [("TSA", url, partial(_tsa, url, timeout)) for url in tsa_urls]
     seen: set[tuple[str, str]] = set()
-    for cert, issuer in itertools.pairwise(chain):
-        for url in cert.ocsp_urls:
+    for number, (cert, issuer) in enumerate(itertools.pairwise(chain)):
+        for url in (ocsp_urls if number == 0 else ()) if ocsp_urls else cert.ocsp_urls:
             body = _ocsp_request(cert, issuer)
             if ("OCSP", url) not in seen:
                 seen.add(("OCSP", url))
                 plan.append(("OCSP", url, partial(_ocsp, url, body, timeout)))
-        for point in cert.crl_distribution_points:
-            url = point.url
+        for url in crl_urls or [point.url for point in cert.crl_distribution_points]:
             if url and ("CRL", url) not in seen:
                 seen.add(("CRL", url))
                 plan.append(("CRL", url, partial(_crl, url, timeout)))
@@ -106,13 +111,14 @@ class Prober:
         self._lock = threading.Lock()
         self._cached: tuple[float, tuple[tuple[bytes, ...], tuple[str, ...]], list[ProbeResult]] | None = None
 
-    def results(self, chain: list[x509.Certificate], tsa_urls: list[str]) -> list[ProbeResult]:
-        key = (tuple(c.sha256 for c in chain), tuple(tsa_urls))
+    def results(self, chain: list[x509.Certificate], tsa_urls: list[str], ocsp_urls: tuple[str, ...] = (),
+                crl_urls: tuple[str, ...] = ()) -> list[ProbeResult]:
+        key = (tuple(c.sha256 for c in chain), (*tsa_urls, "|", *ocsp_urls, "|", *crl_urls))
         with self._lock:
             cached = self._cached
             if cached and cached[1] == key and cached[0] > self._clock() - self.ttl_s:
                 return cached[2]
-            results = self._run(probe_plan(chain, tsa_urls, self.timeout_s))
+            results = self._run(probe_plan(chain, tsa_urls, self.timeout_s, ocsp_urls, crl_urls))
             self._cached = (self._clock(), key, results)
             return results
 

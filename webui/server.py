@@ -22,7 +22,8 @@ import waitress
 
 from firmware.box import Box
 from firmware.config import BoxConfig
-from firmware.operations import Accounts, SigningService
+from firmware.operations import Accounts, SetUp, SigningService, box_state
+from firmware.store import Database
 
 from . import tls
 from .app import create_app
@@ -51,10 +52,15 @@ class Listener(Protocol):
 @dataclass
 class ConsoleRuntime:
     console: Console
-    signing: SigningService
     server: Listener
     thread: threading.Thread
     nginx: NginxFront
+
+    def serving(self, box: Box) -> None:
+        """The box is set up and its signing service assembled: the console's pages work on it now."""
+        self.console.signing = SigningService(box)
+        self.console.config = box.config
+        box.health_parts["console"] = self.nginx.status
 
     def stop(self) -> None:
         self.nginx.stop()
@@ -64,8 +70,9 @@ class ConsoleRuntime:
             pass
 
 
-def start_console(box: Box, config: BoxConfig, out: Callable[[str], None] = print) -> ConsoleRuntime:
-    """Start the console for a serving box; raises ConsoleError (nothing left running) on failure."""
+def start_console(config: BoxConfig, box: Box | None, out: Callable[[str], None] = print) -> ConsoleRuntime:
+    """Start the console for a serving box, or in set-up mode for a box that is not set up (``box``
+    None: firmware/operations/setup.py); raises ConsoleError (nothing left running) on failure."""
     settings = config.console
     interfaces = interface_addresses()
     try:
@@ -73,14 +80,15 @@ def start_console(box: Box, config: BoxConfig, out: Callable[[str], None] = prin
         lan = LanPolicy(allowed_networks(settings.allow, interfaces))
     except ValueError as exc:
         raise ConsoleError(str(exc)) from exc
-    db = box.db
+    db = box.db if box is not None else Database(config.database)
     accounts = Accounts(db, settings.max_failures, settings.lockout_minutes * 60)
     sessions = SessionStore(db, settings.session_idle_minutes * 60)
-    signing = SigningService(box)
     console_cert = tls.for_console(config, addresses)
     hosts = {*tls.box_names(config), *addresses, "127.0.0.1", "::1", *(n.lower() for n in console_cert.names)}
     console = Console(config=config, db=db, accounts=accounts, sessions=sessions, lan=lan, hosts=hosts,
-                      signing=signing, tls=console_cert, port=settings.port,
+                      signing=SigningService(box) if box is not None else None,
+                      setup=SetUp(config.state_dir, db) if box is None else None, tls=console_cert,
+                      port=settings.port,
                       urls=[_url(a, settings.port) for a in addresses if a != "127.0.0.1"] +
                            [_url("127.0.0.1", settings.port)])
     server = waitress.create_server(
@@ -98,10 +106,16 @@ def start_console(box: Box, config: BoxConfig, out: Callable[[str], None] = prin
         server.close()
         raise ConsoleError(str(exc)) from exc
     console.nginx = nginx
-    box.health_parts["console"] = nginx.status
+    runtime = ConsoleRuntime(console, server, thread, nginx)
+    if box is not None:
+        runtime.serving(box)
+    box_state.publish_console(config.state_dir, console.urls, console_cert.ca_fingerprint or "")
     code = accounts.ensure_setup_code()
     lines = [f"Admin console (HTTPS): {'  '.join(console.urls)}",
              f"  answers peers in: {lan.describe()}"]
+    if box is None:
+        lines.append("  SET-UP MODE: this box is not set up yet; open the console to set it up"
+                     " (the signing API starts when the set-up is finished)")
     if console_cert.ca is not None:
         lines.append(f"  certificate from the box-local CA; CA SHA-256 fingerprint: {console_cert.ca_fingerprint}")
     else:
@@ -111,4 +125,4 @@ def start_console(box: Box, config: BoxConfig, out: Callable[[str], None] = prin
     elif not accounts.admin_exists():
         lines.append("  no administrator yet: use the set-up code from the provisioning stick")
     out("\n".join(lines))
-    return ConsoleRuntime(console, signing, server, thread, nginx)
+    return runtime

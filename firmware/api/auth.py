@@ -69,7 +69,7 @@ class RefusalAudit:
                 client.id if client else None,
                 {"method": req.method, "path": req.path, "status": resp.status_code,
                  "error": body.get("error"), "message": body.get("message") or body.get("error_description"),
-                 "peer": req.remote_addr},
+                 "peer": req.context.client_ip},
             )
         except StorageFull as exc:  # the caller still gets its refusal; the operator gets the log line
             log.error("refusal of %s %s not audited: %s", req.method, req.path, exc)

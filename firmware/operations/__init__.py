@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..lazy import lazy_exports
-from . import accounts, configstore, keys, reports
+from . import accounts, box_state, configstore, keys, reports, setup, tokens
 from .accounts import AccountError, Accounts
 from .configstore import ConfigChange
 from .generations import HOOK_ENV, Generations, Record, RolledBack, test_hook
@@ -36,6 +36,7 @@ from .keys import (
 )
 from .keys import LABEL as KEY_LABEL
 from .reports import UsageRow
+from .setup import Progress, SetUp, Step, current_config, is_set_up
 
 if TYPE_CHECKING:
     from .errors import FAULTS, Face, Fault
@@ -43,10 +44,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAULTS", "HOOK_ENV", "KEY_ALGORITHMS", "KEY_LABEL", "AccountError", "Accounts", "ConfigChange", "Face", "Fault",
-    "Generations", "KeyExists", "KeyNotFound", "Record", "RolledBack", "SigningService", "TokenError", "UsageRow",
-    "accounts", "activation", "build_csr", "chain_details", "chain_path", "configstore", "generate", "install_chain",
-    "inventory", "keys", "parse_subject", "reassemble", "reports", "rollback_activation", "test_hook",
-    "token_presence",
+    "Generations", "KeyExists", "KeyNotFound", "Progress", "Record", "RolledBack", "SetUp", "SigningService", "Step",
+    "TokenError", "UsageRow", "accounts", "activation", "box_state", "build_csr", "chain_details", "chain_path", "configstore",
+    "current_config", "generate", "install_chain", "inventory", "is_set_up", "keys", "parse_subject", "reassemble",
+    "reports", "rollback_activation", "setup", "test_hook", "token_presence", "tokens",
 ]
 
 _HEAVY = {"SigningService": "live", "reassemble": "live", "FAULTS": "errors", "Face": "errors", "Fault": "errors"}

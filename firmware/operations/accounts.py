@@ -6,7 +6,10 @@ administrator). The console keeps only its face: cookies, CSRF tokens and pages.
 
 - A box without an administrator has a one-time set-up code instead of a password. `esignbox
   serve` prints a fresh one on the box's own console when none is set, and the provisioning
-  stick may set one with `set_setup_code`. Only its scrypt hash is stored. Whoever enters it
+  stick may set one with `set_setup_code`. Only its scrypt hash is in the database; a code the
+  box made is also kept in plain in ``<state>/console/setup-code`` (0600, root and the service
+  only) so that the box's screen can show it (`esignbox status --screen`), and removed once an
+  administrator exists or a stick replaced the code. Whoever enters it
   must then choose the administrator's name and password; the code is consumed at that moment.
 - Passwords (and the code) are hashed with scrypt (n=2^15, r=8, p=1: 32 MiB, ~0.1 s), a random
   salt per account; the parameters are stored with the hash so they can be raised later.
@@ -27,12 +30,15 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ..durable import write_durable
 from ..store import audit
 from ..store.db import Database, immediate
 
-__all__ = ["AccountError", "Accounts", "Attempt", "admins", "ensure_schema", "set_setup_code"]
+__all__ = ["AccountError", "Accounts", "Attempt", "admins", "ensure_schema", "set_setup_code", "setup_code_file",
+           "shown_setup_code"]
 
 # The accounts' tables beside (not inside) the schema of firmware/store/db.py: the signing service
 # never reads them. console_sessions is here too: resetting the administrator signs everyone out
@@ -162,6 +168,27 @@ def valid_admin_name(name: str) -> str:
     return name
 
 
+def setup_code_file(state_dir: Path) -> Path:
+    """Where the plain code the box made waits for its screen (box.db is in the same state directory)."""
+    return state_dir / "console" / "setup-code"
+
+
+def shown_setup_code(state_dir: Path) -> str | None:
+    """The code the box's screen shows: the one the box made, while no administrator exists.
+
+    A file, not the database: the screen's command runs as root and must not open box.db (it
+    would leave root-owned journal files the service cannot open)."""
+    path = setup_code_file(state_dir)
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _forget_code(db: Database) -> None:
+    setup_code_file(db.path.parent).unlink(missing_ok=True)
+
+
 def set_setup_code(db: Database, code: str, source: str = "provisioning", reset_admin: bool = False) -> None:
     """Store (the hash of) a one-time set-up code, replacing any earlier one.
 
@@ -189,6 +216,12 @@ def set_setup_code(db: Database, code: str, source: str = "provisioning", reset_
             (digest, salt, params, source, audit.now()),
         )
         append_audit(conn, "box" if source == "console" else source, "admin.setup_code", {"source": source})
+    if source == "console":
+        path = setup_code_file(db.path.parent)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_durable(path, (code + "\n").encode(), mode=0o600)
+    else:
+        _forget_code(db)  # the stick's code replaced the one on the screen
 
 
 @dataclass(frozen=True)
@@ -223,6 +256,7 @@ class Accounts:
     def ensure_setup_code(self) -> str | None:
         """At start: a fresh code to print if there is no administrator and no provisioned code."""
         if self.admin_exists() or self.setup_code_source() == "provisioning":
+            _forget_code(self._db)  # a crash may have come between the administrator's commit and the removal
             return None
         code = new_setup_code()
         set_setup_code(self._db, code, source="console")
@@ -395,6 +429,7 @@ class Accounts:
             conn.execute("DELETE FROM console_setup_code")
             append_audit(conn, f"admin:{name}", "admin.password_set", {"peer": peer, "first_setup": True})
             append_audit(conn, f"admin:{name}", "admin.login", {"peer": peer})
+        _forget_code(self._db)
         return name
 
     def change_password(self, name: str, current: str, password: str, confirm: str, peer: str) -> None:

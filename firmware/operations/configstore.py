@@ -34,7 +34,7 @@ from ..store import audit
 from ..store.db import Database
 from .generations import Generations
 
-__all__ = ["ConfigChange", "differences", "header", "merged", "render", "update"]
+__all__ = ["SERVICE_SECTIONS", "ConfigChange", "differences", "header", "merged", "render", "service_changes", "update"]
 
 _SHOWN_CHARS = 60  # a value longer than this is shortened in the descriptions of a change
 
@@ -57,6 +57,19 @@ def merged(raw: dict[str, Any], changes: dict[str, dict[str, Any]]) -> dict[str,
             else:
                 target[key] = value
     return result
+
+
+# Where the box's outside services go in box.toml: a stick's `services` and the console's set-up
+# both name them this way.
+SERVICE_SECTIONS = {"tsa_urls": "signing", "ocsp_urls": "revocation", "crl_urls": "revocation"}
+
+
+def service_changes(services: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """{"tsa_urls": [...], "ocsp_urls": [...]} as the change to box.toml's sections that hold them."""
+    changes: dict[str, dict[str, Any]] = {}
+    for name, urls in services.items():
+        changes.setdefault(SERVICE_SECTIONS[name], {})[name] = list(urls)
+    return changes
 
 
 def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -112,7 +125,8 @@ def update(state_dir: Path, changes: dict[str, dict[str, Any]], *, actor: str, a
         generations.use_database(db)
     with generations.locked():
         generations.recover()  # a change a crash interrupted is finished or undone first
-        old = parse(generations.box_toml.read_text(), generations.box_toml)
+        # No box.toml yet: a box being set up (firmware/operations/setup.py) starts from the defaults.
+        old = parse(generations.box_toml.read_text(), generations.box_toml) if generations.box_toml.exists() else {}
         new = merged(old, changes)
         said = differences(old, new)
         text = render(new, f"{actor} ({action})")

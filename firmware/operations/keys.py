@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,7 @@ from ..errors import InvalidRequest
 
 __all__ = [
     "KEY_ALGORITHMS", "LABEL", "Activation", "KeyExists", "KeyNotFound", "KeyState", "TokenError", "TokenPresence",
-    "activation", "build_csr", "chain_details", "chain_path", "generate", "install_chain", "inventory",
+    "activation", "build_csr", "chain_details", "chain_path", "chain_pem", "generate", "install_chain", "inventory",
     "parse_subject", "rollback_activation", "token_presence",
 ]
 
@@ -147,15 +148,19 @@ def chain_details(label: str, chain: list[x509.Certificate]) -> dict[str, Any]:
             "not_after": _not_after(leaf).isoformat(), "certificates": len(chain)}
 
 
-def install_chain(state_dir: Path, token: Token, label: str, data: bytes) -> list[x509.Certificate]:
+def install_chain(state_dir: Path, token: Token, label: str, data: bytes,
+                  check: Callable[[list[x509.Certificate]], None] | None = None) -> list[x509.Certificate]:
     """Check the CA's answer (PEM in any order, or one DER certificate) against key ``label``; keep it.
 
-    Raises InvalidRequest (unreadable, not for the key, out of order, expired) or KeyNotFound;
-    nothing is written then. Returns the chain, leaf first, as written.
+    Raises InvalidRequest (unreadable, not for the key, out of order, expired, or what ``check``
+    raises for the ordered chain) or KeyNotFound; nothing is written then. Returns the chain,
+    leaf first, as written.
     """
     path = chain_path(state_dir, label)
     chain = order_chain(parse_chain(data), token.key(label).public_key_info)
     check_chain(token, label, chain)
+    if check is not None:
+        check(chain)
     expiry = _not_after(chain[0])
     if expiry < datetime.now(UTC):
         raise InvalidRequest(f"the certificate expired on {expiry:%Y-%m-%d}")
@@ -221,11 +226,12 @@ class TokenPresence:
 
 
 def token_presence(config: BoxConfig, token: Token) -> TokenPresence:
+    label = config.token.label if config.token is not None else ""
     try:
         token.key(config.key_label)
-        return TokenPresence(str(token.info().get("label") or config.token.label), True)
+        return TokenPresence(str(token.info().get("label") or label), True)
     except TokenError as exc:
-        return TokenPresence(config.token.label, False, str(exc))
+        return TokenPresence(label, False, str(exc))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ reading, from a signature's timestamp or from `probe()`, is back within the limi
 Whether the kernel considers the clock synchronised (NTP, adjtimex) is reported too, but only a
 measured skew stops signing: an unsynchronised clock can still be right, and a box without a TSA
 has nothing to compare with.
+
+The verdict is the box's, not one worker process's: readings go through the database
+(store/clock_readings.py) when one is given, so a skew one worker measured stops every worker's
+next signature.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
+
+from ..store.clock_readings import ClockReading, ClockReadings
 
 __all__ = ["ClockSkewed", "ClockWatch", "kernel_synchronised"]
 
@@ -31,12 +36,7 @@ class ClockSkewed(RuntimeError):
     """The box's clock disagrees with its TSA by more than allowed; nothing is signed."""
 
 
-@dataclass(frozen=True)
-class _Reading:
-    skew_s: float  # box clock minus TSA genTime
-    uncertainty_s: float
-    at: float  # box time of the reading
-    source: str
+REFRESH_S = 30.0  # a reading that changes no verdict replaces the shared one at most this often
 
 
 @functools.cache
@@ -57,19 +57,32 @@ def kernel_synchronised() -> bool | None:
 
 
 class ClockWatch:
-    def __init__(self, max_skew_s: float, reprobe_after_s: float = 30.0) -> None:
+    def __init__(self, max_skew_s: float, reprobe_after_s: float = 30.0, shared: ClockReadings | None = None) -> None:
         self.max_skew_s = max_skew_s
         self._reprobe_after_s = reprobe_after_s
         self._lock = threading.Lock()
-        self._reading: _Reading | None = None
+        self._reading: ClockReading | None = None
+        self._shared = shared
         self.probe: Callable[[], None] | None = None  # asks the TSA for a timestamp (set by the assembler)
 
     def observe(self, gen_time: datetime, sent: float, received: float, source: str) -> None:
         """Record one TSA answer; raises ClockSkewed if it shows the box's clock is off."""
-        reading = _Reading((sent + received) / 2 - gen_time.timestamp(), (received - sent) / 2, received, source)
+        reading = ClockReading((sent + received) / 2 - gen_time.timestamp(), (received - sent) / 2, received, source)
         with self._lock:
             self._reading = reading
+        if self._shared is not None:
+            stored = self._shared.latest()
+            if stored is None or self._skewed(stored) != self._skewed(reading) or reading.at - stored.at >= REFRESH_S:
+                self._shared.record(reading)
         self._raise_if_skewed(reading)
+
+    def _latest(self) -> ClockReading | None:
+        """The newest reading of this process and, when shared, of the others."""
+        reading = self._reading
+        stored = self._shared.latest() if self._shared is not None else None
+        if stored is not None and (reading is None or stored.at > reading.at):
+            return stored
+        return reading
 
     def check(self) -> None:
         """Before signing: refuse while the last reading says the clock is off.
@@ -77,7 +90,7 @@ class ClockWatch:
         A refused box would never get a new reading from signing, so a stale bad reading is
         re-measured first (at most every ``reprobe_after_s``): a clock fixed by NTP signs again.
         """
-        reading = self._reading
+        reading = self._latest()
         if reading is None or not self._skewed(reading):
             return
         if self.probe is not None and time.time() - reading.at > self._reprobe_after_s:
@@ -91,7 +104,7 @@ class ClockWatch:
         self._raise_if_skewed(reading)
 
     def status(self) -> dict[str, object]:
-        reading = self._reading
+        reading = self._latest()
         return {
             "synchronised": kernel_synchronised(),
             "skew_seconds": None if reading is None else round(reading.skew_s, 3),
@@ -101,10 +114,10 @@ class ClockWatch:
             "ok": reading is None or not self._skewed(reading),
         }
 
-    def _skewed(self, reading: _Reading) -> bool:
+    def _skewed(self, reading: ClockReading) -> bool:
         return abs(reading.skew_s) - reading.uncertainty_s > self.max_skew_s
 
-    def _raise_if_skewed(self, reading: _Reading) -> None:
+    def _raise_if_skewed(self, reading: ClockReading) -> None:
         if self._skewed(reading):
             direction = "ahead of" if reading.skew_s > 0 else "behind"
             raise ClockSkewed(

@@ -79,6 +79,14 @@ CREATE TABLE IF NOT EXISTS csc_sads (
 CREATE INDEX IF NOT EXISTS csc_sads_by_client ON csc_sads(client_id);
 CREATE INDEX IF NOT EXISTS csc_sads_by_token ON csc_sads(token_hash);
 CREATE INDEX IF NOT EXISTS csc_sads_by_expiry ON csc_sads(expires_at);
+-- The box's latest clock reading against its TSA, one row shared by the workers (store/clock_readings.py).
+CREATE TABLE IF NOT EXISTS clock_reading (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    skew_s        REAL NOT NULL,         -- box clock minus the TSA's genTime
+    uncertainty_s REAL NOT NULL,
+    at            REAL NOT NULL,         -- box time of the reading
+    source        TEXT NOT NULL
+);
 -- Refusals of callers without a valid key, counted per window until summarised (store/refusals.py).
 CREATE TABLE IF NOT EXISTS refusal_counts (
     window_start REAL NOT NULL,         -- times in seconds since the epoch, from SQLite's clock

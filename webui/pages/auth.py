@@ -84,6 +84,8 @@ class SetupPassword(Page):
 
 
 class Logout(Page):
+    during_setup = True
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         c = self.console
         record(c.db, c.actor(req), "admin.logout", {"peer": peer_of(req)})

@@ -63,7 +63,8 @@ class Dashboard(Page):
         box = c.box
         token = token_presence(box.config, box.token)
         chain = signing_chain(box.signer)
-        probes = c.prober.results(chain, box.config.tsa_urls)
+        probes = c.prober.results(chain, box.config.tsa_urls, box.config.revocation.ocsp_urls,
+                                  box.config.revocation.crl_urls)
         today = reports.today(c.db)
         storage = box.config.audit.budget.state(box.config.database)
         clients = box.clients.list()
