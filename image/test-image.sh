@@ -73,9 +73,10 @@ done
 check "the image's default network (DHCP) sorts after the box's own file" \
     test -f "$ROOT/etc/systemd/network/20-wired.network"
 
-log "test: the box's screen (/usr/lib/esignbox/screen) on a box not set up, with a set-up code"
-# A state directory as the set-up mode leaves it (console CA, set-up code, no box.toml) and a
-# box certificate, on tmpfs in private namespaces; one address on a veth interface.
+log "test: the box's screen (/usr/lib/esignbox/screen + esignbox status --screen) on a box not set up"
+# A state directory as the set-up mode leaves it: the console's facts (written by the firmware's
+# own publish_console), the set-up code, no box.toml; a box certificate. On tmpfs in private
+# namespaces, with one address on a veth interface.
 screen_out=$(unshare --mount --uts --net --fork --propagation private -- bash -c '
         set -e
         root=$1
@@ -85,29 +86,36 @@ screen_out=$(unshare --mount --uts --net --fork --propagation private -- bash -c
         mount -t proc proc "$root/proc"
         for d in tmp run var/lib/esignbox; do mount -t tmpfs tmpfs "$root/$d" -o mode=0755; done
         box=$root/var/lib/esignbox/box
-        mkdir -p "$box/console/tls" "$root/var/lib/esignbox/tls"
+        mkdir -p "$box/console" "$root/var/lib/esignbox/tls"
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=ca -days 2 \
-            -keyout /dev/null -out "$box/console/tls/ca.pem" 2>/dev/null
+            -keyout /dev/null -out "$root/tmp/ca.pem" 2>/dev/null
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=esignbox -days 2 \
             -keyout /dev/null -out "$root/var/lib/esignbox/tls/box.crt" 2>/dev/null
-        echo K7QF-2M9X > "$box/console/setup-code"
-        chroot "$root" chown -R esignbox:esignbox /var/lib/esignbox/box
+        ca=$(openssl x509 -in "$root/tmp/ca.pem" -noout -fingerprint -sha256 | cut -d= -f2)
+        chroot "$root" /opt/esignbox/venv/bin/python -c "import sys; from pathlib import Path
+from firmware.operations.box_state import publish_console
+publish_console(Path(sys.argv[1]), [\"https://192.0.2.7:8443/\", \"https://127.0.0.1:8443/\"], sys.argv[2])" \
+            /var/lib/esignbox/box "$ca"
+        echo K7QF-2M9X-AAPE > "$box/console/setup-code"
         chmod 600 "$box/console/setup-code"
+        chroot "$root" chown -R esignbox:esignbox /var/lib/esignbox/box
         chroot "$root" /usr/lib/esignbox/screen
         echo "--- mode $(stat -c %a "$root/run/esignbox/issue")"
         cat "$root/run/esignbox/issue"
-        for pem in "$box/console/tls/ca.pem" "$root/var/lib/esignbox/tls/box.crt"; do
-            echo "--- fingerprint $(openssl x509 -in "$pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d :)"
-        done
+        echo "--- fingerprint ${ca//:/}"
+        echo "--- fingerprint $(openssl x509 -in "$root/var/lib/esignbox/tls/box.crt" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d :)"
+        echo "--- owners $(find "$box" ! -user esignbox | wc -l)"
     ' screen "$ROOT" 2>&1) || true
 screen_hex=$(sed -n '/^--- mode/,/^--- fingerprint/p' <<<"$screen_out" | grep -v '^---' | tr -cd '0-9A-F')
 while read -r fp; do
     check "screen shows the fingerprint ${fp:0:16}… (console CA / box certificate)" grep -q "$fp" <<<"$screen_hex"
 done < <(sed -n 's/^--- fingerprint //p' <<<"$screen_out")
-check "screen shows the set-up code" grep -qE '^  Set-up code +K7QF-2M9X$' <<<"$screen_out"
-check "screen shows the box's address and the console's" \
-    bash -c 'grep -qE "^  Addresses +192\.0\.2\.7( |\$)" <<<"$1" && grep -q "https://192.0.2.7:8443/" <<<"$1" && grep -q "https://esignbox.local:8443/" <<<"$1"' _ "$screen_out"
+check "screen shows the firmware's state: not set up" grep -qx 'State: not set up' <<<"$screen_out"
+check "screen shows the set-up code" grep -qx 'Set-up code: K7QF-2M9X-AAPE' <<<"$screen_out"
+check "screen shows the box's address and the console under its address and its .local name" \
+    bash -c 'grep -qx "Addresses: 192.0.2.7" <<<"$1" && grep -qx "Console: https://192.0.2.7:8443/" <<<"$1" && grep -qx "Console: https://esignbox.local:8443/" <<<"$1"' _ "$screen_out"
 check "screen file is readable by root only (it holds the code)" grep -qx -- '--- mode 600' <<<"$screen_out"
+check "the firmware's status left nothing in the state directory that is not the service user's" grep -qx -- '--- owners 0' <<<"$screen_out"
 check "agetty reads the screen file (/etc/issue.d/esignbox.issue -> /run/esignbox/issue)" \
     test "$(readlink "$ROOT/etc/issue.d/esignbox.issue")" = /run/esignbox/issue
 [ "$failed" -eq 0 ] || printf '        %s\n' "${screen_out//$'\n'/$'\n'        }"
