@@ -4,11 +4,15 @@
 #   1. the slot A root comes up read-only, esignbox-tls makes the box certificate and
 #      esignbox-health marks slot A good through RAUC (on a box not set up yet);
 #   2. the screen (the serial console here; tty1 shows the same) shows the box's address (QEMU's
-#      user network gives it 10.0.2.15 by DHCP), its .local name, its state, the fingerprints of
-#      the certificates it made and, with a firmware that has the set-up mode, the console's
-#      address and the one-time set-up code;
-#   3. after a clean power-off, the fingerprints and the code on the screen are those of the
-#      files on the box's data partition (read from the disk with debugfs).
+#      user network gives it 10.0.2.15 by DHCP), its .local name (answered over mDNS), its state,
+#      the console's address and the one-time set-up code, and follows the addresses when the
+#      LAN cable is pulled and put back;
+#   3. the first hour (first-hour.py, headless Chromium): the console's certificate chains to the
+#      CA whose fingerprint the screen shows; the screen's code opens the set-up, which ends in a
+#      signing service; a hash signed through nginx on 443, whose certificate is the screen's;
+#      the screen then says the box is ready and shows no code;
+#   4. after a clean power-off, the fingerprints on the screen are those of the files on the box's
+#      data partition (read from the disk with debugfs).
 #
 #   image/boot-test.sh [amd64]   the x86-64 disk: q35 + OVMF, GRUB's A/B choice, as a PC boots it.
 #                                KVM when a guest really runs under it (x86_accel in lib.sh), else TCG.
@@ -35,12 +39,16 @@ DISK=$OUT/$([ "$ARCH" = amd64 ] && echo esignbox-amd64.img || echo esignbox-rpi-
 RUN=$OUT/boot-test
 rm -rf "$RUN"; mkdir -p "$RUN"
 cp --sparse=always "$DISK" "$RUN/disk.img"
-read -r CONSOLE_PORT API_PORT MONITOR_PORT < <(python3 -c '
+read -r MONITOR_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(1)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
 SERIAL=$RUN/serial.log
+# The box's ports 8443 and 443 on a loopback address of their own, at the same port numbers: the
+# console answers only to its own names on its own port (Host and Origin), so the checks call it
+# https://esignbox.local:8443/ and resolve that name to $BOX.
+BOX=127.0.0.2
 # Byte offset of the disk's partition number $1.
 part_offset() {
     sfdisk -J "$RUN/disk.img" | python3 -c '
@@ -90,11 +98,11 @@ cleanup() {  # (set -e holds in traps too: nothing here may fail)
 }
 trap cleanup EXIT
 log "boot test $ARCH: ${QEMU_CMD[0]}, $QEMU_ACCEL_NOTE; serial log $SERIAL"
-log "boot test $ARCH: the VM's console (8443) on https://127.0.0.1:$CONSOLE_PORT/, its API (443) on https://127.0.0.1:$API_PORT/"
+log "boot test $ARCH: the VM's console and API on $BOX:8443 and $BOX:443 (esignbox.local for the checks)"
 start=$SECONDS
 "${QEMU_CMD[@]}" -display none -no-reboot \
     -drive file="$RUN/disk.img",format=raw,if=virtio \
-    -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:"$CONSOLE_PORT"-:8443,hostfwd=tcp:127.0.0.1:"$API_PORT"-:443 \
+    -nic user,model=virtio-net-pci,hostfwd=tcp:"$BOX":8443-:8443,hostfwd=tcp:"$BOX":443-:443 \
     -netdev tap,id=lan,ifname="$TAP",script=no,downscript=no -device virtio-net-pci,netdev=lan \
     -serial file:"$SERIAL" -monitor tcp:127.0.0.1:"$MONITOR_PORT",server,nowait </dev/null >"$RUN/qemu.log" 2>&1 &
 QEMU=$!
@@ -105,7 +113,7 @@ screen() {
         | awk '/^E-signature Box [^ ,]+ +\(image / { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }'
 }
 screen_has() { screen | grep -qE "$1"; }
-not_on_screen() { screen | grep -q '^  Addresses' && ! screen | grep -qF "$1"; }
+not_on_screen() { screen | grep -q '^Addresses:' && ! screen | grep -qF "$1"; }
 until_seen() {  # until_seen WHAT COMMAND...: wait (up to the time limit) until COMMAND succeeds
     local what=$1; shift
     until "$@"; do
@@ -117,17 +125,11 @@ until_seen() {  # until_seen WHAT COMMAND...: wait (up to the time limit) until 
 until_seen "'slot A marked good'" grep -qs 'esignbox-health: slot A marked good' "$SERIAL"
 good_s=$((SECONDS - start))
 log "boot test: slot A marked good after $good_s s"
-until_seen "screen with the box's address" screen_has '^  Addresses +10\.0\.2\.15'
+until_seen "screen with the box's address" screen_has '^Addresses: 10\.0\.2\.15'
+until_seen "the console's address and the set-up code on the screen" screen_has '^Set-up code: '
 screen_s=$((SECONDS - start))
-
-# With the set-up mode the console answers on the forwarded port before the box is switched off.
-setup_mode=no
-in_root "$OUT/rootfs" /opt/esignbox/venv/bin/esignbox status --help >/dev/null 2>&1 && setup_mode=yes
-console_status=-
-if [ $setup_mode = yes ]; then
-    until_seen "the console's address on the screen" screen_has ':8443/'
-    console_status=$(curl -s -k -o /dev/null -w '%{http_code}' --max-time 20 "https://127.0.0.1:$CONSOLE_PORT/" || true)
-fi
+console_status=$(curl -s -k -o /dev/null -w '%{http_code}' --max-time 20 --resolve "esignbox.local:8443:$BOX" \
+    https://esignbox.local:8443/ || true)
 SCREEN=$(screen)
 mdns_address=$(python3 "$IMAGE_DIR/mdns-query.py" esignbox.local "$HOST_LL" 120 2>&1) || mdns_address=""
 
@@ -138,8 +140,25 @@ if [[ $mdns_address == 169.254.* ]]; then
     monitor 'set_link lan off'
     until_seen "screen without $mdns_address (cable out)" not_on_screen "$mdns_address"
     monitor 'set_link lan on'
-    until_seen "screen with a 169.254 address again (cable in)" screen_has '^  Addresses .*169\.254\.'
+    until_seen "screen with a 169.254 address again (cable in)" screen_has '^Addresses: .*169\.254\.'
     follows=yes
+fi
+
+# The first hour: the console's set-up in Chromium with what the screen shows, then a signature
+# (first-hour.py; FIRST_HOUR=0 skips it). The screen then says the box is ready.
+first_hour=skipped
+if [ "${FIRST_HOUR:-1}" != 0 ]; then
+    fact() { sed -n "s/^$1: *//p" <<<"$SCREEN" | head -1; }
+    log "boot test: the console's set-up in headless Chromium, then a signature (screenshots in $RUN/shots)"
+    if (cd "$REPO_DIR" && PYTHONPATH=$REPO_DIR "${FIRST_HOUR_PYTHON:-$REPO_DIR/.venv/bin/python}" "$IMAGE_DIR/first-hour.py" \
+            --box "$BOX" --code "$(fact 'Set-up code')" --console-ca "$(fact 'Console CA SHA-256')" \
+            --api-cert "$(fact 'API cert SHA-256')" --shots "$RUN/shots") >"$RUN/first-hour.log" 2>&1; then
+        first_hour=passed
+        until_seen "screen saying the box is ready" screen_has '^State: (ready|clock not synchronised)$'
+    else
+        first_hour=failed
+    fi
+    ready_screen=$(screen)
 fi
 
 log "boot test: powering the VM off (ACPI) to read its data partition"
@@ -172,25 +191,29 @@ shows_fingerprint() {  # shows_fingerprint WHAT PEM
 echo
 while IFS= read -r line; do printf "    | %s\n" "$line"; done <<<"$SCREEN"
 echo
-shows "the address QEMU's DHCP gave the box" '^  Addresses +10\.0\.2\.15( |$)'
-shows "its mDNS name" '^  Name +esignbox\.local '
+shows "the address QEMU's DHCP gave the box" '^Addresses: 10\.0\.2\.15( |$)'
+shows "its mDNS name" '^Name: esignbox\.local '
 if [[ $mdns_address == 169.254.* ]]; then ok "the box answers esignbox.local over mDNS on the LAN ($mdns_address)"
 else bad "the box answers esignbox.local over mDNS on the LAN (${mdns_address:-no answer in 120 s})"; fi
-shows "its state (not set up)" '[Nn]ot set up'
+shows "its state" '^State: not set up$'
 if [ $follows = yes ]; then ok "screen follows the link-local address as the LAN cable goes out and in"
 else bad "screen follows the link-local address as the LAN cable goes out and in"; fi
-shows "the signing API's address" '^  Signing API +https://esignbox\.local/'
+shows "the console under the box's name and address" '^Console: https://esignbox\.local:8443/$'
+shows "the console at the box's address" '^Console: https://10\.0\.2\.15:8443/$'
+shows "the signing API's address" '^Signing API: https://esignbox\.local/'
 shows_fingerprint "the box's TLS certificate (tls/box.crt)" "$(data_file /tls/box.crt)"
-if [ $setup_mode = yes ]; then
-    shows "the console's address" 'https://(esignbox\.local|10\.0\.2\.15):8443/'
-    shows_fingerprint "the console CA (box/console/tls/ca.pem)" "$(data_file /box/console/tls/ca.pem)"
-    code=$(data_file /box/console/setup-code | tr -d '[:space:]')
-    if [ -n "$code" ] && grep -qF "$code" <<<"$SCREEN"; then ok "screen shows the set-up code in box/console/setup-code"
-    else bad "screen shows the set-up code in box/console/setup-code (${code:-no file})"; fi
-    if [[ $console_status == [234]?? ]]; then ok "the console answers through the forwarded port ($console_status)"
-    else bad "the console answers through the forwarded port ($console_status)"; fi
-else
-    shows "a box without the set-up mode: the provisioning stick" '^  State +not set up: insert a provisioning stick'
+shows_fingerprint "the console CA (box/console/tls/ca.pem)" "$(data_file /box/console/tls/ca.pem)"
+if [[ $console_status == [234]?? ]]; then ok "the console answers https://esignbox.local:8443/ ($console_status)"
+else bad "the console answers https://esignbox.local:8443/ ($console_status)"; fi
+if [ "$first_hour" != skipped ]; then
+    sed 's/^/    /' "$RUN/first-hour.log" | grep -E '^ +(ok|FAIL) ' || tail -20 "$RUN/first-hour.log"
+    if [ $first_hour = passed ]; then ok "the first hour: set-up in the console with the screen's code and fingerprints, a signature on 443"
+    else bad "the first hour (log: $RUN/first-hour.log)"; fi
+    state=$(sed -n 's/^State: //p' <<<"${ready_screen:-}")
+    if [[ $state == ready || $state == "clock not synchronised" ]]; then ok "screen then says the box is $state"
+    else bad "screen then says the box is ready (${state:-no state})"; fi
+    if ! grep -q '^Set-up code' <<<"${ready_screen:-}"; then ok "screen no longer shows the set-up code"
+    else bad "screen no longer shows the set-up code"; fi
 fi
 echo
 log "boot test $ARCH ($QEMU_ACCEL_NOTE): marked good after $good_s s, screen with address after $screen_s s, off after $off_s s"

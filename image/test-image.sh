@@ -168,7 +168,10 @@ for m in /tmp /var/log /var/lib/nginx /var/lib/systemd; do
 done
 check "slapd for [ldap] present, Debian's own slapd.service masked" \
     bash -c "test -x '$ROOT/usr/sbin/slapd' && test -f '$ROOT/usr/lib/ldap/back_sock.so' && [ \"\$(readlink '$ROOT/etc/systemd/system/slapd.service')\" = /dev/null ]"
-for m in apt-daily.timer apt-daily-upgrade.timer systemd-networkd-wait-online.service; do
+check "systemd-networkd-wait-online waits for any routable address, 30 s at most" \
+    grep -qx 'ExecStart=/lib/systemd/systemd-networkd-wait-online --any --operational-state=routable --timeout=30' \
+    "$ROOT/etc/systemd/system/systemd-networkd-wait-online.service.d/esignbox.conf"
+for m in apt-daily.timer apt-daily-upgrade.timer; do
     check "$m masked" test "$(readlink "$ROOT/etc/systemd/system/$m")" = /dev/null
 done
 rules=$(sed -e ':a' -e '/\\$/N; s/\\\n//; ta' "$ROOT/etc/udev/rules.d/70-esignbox.rules")
