@@ -171,7 +171,8 @@ def main() -> int:
             cert_file.write_bytes(api_chain[0].public_bytes(serialization.Encoding.PEM))
             digest = base64.b64encode(hashlib.sha256(b"the first hour").digest()).decode()
             answer = ""
-            for _ in range(30):  # the workers start once the set-up has finished
+            deadline = time.monotonic() + 300  # the workers start once the set-up has finished: minutes under TCG
+            while time.monotonic() < deadline:
                 done = subprocess.run(
                     ["curl", "-s", "--max-time", "60", "--cacert", str(cert_file), "--resolve", f"{NAME}:443:{args.box}",
                      "-H", f"Authorization: Bearer {api_key}", "-H", "Content-Type: application/json",
