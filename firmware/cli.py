@@ -565,7 +565,7 @@ def parser(console: ConsoleStarter | None = None,
     s.set_defaults(func=cmd_network)
 
     s = sub.add_parser("status", help="the box's state: not set up, ready, token missing, clock not synchronised")
-    s.add_argument("--screen", action="store_true", help="the text for the box's screen (/etc/issue): state, console"
+    s.add_argument("--screen", action="store_true", help="the text for the box's screen (above its login prompt): state, console"
                    " addresses, its CA fingerprint, the one-time set-up code (firmware/operations/box_state.py)")
     s.set_defaults(func=cmd_status)
 

@@ -35,6 +35,7 @@ COMMON_PACKAGES=(
     python3 python3-venv
     softhsm2 opensc
     nginx-light openssl ca-certificates curl
+    slapd
     rauc rauc-service
     initramfs-tools zstd
 )
@@ -220,9 +221,11 @@ log "finish: users, units, read-only root"
 mount_chroot "$ROOT"
 in_root "$ROOT" systemd-sysusers
 in_root "$ROOT" systemctl enable systemd-networkd.service systemd-resolved.service systemd-timesyncd.service \
-    esignbox.service esignbox-network.service esignbox-tls.service esignbox-health.service nginx.service >/dev/null 2>&1
+    esignbox.service esignbox-network.service esignbox-tls.service esignbox-health.service nginx.service \
+    esignbox-screen.service esignbox-screen.path esignbox-screen-watch.service systemd-networkd-wait-online.service >/dev/null 2>&1
+# slapd is there for the firmware, which runs its own ([ldap]); Debian's would serve its own database.
 in_root "$ROOT" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
-    systemd-networkd-wait-online.service >/dev/null 2>&1
+    slapd.service >/dev/null 2>&1
 in_root "$ROOT" systemctl set-default multi-user.target >/dev/null 2>&1
 # A headless signing box needs no sound, cameras, Wi-Fi, Bluetooth, InfiniBand or GPU drivers
 # (the firmware framebuffer is enough for a console): about a third of the kernel modules.

@@ -8,6 +8,7 @@
 #   4. the read-only-root, user, udev, RAUC and nginx wiring the units rely on
 # Nothing the checks write stays in the rootfs: they run on tmpfs mounts in their own namespace.
 source "$(dirname "$0")/lib.sh"
+# shellcheck disable=SC2016  # the scripts run in namespaces below are single-quoted on purpose
 # The whole script is one function, parsed before it runs: editing the file meanwhile is safe.
 main() {
 need_root
@@ -72,8 +73,56 @@ done
 check "the image's default network (DHCP) sorts after the box's own file" \
     test -f "$ROOT/etc/systemd/network/20-wired.network"
 
+log "test: the box's screen (/usr/lib/esignbox/screen + esignbox status --screen) on a box not set up"
+# A state directory as the set-up mode leaves it: the console's facts (written by the firmware's
+# own publish_console), the set-up code, no box.toml; a box certificate. On tmpfs in private
+# namespaces, with one address on a veth interface.
+screen_out=$(unshare --mount --uts --net --fork --propagation private -- bash -c '
+        set -e
+        root=$1
+        hostname esignbox
+        ip link set lo up
+        ip link add v0 type veth peer name v1 && ip addr add 192.0.2.7/24 dev v0 && ip link set v1 up && ip link set v0 up
+        mount -t proc proc "$root/proc"
+        for d in tmp run var/lib/esignbox; do mount -t tmpfs tmpfs "$root/$d" -o mode=0755; done
+        box=$root/var/lib/esignbox/box
+        mkdir -p "$box/console" "$root/var/lib/esignbox/tls"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=ca -days 2 \
+            -keyout /dev/null -out "$root/tmp/ca.pem" 2>/dev/null
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=esignbox -days 2 \
+            -keyout /dev/null -out "$root/var/lib/esignbox/tls/box.crt" 2>/dev/null
+        ca=$(openssl x509 -in "$root/tmp/ca.pem" -noout -fingerprint -sha256 | cut -d= -f2)
+        chroot "$root" /opt/esignbox/venv/bin/python -c "import sys; from pathlib import Path
+from firmware.operations.box_state import publish_console
+publish_console(Path(sys.argv[1]), [\"https://192.0.2.7:8443/\", \"https://127.0.0.1:8443/\"], sys.argv[2])" \
+            /var/lib/esignbox/box "$ca"
+        echo K7QF-2M9X-AAPE > "$box/console/setup-code"
+        chmod 600 "$box/console/setup-code"
+        chroot "$root" chown -R esignbox:esignbox /var/lib/esignbox/box
+        chroot "$root" /usr/lib/esignbox/screen
+        echo "--- mode $(stat -c %a "$root/run/esignbox/issue")"
+        cat "$root/run/esignbox/issue"
+        echo "--- fingerprint ${ca//:/}"
+        echo "--- fingerprint $(openssl x509 -in "$root/var/lib/esignbox/tls/box.crt" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d :)"
+        echo "--- owners $(find "$box" ! -user esignbox | wc -l)"
+    ' screen "$ROOT" 2>&1) || true
+screen_hex=$(sed -n '/^--- mode/,/^--- fingerprint/p' <<<"$screen_out" | grep -v '^---' | tr -cd '0-9A-F')
+while read -r fp; do
+    check "screen shows the fingerprint ${fp:0:16}… (console CA / box certificate)" grep -q "$fp" <<<"$screen_hex"
+done < <(sed -n 's/^--- fingerprint //p' <<<"$screen_out")
+check "screen shows the firmware's state: not set up" grep -qx 'State: not set up' <<<"$screen_out"
+check "screen shows the set-up code" grep -qx 'Set-up code: K7QF-2M9X-AAPE' <<<"$screen_out"
+check "screen shows the box's address and the console under its address and its .local name" \
+    bash -c 'grep -qx "Addresses: 192.0.2.7" <<<"$1" && grep -qx "Console: https://192.0.2.7:8443/" <<<"$1" && grep -qx "Console: https://esignbox.local:8443/" <<<"$1"' _ "$screen_out"
+check "screen file is readable by root only (it holds the code)" grep -qx -- '--- mode 600' <<<"$screen_out"
+check "the firmware's status left nothing in the state directory that is not the service user's" grep -qx -- '--- owners 0' <<<"$screen_out"
+check "agetty reads the screen file (/etc/issue.d/esignbox.issue -> /run/esignbox/issue)" \
+    test "$(readlink "$ROOT/etc/issue.d/esignbox.issue")" = /run/esignbox/issue
+[ "$failed" -eq 0 ] || printf '        %s\n' "${screen_out//$'\n'/$'\n'        }"
+
 log "test: systemd-analyze verify"
-UNITS=(esignbox.service esignbox-network.service esignbox-tls.service esignbox-health.service esignbox-provision@sdz1.service nginx.service)
+UNITS=(esignbox.service esignbox-network.service esignbox-tls.service esignbox-health.service esignbox-provision@sdz1.service
+       esignbox-screen.service esignbox-screen.path esignbox-screen-watch.service nginx.service)
 verify_out=$BUILD_DIR/$ARCH/systemd-analyze-verify.txt
 ( cd "$ROOT/etc/systemd/system" && SYSTEMD_LOG_LEVEL=notice systemd-analyze --root="$ROOT" --man=no verify "${UNITS[@]}" ) \
     >"$verify_out" 2>&1
@@ -100,9 +149,14 @@ check "esignbox.service listens on loopback only (nginx is its network face)" \
     grep -qE '^ExecStart=.* serve --host 127\.0\.0\.1$' "$svc"
 check "nginx includes the per-client limits from box.toml" \
     grep -qx 'include /run/nginx/esignbox-limits.conf;' "$ROOT/etc/nginx/sites-available/esignbox.conf"
-for u in esignbox esignbox-network esignbox-tls esignbox-health nginx systemd-networkd systemd-resolved; do
+for u in esignbox esignbox-network esignbox-tls esignbox-health esignbox-screen esignbox-screen-watch nginx \
+         systemd-networkd systemd-resolved; do
     check "$u.service enabled" bash -c "ls $ROOT/etc/systemd/system/*.target.wants/$u.service"
 done
+check "esignbox-screen.path enabled" test -L "$ROOT/etc/systemd/system/paths.target.wants/esignbox-screen.path"
+check "esignbox.service starts on a box not set up (no condition on box.toml)" bash -c "! grep -q '^Condition.*box.toml' '$svc'"
+check "mDNS: systemd-resolved and the wired network answer for <hostname>.local" bash -c \
+    "grep -qx 'MulticastDNS=yes' '$ROOT/etc/systemd/resolved.conf.d/esignbox.conf' && grep -qx 'MulticastDNS=yes' '$ROOT/etc/systemd/network/20-wired.network'"
 check "user esignbox exists, no login shell" grep -qE '^esignbox:[^:]*:[0-9]+:[0-9]+:[^:]*:/var/lib/esignbox/box:/usr/sbin/nologin$' "$ROOT/etc/passwd"
 check "esignbox is in group esignbox-token" grep -qE '^esignbox-token:[^:]*:[0-9]+:esignbox$' "$ROOT/etc/group"
 check "root password locked" grep -qE '^root:[!*]' "$ROOT/etc/shadow"
@@ -110,9 +164,14 @@ check "machine-id empty (transient id on a read-only root)" test ! -s "$ROOT/etc
 check "resolv.conf points into /run" test "$(readlink "$ROOT/etc/resolv.conf")" = ../run/systemd/resolve/stub-resolv.conf
 check "fstab: state partition on /var/lib/esignbox" grep -qE '^LABEL=esignbox-data[[:space:]]+/var/lib/esignbox[[:space:]]' "$ROOT/etc/fstab"
 for m in /tmp /var/log /var/lib/nginx /var/lib/systemd; do
-    check "fstab: tmpfs on $m" grep -qE "^tmpfs[[:space:]]+$m[[:space:]]" "$ROOT/etc/fstab"
+    check "fstab: tmpfs on $m" grep -qE "^tmpfs[[:space:]]+${m}[[:space:]]" "$ROOT/etc/fstab"
 done
-for m in apt-daily.timer apt-daily-upgrade.timer systemd-networkd-wait-online.service; do
+check "slapd for [ldap] present, Debian's own slapd.service masked" \
+    bash -c "test -x '$ROOT/usr/sbin/slapd' && test -f '$ROOT/usr/lib/ldap/back_sock.so' && [ \"\$(readlink '$ROOT/etc/systemd/system/slapd.service')\" = /dev/null ]"
+check "systemd-networkd-wait-online waits for any routable address, 30 s at most" \
+    grep -qx 'ExecStart=/lib/systemd/systemd-networkd-wait-online --any --operational-state=routable --timeout=30' \
+    "$ROOT/etc/systemd/system/systemd-networkd-wait-online.service.d/esignbox.conf"
+for m in apt-daily.timer apt-daily-upgrade.timer; do
     check "$m masked" test "$(readlink "$ROOT/etc/systemd/system/$m")" = /dev/null
 done
 rules=$(sed -e ':a' -e '/\\$/N; s/\\\n//; ta' "$ROOT/etc/udev/rules.d/70-esignbox.rules")

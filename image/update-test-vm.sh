@@ -34,7 +34,10 @@ case $phase in
     # Provision a development box (SoftHSM2 token + key) and serve it with the hardened units.
     install -d -m 0700 -o esignbox -g esignbox $STATE
     as_box $VENV/bin/esignbox --state-dir $STATE init-dev >/tmp/init-dev.log 2>&1 || { tail -5 /tmp/init-dev.log; fail "init-dev"; }
-    systemctl start esignbox.service
+    # The service has run since boot without box.toml (the set-up mode; a firmware without it
+    # failed its starts): now it serves the box init-dev made.
+    systemctl reset-failed esignbox.service
+    systemctl restart esignbox.service
     systemctl restart nginx.service
     for _ in $(seq 1 90); do [ "$(http http://127.0.0.1:8080/v1/health)" = 200 ] && break; sleep 2; done
     [ "$(http http://127.0.0.1:8080/v1/health)" = 200 ] \

@@ -67,9 +67,10 @@ dd if="$RUN/data.ext4" of="$RUN/disk.img" bs=512 seek="$dstart" conv=notrunc,spa
 rm -f "$RUN/data.ext4"
 
 SERIAL=$RUN/serial.log
-log "update test: 4 boots in qemu-system-x86_64 (TCG), serial log $SERIAL"
+x86_accel
+log "update test: 4 boots in qemu-system-x86_64, $QEMU_ACCEL_NOTE; serial log $SERIAL"
 t0=$SECONDS
-qemu-system-x86_64 -accel tcg -cpu max -machine q35 -smp 2 -m 1536 -nographic \
+qemu-system-x86_64 "${QEMU_ACCEL[@]}" -machine q35 -smp 2 -m 1536 -nographic \
     -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
     -drive if=pflash,format=raw,unit=1,file="$RUN/vars.fd" \
     -drive file="$RUN/disk.img",format=raw,if=virtio \

@@ -1,7 +1,8 @@
 """The box's state in one word, and the text its screen shows: `esignbox status --screen`.
 
-The interface with the image (a systemd unit runs the command as root and writes its output to
-/etc/issue, the screen of a box without a shell). The command exits 0 and prints, one fact a line,
+The interface with the image (image/rootfs/usr/lib/esignbox/screen runs the command, as the
+service user, and puts its output above the login prompt through /etc/issue.d: the screen of a box
+without a shell; it may run as root too). The command exits 0 and prints, one fact a line,
 ``Name: value`` after a first title line; lines whose fact does not apply are left out:
 
     E-signature Box
