@@ -195,6 +195,7 @@ def test_a_bundle_on_a_box_without_box_toml_writes_a_complete_one(imaged_box: Pa
     config = BoxConfig.load(imaged_box)
     assert config.box.name == "from-a-stick" and config.tsa_urls == ["http://tsa.example/tsr"]
     assert config.token is not None and config.token.label == "esignbox" and config.console.enabled
+    assert config.api.trusted_proxies == ("127.0.0.1", "::1")  # the image's nginx in front: trails name clients
     assert (imaged_box / "tokens").is_dir() and (stick / REPORT_DIR / "box-2027.csr").exists()
     actions = [(e["actor"], e["action"]) for e in audit_log(imaged_box)]
     assert ("provisioning", "setup.token") in actions and actions[-1] == ("provisioning", "provision.apply")
@@ -210,6 +211,7 @@ def test_a_bundle_without_key_work_on_a_box_without_box_toml_leaves_the_token_to
     assert report["result"] == "applied", report
     config = BoxConfig.load(imaged_box)
     assert config.box.name == "named" and config.console.enabled and config.token is None
+    assert config.api.trusted_proxies == ("127.0.0.1", "::1")
     assert not (imaged_box / "tokens").exists()
 
 

@@ -286,6 +286,7 @@ def test_set_up_over_http_resumes_where_it_stopped_and_starts_signing(setup_box:
     assert web.get("/").url == box.url + "/"  # the dashboard now
     raw = tomllib.loads((box.state_dir / "box.toml").read_text())
     assert raw["token"]["label"] == "esignbox" and raw["console"]["enabled"] is True
+    assert raw["api"]["trusted_proxies"] == ["127.0.0.1", "::1"]
     assert raw["signing"]["chain_file"] == "chains/box-signing.pem" and raw["signing"]["tsa_urls"] == [ca.pki.tsa_url()]
     assert raw["revocation"]["ocsp_urls"] == [ca.pki.ocsp_url()]
     actions = [e["action"] for e in box.audit()]

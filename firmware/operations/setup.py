@@ -219,9 +219,13 @@ class SetUp:
         audit.record(self.db.connect(), audit.AuditEntry(actor, action, None, details))
 
 
-# What every box set up here has besides its token: the console, switched on in the token's change
-# (a box set up from the browser, or from a stick on a box without box.toml, keeps it).
-FIRST_SETTINGS: dict[str, dict[str, object]] = {"console": {"enabled": True}}
+# What every box set up here has besides its token, written with the token's change (a box set up
+# from the browser, or from a stick on a box without box.toml, keeps it): the console switched on,
+# and the loopback trusted as a proxy — such a box is the image, whose nginx on the same machine is
+# the API's network face, so X-Forwarded-For from 127.0.0.1 names the client in envelope trails and
+# refusals (firmware/api/client_ip.py); a header from any other peer is still ignored.
+FIRST_SETTINGS: dict[str, dict[str, object]] = {"console": {"enabled": True},
+                                                 "api": {"trusted_proxies": ["127.0.0.1", "::1"]}}
 
 
 def token_changes(settings: dict[str, object], kind: str) -> tuple[dict[str, dict[str, object]], dict[str, object]]:
