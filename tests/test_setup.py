@@ -15,7 +15,6 @@ import datetime as dt
 import hashlib
 import json
 import re
-import signal
 import subprocess
 import time
 import tomllib
@@ -34,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from firmware.devpki import DevPki, PkiServer
 from firmware.operations.setup import is_set_up
 
-from .support import ESIGNBOX, free_port
+from .support import ESIGNBOX, free_port, stop_process
 
 ARTIFACTS = Path(__file__).parent / "artifacts" / "webui"
 CHROMIUM = "/usr/bin/chromium"
@@ -85,13 +84,8 @@ class SetupBox:
     starts = 0
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout=15)
 
     def screen(self) -> list[str]:
         done = subprocess.run([ESIGNBOX, "--state-dir", str(self.state_dir), "status", "--screen"],
