@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from firmware.devpki import DevPki, PkiServer
 from firmware.operations.setup import is_set_up
 
-from .support import ESIGNBOX, free_port, stop_process
+from .support import ESIGNBOX, free_port, spki_pin, stop_process
 
 ARTIFACTS = Path(__file__).parent / "artifacts" / "webui"
 CHROMIUM = "/usr/bin/chromium"
@@ -293,9 +293,7 @@ def test_set_up_over_http_resumes_where_it_stopped_and_starts_signing(setup_box:
 # -- the same in a browser, screenshots of each step -----------------------------------------------
 
 def _pinned_spki(box: SetupBox) -> str:
-    leaf = x509.load_pem_x509_certificates((box.state_dir / "console" / "tls" / "console.pem").read_bytes())[0]
-    spki = leaf.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    return spki_pin(x509.load_pem_x509_certificates((box.state_dir / "console" / "tls" / "console.pem").read_bytes())[0])
 
 
 def test_set_up_in_a_browser_from_empty_box_to_first_signature(setup_box: SetupBox, ca: IssuingCa):

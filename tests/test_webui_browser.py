@@ -20,7 +20,6 @@ import ipaddress
 import json
 import re
 import shutil
-import signal
 import subprocess
 import time
 import tomllib
@@ -41,7 +40,7 @@ from requests.adapters import HTTPAdapter
 from firmware.config import BoxConfig
 
 from .pdfs import make_pdf
-from .support import ESIGNBOX, free_port
+from .support import ESIGNBOX, free_port, spki_pin, stop_process
 
 ARTIFACTS = Path(__file__).parent / "artifacts" / "webui"
 CHROMIUM = "/usr/bin/chromium"
@@ -116,12 +115,7 @@ def console_box(box_config: BoxConfig, pki_server, tmp_path_factory) -> Iterator
         yield ConsoleBox(state_dir, f"http://127.0.0.1:{api_port}", f"https://127.0.0.1:{port}", port, code,
                          fingerprint, process, log_path)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=15)
 
 
 def _pinned_spki(console_box: ConsoleBox) -> str:
@@ -130,8 +124,7 @@ def _pinned_spki(console_box: ConsoleBox) -> str:
     assert ":".join(f"{b:02X}" for b in ca.fingerprint(hashes.SHA256())) == console_box.ca_fingerprint
     leaf = x509.load_pem_x509_certificates((console_box.state_dir / "console" / "tls" / "console.pem").read_bytes())[0]
     leaf.verify_directly_issued_by(ca)
-    spki = leaf.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    return spki_pin(leaf)
 
 
 @pytest.fixture(scope="module")
